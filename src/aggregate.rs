@@ -1,0 +1,107 @@
+//! Minute aggregates: per UTC minute × tenant × offer × affiliate × country × currency.
+//!
+//! The state stage adds to open buckets as it accepts clicks and conversions; buckets are
+//! flushed as delta rows ([`StatsRow`]) once the watermark has passed them, and all of them at
+//! the end of the input. A late change (a status change days later) re-opens its bucket and is
+//! flushed as another delta row, so `sum()` over the output is always the current truth.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::rows::{Measures, StatsRow};
+use crate::state::interner::{DimsTable, Interner};
+
+#[derive(Debug, Default)]
+pub struct Aggregator {
+    /// minute (epoch ms) → dims id → measures.
+    open: BTreeMap<i64, HashMap<u32, Measures>>,
+    open_buckets: usize,
+}
+
+impl Aggregator {
+    /// Applies `f` to the bucket `(minute_ms, dims)`.
+    pub fn update(&mut self, minute_ms: i64, dims: u32, f: impl FnOnce(&mut Measures)) {
+        let minute = self.open.entry(minute_ms).or_default();
+        let len = minute.len();
+        f(minute.entry(dims).or_default());
+        self.open_buckets += minute.len() - len;
+    }
+
+    pub fn open_buckets(&self) -> usize {
+        self.open_buckets
+    }
+
+    /// Emits and forgets every bucket whose minute is before `minute_ms`.
+    pub fn flush_before(
+        &mut self,
+        minute_ms: i64,
+        dims: &DimsTable,
+        strings: &Interner,
+        out: &mut Vec<StatsRow>,
+    ) {
+        let keep = self.open.split_off(&minute_ms);
+        let closed = std::mem::replace(&mut self.open, keep);
+        for (minute, buckets) in closed {
+            self.open_buckets -= buckets.len();
+            let mut rows: Vec<_> = buckets.into_iter().collect();
+            // Deterministic row order within a minute.
+            rows.sort_unstable_by_key(|(d, _)| *d);
+            for (d, measures) in rows {
+                if measures == Measures::default() {
+                    continue;
+                }
+                let d = dims.get(d);
+                out.push(StatsRow {
+                    minute_ms: minute,
+                    tenant_id: strings.get(d.tenant).clone(),
+                    offer_id: strings.get(d.offer).clone(),
+                    affiliate_id: strings.get(d.affiliate).clone(),
+                    country: strings.get(d.country).clone(),
+                    currency: strings.get(d.currency).clone(),
+                    measures,
+                });
+            }
+        }
+    }
+
+    pub fn flush_all(&mut self, dims: &DimsTable, strings: &Interner, out: &mut Vec<StatsRow>) {
+        self.flush_before(i64::MAX, dims, strings, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::interner::Dims;
+
+    #[test]
+    fn buckets_flush_in_minute_order_and_deltas_add_up() {
+        let mut strings = Interner::default();
+        let mut table = DimsTable::default();
+        let o = strings.intern("o1");
+        let d = table.intern(Dims {
+            tenant: 0,
+            offer: o,
+            affiliate: 0,
+            country: 0,
+            currency: 0,
+        });
+        let mut agg = Aggregator::default();
+        agg.update(60_000, d, |m| m.clicks += 1);
+        agg.update(60_000, d, |m| m.clicks += 1);
+        agg.update(120_000, d, |m| m.approved += 1);
+        assert_eq!(agg.open_buckets(), 2);
+        let mut out = Vec::new();
+        agg.flush_before(120_000, &table, &strings, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].measures.clicks, 2);
+        assert_eq!(&*out[0].offer_id, "o1");
+        // A late delta re-opens the flushed minute.
+        agg.update(60_000, d, |m| m.clicks -= 2);
+        agg.flush_all(&table, &strings, &mut out);
+        assert_eq!(agg.open_buckets(), 0);
+        let total: i64 = out.iter().map(|r| r.measures.clicks).sum();
+        assert_eq!(total, 0);
+        // A bucket whose delta nets to zero is not written.
+        assert_eq!(out.len(), 2);
+    }
+}

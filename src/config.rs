@@ -1,0 +1,449 @@
+//! Pipeline configuration: a TOML file (see `pipelines/`) → a typed, validated [`PipelineConfig`].
+//!
+//! Every key is documented where it is declared. Unknown keys are errors (a typo must not
+//! silently fall back to a default), and every problem is reported as *file, key, what is
+//! wrong* — `attribd check` prints them all and exits with code 2.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::decode::DecodeLimits;
+use crate::event::time::parse_rfc3339_ms;
+use crate::sink::parquet::ParquetConfig;
+use crate::source::generator::GeneratorConfig;
+use crate::state::EngineConfig;
+
+/// The pipeline `attribd run` uses when given no `--pipeline` (also embedded in the binary, so it
+/// works from any directory).
+pub const DEFAULT_PIPELINE_PATH: &str = "pipelines/default.toml";
+pub const DEFAULT_PIPELINE: &str = include_str!("../pipelines/default.toml");
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Name shown in logs and the summary.
+    #[serde(default = "default_name")]
+    pub name: String,
+    pub source: SourceConfig,
+    #[serde(default)]
+    pub semantics: SemanticsConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub sink: SinkConfig,
+}
+
+fn default_name() -> String {
+    "attribd".to_string()
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// The built-in generator (`[source.generator]`).
+    Generator,
+    /// NDJSON files or stdin (`clicks`, `conversions`).
+    Files,
+}
+
+/// `[source]`: where events come from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub kind: SourceKind,
+    /// Clicks NDJSON file (`.gz`/`.zst` by extension) or `-` for stdin; `kind = "files"`.
+    #[serde(default)]
+    pub clicks: Option<String>,
+    /// Conversions NDJSON file or `-`; `kind = "files"`.
+    #[serde(default)]
+    pub conversions: Option<String>,
+    /// Knobs of the built-in generator; `kind = "generator"`.
+    #[serde(default)]
+    pub generator: GeneratorConfig,
+}
+
+/// `[semantics]`: the windows of dedup and attribution.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SemanticsConfig {
+    /// Largest click-to-conversion delay that still attributes ("30d").
+    #[serde(with = "humantime_serde")]
+    pub attribution_window: Duration,
+    /// How long a conversion waits for a late click beyond the click watermark ("5m").
+    #[serde(with = "humantime_serde")]
+    pub allowed_lateness: Duration,
+    /// How long a conversion's dedup key is remembered ("90d").
+    #[serde(with = "humantime_serde")]
+    pub dedup_window: Duration,
+}
+
+impl Default for SemanticsConfig {
+    fn default() -> Self {
+        let d = EngineConfig::default();
+        SemanticsConfig {
+            attribution_window: Duration::from_millis(d.attribution_window_ms as u64),
+            allowed_lateness: Duration::from_millis(d.allowed_lateness_ms as u64),
+            dedup_window: Duration::from_millis(d.dedup_window_ms as u64),
+        }
+    }
+}
+
+/// `[limits]`: what a record may look like before it is dead-lettered.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Longest accepted record, bytes.
+    pub max_record_bytes: usize,
+    /// Earliest accepted event time (RFC 3339).
+    pub earliest_ts: String,
+    /// How far past the wall clock an event time may lie ("7d").
+    #[serde(with = "humantime_serde")]
+    pub max_future: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_record_bytes: DecodeLimits::default().max_record_bytes,
+            earliest_ts: "2000-01-01T00:00:00Z".to_string(),
+            max_future: Duration::from_millis(DecodeLimits::default().max_future_ms as u64),
+        }
+    }
+}
+
+/// `[sink]`: outputs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkConfig {
+    pub parquet: ParquetConfig,
+}
+
+/// One problem in a pipeline file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub key: String,
+    pub problem: String,
+}
+
+/// Everything wrong with a pipeline file; `Display` prints one `file: key: problem` per line.
+#[derive(Debug, Clone)]
+pub struct ConfigError {
+    pub file: String,
+    pub problems: Vec<ConfigProblem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}: key `{}`: {}", self.file, p.key, p.problem)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl PipelineConfig {
+    /// Reads and validates a pipeline file.
+    pub fn load(path: &Path) -> Result<PipelineConfig, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            problems: vec![ConfigProblem {
+                key: "(file)".into(),
+                problem: format!("cannot read: {e}"),
+            }],
+        })?;
+        Self::parse(&text, &file)
+    }
+
+    /// `--pipeline` if given, else `pipelines/default.toml` if present, else the embedded default.
+    pub fn load_or_default(path: Option<&Path>) -> Result<PipelineConfig, ConfigError> {
+        match path {
+            Some(p) => Self::load(p),
+            None if Path::new(DEFAULT_PIPELINE_PATH).exists() => {
+                Self::load(Path::new(DEFAULT_PIPELINE_PATH))
+            }
+            None => Self::parse(DEFAULT_PIPELINE, "(embedded default pipeline)"),
+        }
+    }
+
+    pub fn parse(text: &str, file: &str) -> Result<PipelineConfig, ConfigError> {
+        let cfg: PipelineConfig = toml::from_str(text).map_err(|e| ConfigError {
+            file: file.to_string(),
+            problems: vec![ConfigProblem {
+                key: toml_key(text, &e),
+                problem: e.message().to_string(),
+            }],
+        })?;
+        let problems = cfg.validate();
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigError {
+                file: file.to_string(),
+                problems,
+            })
+        }
+    }
+
+    /// Checks the values serde cannot: ranges, required combinations, formats.
+    pub fn validate(&self) -> Vec<ConfigProblem> {
+        let mut p = Vec::new();
+        let mut bad = |key: &str, problem: String| {
+            p.push(ConfigProblem {
+                key: key.to_string(),
+                problem,
+            })
+        };
+        match self.source.kind {
+            SourceKind::Files => {
+                if self.source.clicks.is_none() && self.source.conversions.is_none() {
+                    bad(
+                        "source.clicks",
+                        "kind = \"files\" needs `clicks` and/or `conversions` (a path or \"-\")"
+                            .into(),
+                    );
+                }
+                if self.source.clicks.as_deref() == Some("-")
+                    && self.source.conversions.as_deref() == Some("-")
+                {
+                    bad(
+                        "source.conversions",
+                        "only one stream can read stdin (\"-\")".into(),
+                    );
+                }
+            }
+            SourceKind::Generator => {
+                let g = &self.source.generator;
+                let rates = [
+                    ("conversion_rate", g.conversion_rate),
+                    ("duplicate_click_rate", g.duplicate_click_rate),
+                    ("duplicate_postback_rate", g.duplicate_postback_rate),
+                    ("status_change_rate", g.status_change_rate),
+                    ("unknown_click_rate", g.unknown_click_rate),
+                    ("out_of_order_rate", g.out_of_order_rate),
+                    ("malformed_rate", g.malformed_rate),
+                    ("repeat_ip_rate", g.repeat_ip_rate),
+                ];
+                for (k, v) in rates {
+                    if !(0.0..=1.0).contains(&v) {
+                        bad(
+                            &format!("source.generator.{k}"),
+                            format!("must be between 0 and 1, got {v}"),
+                        );
+                    }
+                }
+                if parse_rfc3339_ms(&g.start).is_none() {
+                    bad(
+                        "source.generator.start",
+                        format!("must be an RFC 3339 timestamp, got {:?}", g.start),
+                    );
+                }
+                if g.span_hours <= 0.0 || !g.span_hours.is_finite() {
+                    bad(
+                        "source.generator.span_hours",
+                        format!("must be positive, got {}", g.span_hours),
+                    );
+                }
+                if g.zipf_exponent <= 0.0 || !g.zipf_exponent.is_finite() {
+                    bad(
+                        "source.generator.zipf_exponent",
+                        format!("must be positive, got {}", g.zipf_exponent),
+                    );
+                }
+                for (k, v) in [
+                    ("offers", g.offers),
+                    ("affiliates", g.affiliates),
+                    ("tenants", g.tenants),
+                ] {
+                    if v == 0 {
+                        bad(
+                            &format!("source.generator.{k}"),
+                            "must be at least 1".into(),
+                        );
+                    }
+                }
+            }
+        }
+        if self.semantics.attribution_window.is_zero() {
+            bad(
+                "semantics.attribution_window",
+                "must be longer than zero".into(),
+            );
+        }
+        if self.semantics.dedup_window < self.semantics.attribution_window {
+            bad(
+                "semantics.dedup_window",
+                format!(
+                    "must be at least the attribution window ({}), got {}",
+                    humantime::format_duration(self.semantics.attribution_window),
+                    humantime::format_duration(self.semantics.dedup_window)
+                ),
+            );
+        }
+        if self.limits.max_record_bytes < 64 {
+            bad(
+                "limits.max_record_bytes",
+                format!("must be at least 64, got {}", self.limits.max_record_bytes),
+            );
+        }
+        if parse_rfc3339_ms(&self.limits.earliest_ts).is_none() {
+            bad(
+                "limits.earliest_ts",
+                format!(
+                    "must be an RFC 3339 timestamp, got {:?}",
+                    self.limits.earliest_ts
+                ),
+            );
+        }
+        let pq = &self.sink.parquet;
+        if !(1..=22).contains(&pq.zstd_level) {
+            bad(
+                "sink.parquet.zstd_level",
+                format!("must be 1..=22, got {}", pq.zstd_level),
+            );
+        }
+        if pq.roll_rows == 0 {
+            bad("sink.parquet.roll_rows", "must be at least 1".into());
+        }
+        if pq.roll_megabytes == 0 {
+            bad("sink.parquet.roll_megabytes", "must be at least 1".into());
+        }
+        if pq.max_open_files == 0 {
+            bad("sink.parquet.max_open_files", "must be at least 1".into());
+        }
+        if pq.out.as_os_str().is_empty() {
+            bad("sink.parquet.out", "must not be empty".into());
+        }
+        p
+    }
+
+    pub fn engine(&self) -> EngineConfig {
+        EngineConfig {
+            attribution_window_ms: self.semantics.attribution_window.as_millis() as i64,
+            allowed_lateness_ms: self.semantics.allowed_lateness.as_millis() as i64,
+            dedup_window_ms: self.semantics.dedup_window.as_millis() as i64,
+        }
+    }
+
+    pub fn decode_limits(&self) -> DecodeLimits {
+        DecodeLimits {
+            max_record_bytes: self.limits.max_record_bytes,
+            min_ts_ms: parse_rfc3339_ms(&self.limits.earliest_ts)
+                .unwrap_or(DecodeLimits::default().min_ts_ms),
+            max_future_ms: self.limits.max_future.as_millis() as i64,
+        }
+    }
+
+    /// Applies `--clicks`, `--conversions`, `--out` overrides: giving an input switches the
+    /// source to files.
+    pub fn apply_overrides(
+        &mut self,
+        clicks: Option<String>,
+        conversions: Option<String>,
+        out: Option<PathBuf>,
+    ) -> Result<(), ConfigError> {
+        if clicks.is_some() || conversions.is_some() {
+            self.source.kind = SourceKind::Files;
+            self.source.clicks = clicks;
+            self.source.conversions = conversions;
+        }
+        if let Some(out) = out {
+            self.sink.parquet.out = out;
+        }
+        let problems = self.validate();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError {
+                file: "(command line)".into(),
+                problems,
+            })
+        }
+    }
+}
+
+/// Best effort: the dotted key a TOML error points at, from the error's span.
+fn toml_key(text: &str, e: &toml::de::Error) -> String {
+    let Some(span) = e.span() else {
+        return "(file)".into();
+    };
+    let before = &text[..span.start.min(text.len())];
+    let table = before
+        .lines()
+        .rev()
+        .find_map(|l| {
+            let l = l.trim();
+            (l.starts_with('[') && l.ends_with(']')).then(|| l.trim_matches(['[', ']']).to_string())
+        })
+        .unwrap_or_default();
+    let line = text[span.start.min(text.len())..]
+        .lines()
+        .next()
+        .unwrap_or("");
+    let key = line.split('=').next().unwrap_or("").trim().to_string();
+    let key = if key.starts_with('[') || key.is_empty() {
+        String::new()
+    } else {
+        key
+    };
+    match (table.is_empty(), key.is_empty()) {
+        (true, true) => "(file)".into(),
+        (true, false) => key,
+        (false, true) => table,
+        (false, false) => format!("{table}.{key}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let cfg = PipelineConfig::parse(DEFAULT_PIPELINE, "default").unwrap();
+        assert_eq!(cfg.source.kind, SourceKind::Generator);
+        assert_eq!(
+            cfg.semantics.attribution_window,
+            Duration::from_secs(30 * 86_400)
+        );
+    }
+
+    #[test]
+    fn problems_name_the_key() {
+        let text = "[source]\nkind = \"generator\"\n[source.generator]\nconversion_rate = 1.5\n[semantics]\ndedup_window = \"1d\"\n";
+        let err = PipelineConfig::parse(text, "p.toml").unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains(
+                "p.toml: key `source.generator.conversion_rate`: must be between 0 and 1, got 1.5"
+            ),
+            "{msg}"
+        );
+        assert!(msg.contains("key `semantics.dedup_window`"), "{msg}");
+        assert_eq!(err.problems.len(), 2);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_types_are_errors() {
+        let err = PipelineConfig::parse("[source]\nkind = \"files\"\nclickz = \"x\"\n", "p.toml")
+            .unwrap_err();
+        assert_eq!(err.problems[0].key, "source.clickz");
+        assert!(err.problems[0].problem.contains("unknown field"), "{err}");
+        let err = PipelineConfig::parse(
+            "[source]\nkind = \"files\"\nclicks = \"x\"\n[semantics]\nallowed_lateness = \"soon\"\n",
+            "p.toml",
+        )
+        .unwrap_err();
+        assert_eq!(err.problems[0].key, "semantics.allowed_lateness");
+        let err = PipelineConfig::parse("[source]\nkind = \"files\"\n", "p.toml").unwrap_err();
+        assert_eq!(err.problems[0].key, "source.clicks");
+    }
+}

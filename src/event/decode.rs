@@ -1,0 +1,720 @@
+//! NDJSON → typed events, and everything that is wrong with a record → a dead letter.
+//!
+//! Sits between the sources (which produce [`RawBatch`]es of lines) and the state stage. Decoding
+//! runs on a thread per stream so the two streams decode in parallel. Every line ends up either
+//! as an event in the batch or as a [`DeadLetter`] with a reason; nothing is dropped silently
+//! (blank lines are the one exception: they carry no record).
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+use serde_json::value::RawValue;
+
+use super::time::{now_ms, parse_rfc3339_ms};
+use super::{
+    Arena, Click, ClickBatch, Conversion, ConversionBatch, DeadLetter, DeadReason, Position,
+    Status, Stream,
+};
+use crate::source::RawBatch;
+
+/// Bounds a record must respect; set from the pipeline's `[limits]` table.
+#[derive(Debug, Clone)]
+pub struct DecodeLimits {
+    /// Records longer than this are dead-lettered as `oversize` without being parsed.
+    pub max_record_bytes: usize,
+    /// Earliest accepted event time (epoch ms).
+    pub min_ts_ms: i64,
+    /// How far ahead of the wall clock an event time may be (ms).
+    pub max_future_ms: i64,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        DecodeLimits {
+            max_record_bytes: 64 * 1024,
+            // 2000-01-01T00:00:00Z
+            min_ts_ms: 946_684_800_000,
+            max_future_ms: 7 * 86_400_000,
+        }
+    }
+}
+
+/// Decodes one stream's raw lines. Cheap to clone; one per decode thread.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    pub limits: DecodeLimits,
+    pub source: Arc<str>,
+}
+
+/// Reason + human-readable detail of a rejected record.
+type Reject = (DeadReason, String);
+
+fn reject(reason: DeadReason, detail: impl Into<String>) -> Reject {
+    (reason, detail.into())
+}
+
+/// A timestamp as it appears in the input: string or integer milliseconds.
+enum RawTs<'a> {
+    Text(Cow<'a, str>),
+    Millis(i64),
+    Other(String),
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for RawTs<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawTs<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an RFC 3339 string or integer epoch milliseconds")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(RawTs::Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(RawTs::Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(RawTs::Millis(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(i64::try_from(v)
+                    .map(RawTs::Millis)
+                    .unwrap_or_else(|_| RawTs::Other(v.to_string())))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(RawTs::Other(v.to_string()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(RawTs::Other(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// An amount as it appears in the input: a JSON number or a numeric string.
+enum RawAmount<'a> {
+    Number(f64),
+    Text(Cow<'a, str>),
+    Other(&'static str),
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for RawAmount<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawAmount<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a number or a numeric string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(RawAmount::Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(RawAmount::Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(RawAmount::Number(v as f64))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(RawAmount::Number(v as f64))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(RawAmount::Number(v))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(RawAmount::Other("boolean"))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Deserialize)]
+struct RawClick<'a> {
+    #[serde(borrow)]
+    click_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    ts: Option<RawTs<'a>>,
+    #[serde(borrow)]
+    offer_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    affiliate_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    tenant_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    country: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    device: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    os: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    ip: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    user_agent: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    referrer: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    sub1: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    sub2: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    sub3: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    sub4: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    sub5: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct RawConversion<'a> {
+    #[serde(borrow)]
+    click_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    external_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    amount: Option<RawAmount<'a>>,
+    #[serde(borrow)]
+    status: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    currency: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    ts: Option<RawTs<'a>>,
+    #[serde(borrow)]
+    tenant_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    product_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    order_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    customer_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    metadata: Option<&'a RawValue>,
+}
+
+const MAX_ID_BYTES: usize = 128;
+
+fn required<'a>(v: &'a Option<Cow<'a, str>>, field: &str) -> Result<&'a str, Reject> {
+    match v.as_deref() {
+        Some(s) => Ok(s),
+        None => Err(reject(
+            DeadReason::MissingField,
+            format!("missing required field `{field}`"),
+        )),
+    }
+}
+
+fn id_field<'a>(v: &'a Option<Cow<'a, str>>, field: &str) -> Result<&'a str, Reject> {
+    let s = required(v, field)?;
+    if s.is_empty() || s.len() > MAX_ID_BYTES {
+        return Err(reject(
+            DeadReason::InvalidField,
+            format!(
+                "`{field}` must be 1–{MAX_ID_BYTES} bytes, got {} bytes",
+                s.len()
+            ),
+        ));
+    }
+    Ok(s)
+}
+
+/// ISO 3166-1 alpha-2 (two ASCII letters), normalised to upper case. Empty counts as absent.
+fn country_field(v: &Option<Cow<'_, str>>) -> Result<Option<[u8; 2]>, Reject> {
+    match v.as_deref() {
+        None | Some("") => Ok(None),
+        Some(s) if s.len() == 2 && s.bytes().all(|b| b.is_ascii_alphabetic()) => {
+            let b = s.as_bytes();
+            Ok(Some([b[0].to_ascii_uppercase(), b[1].to_ascii_uppercase()]))
+        }
+        Some(s) => Err(reject(
+            DeadReason::InvalidField,
+            format!("`country` must be an ISO 3166-1 alpha-2 code, got {s:?}"),
+        )),
+    }
+}
+
+/// ISO 4217 (three ASCII letters), normalised to upper case; absent → `USD`.
+fn currency_field(v: &Option<Cow<'_, str>>) -> Result<[u8; 3], Reject> {
+    match v.as_deref() {
+        None | Some("") => Ok(*b"USD"),
+        Some(s) if s.len() == 3 && s.bytes().all(|b| b.is_ascii_alphabetic()) => {
+            let b = s.as_bytes();
+            Ok([
+                b[0].to_ascii_uppercase(),
+                b[1].to_ascii_uppercase(),
+                b[2].to_ascii_uppercase(),
+            ])
+        }
+        Some(s) => Err(reject(
+            DeadReason::InvalidField,
+            format!("`currency` must be an ISO 4217 code, got {s:?}"),
+        )),
+    }
+}
+
+/// Converts an amount to micro-units; NaN, infinities, negatives and absurd sizes are refused.
+fn amount_field(v: &Option<RawAmount<'_>>) -> Result<i64, Reject> {
+    let value = match v {
+        None => {
+            return Err(reject(
+                DeadReason::MissingField,
+                "missing required field `amount`",
+            ));
+        }
+        Some(RawAmount::Number(n)) => *n,
+        Some(RawAmount::Text(s)) => s.trim().parse::<f64>().map_err(|_| {
+            reject(
+                DeadReason::InvalidField,
+                format!("`amount` is not a number: {s:?}"),
+            )
+        })?,
+        Some(RawAmount::Other(kind)) => {
+            return Err(reject(
+                DeadReason::InvalidField,
+                format!("`amount` must be a number or numeric string, got a {kind}"),
+            ));
+        }
+    };
+    if !value.is_finite() {
+        return Err(reject(
+            DeadReason::InvalidField,
+            format!("`amount` must be finite, got {value}"),
+        ));
+    }
+    if value < 0.0 {
+        return Err(reject(
+            DeadReason::InvalidField,
+            format!("`amount` must not be negative, got {value}"),
+        ));
+    }
+    // 9.2e12 units of currency fits i64 micro-units; anything bigger is a data error.
+    if value > 9.0e12 {
+        return Err(reject(
+            DeadReason::InvalidField,
+            format!("`amount` is implausibly large: {value}"),
+        ));
+    }
+    Ok((value * 1_000_000.0).round() as i64)
+}
+
+/// Optional free-text field: absent or JSON null → absent span.
+fn opt(arena: &mut Arena, v: &Option<Cow<'_, str>>) -> super::Span {
+    arena.push_opt(v.as_deref())
+}
+
+impl Decoder {
+    pub fn new(source: Arc<str>, limits: DecodeLimits) -> Decoder {
+        Decoder { limits, source }
+    }
+
+    fn ts_field(&self, v: &Option<RawTs<'_>>, default_now: bool) -> Result<i64, Reject> {
+        let ms = match v {
+            None if default_now => return Ok(now_ms()),
+            None => {
+                return Err(reject(
+                    DeadReason::MissingField,
+                    "missing required field `ts`",
+                ));
+            }
+            Some(RawTs::Millis(ms)) => *ms,
+            Some(RawTs::Text(s)) => parse_rfc3339_ms(s).ok_or_else(|| {
+                reject(
+                    DeadReason::InvalidField,
+                    format!("`ts` is not RFC 3339 or epoch milliseconds: {s:?}"),
+                )
+            })?,
+            Some(RawTs::Other(s)) => {
+                return Err(reject(
+                    DeadReason::InvalidField,
+                    format!(
+                        "`ts` must be an RFC 3339 string or integer epoch milliseconds, got {s}"
+                    ),
+                ));
+            }
+        };
+        let latest = now_ms().saturating_add(self.limits.max_future_ms);
+        if ms < self.limits.min_ts_ms || ms > latest {
+            return Err(reject(
+                DeadReason::TimestampOutOfRange,
+                format!(
+                    "`ts` {} is outside the accepted range {} .. now+{}s",
+                    super::time::format_ms(ms),
+                    super::time::format_ms(self.limits.min_ts_ms),
+                    self.limits.max_future_ms / 1000
+                ),
+            ));
+        }
+        Ok(ms)
+    }
+
+    /// Checks size and UTF-8, returning the line as text.
+    fn precheck<'a>(&self, line: &'a [u8]) -> Result<&'a str, Reject> {
+        if line.len() > self.limits.max_record_bytes {
+            return Err(reject(
+                DeadReason::Oversize,
+                format!(
+                    "record is {} bytes, limit is {}",
+                    line.len(),
+                    self.limits.max_record_bytes
+                ),
+            ));
+        }
+        std::str::from_utf8(line).map_err(|e| {
+            reject(
+                DeadReason::InvalidUtf8,
+                format!("invalid UTF-8 at byte {}", e.valid_up_to()),
+            )
+        })
+    }
+
+    fn dead(&self, stream: Stream, pos: Position, line: &[u8], r: Reject) -> DeadLetter {
+        DeadLetter {
+            reason: r.0,
+            detail: r.1,
+            stream,
+            source: self.source.clone(),
+            position: pos,
+            raw: line.to_vec(),
+        }
+    }
+
+    fn decode_click_into(&self, line: &[u8], arena: &mut Arena) -> Result<Click, Reject> {
+        let text = self.precheck(line)?;
+        let raw: RawClick = serde_json::from_str(text).map_err(json_reject)?;
+        let click_id = id_field(&raw.click_id, "click_id")?;
+        let ts_ms = self.ts_field(&raw.ts, false)?;
+        let offer_id = required(&raw.offer_id, "offer_id")?;
+        let affiliate_id = required(&raw.affiliate_id, "affiliate_id")?;
+        let country = country_field(&raw.country)?;
+        let country = match &country {
+            Some(c) => arena.push(std::str::from_utf8(c).unwrap_or_default()),
+            None => super::Span::NONE,
+        };
+        Ok(Click {
+            click_id: arena.push(click_id),
+            ts_ms,
+            tenant_id: arena.push(raw.tenant_id.as_deref().unwrap_or("")),
+            offer_id: arena.push(offer_id),
+            affiliate_id: arena.push(affiliate_id),
+            country,
+            device: opt(arena, &raw.device),
+            os: opt(arena, &raw.os),
+            ip: opt(arena, &raw.ip),
+            user_agent: opt(arena, &raw.user_agent),
+            referrer: opt(arena, &raw.referrer),
+            subs: [
+                opt(arena, &raw.sub1),
+                opt(arena, &raw.sub2),
+                opt(arena, &raw.sub3),
+                opt(arena, &raw.sub4),
+                opt(arena, &raw.sub5),
+            ],
+        })
+    }
+
+    fn decode_conversion_into(
+        &self,
+        line: &[u8],
+        pos: Position,
+        arena: &mut Arena,
+    ) -> Result<Conversion, Reject> {
+        let text = self.precheck(line)?;
+        let raw: RawConversion = serde_json::from_str(text).map_err(json_reject)?;
+        let click_id = id_field(&raw.click_id, "click_id")?;
+        let external_id = id_field(&raw.external_id, "external_id")?;
+        let amount_micros = amount_field(&raw.amount)?;
+        let status_text = required(&raw.status, "status")?;
+        let status = Status::parse(status_text).ok_or_else(|| {
+            reject(
+                DeadReason::InvalidField,
+                format!("`status` must be approved, pending or rejected, got {status_text:?}"),
+            )
+        })?;
+        let currency = currency_field(&raw.currency)?;
+        let ts_ms = self.ts_field(&raw.ts, true)?;
+        let metadata = match raw.metadata {
+            None => super::Span::NONE,
+            Some(m) if m.get() == "null" => super::Span::NONE,
+            Some(m) if m.get().starts_with('{') => arena.push(m.get()),
+            Some(_) => {
+                return Err(reject(
+                    DeadReason::InvalidField,
+                    "`metadata` must be a JSON object",
+                ));
+            }
+        };
+        Ok(Conversion {
+            click_id: arena.push(click_id),
+            external_id: arena.push(external_id),
+            amount_micros,
+            status,
+            currency: arena.push(std::str::from_utf8(&currency).unwrap_or("USD")),
+            ts_ms,
+            tenant_id: arena.push(raw.tenant_id.as_deref().unwrap_or("")),
+            product_id: opt(arena, &raw.product_id),
+            order_id: opt(arena, &raw.order_id),
+            customer_id: opt(arena, &raw.customer_id),
+            metadata,
+            raw: arena.push(text),
+            position: pos,
+        })
+    }
+
+    /// Decodes a batch of click lines. Returns the clicks, the dead letters and the highest
+    /// event time seen (the batch's contribution to the click watermark).
+    pub fn decode_clicks(&self, batch: &RawBatch) -> (ClickBatch, Vec<DeadLetter>) {
+        let mut out = ClickBatch {
+            arena: Arena::with_capacity(batch.data.len()),
+            clicks: Vec::with_capacity(batch.records.len()),
+        };
+        let mut dead = Vec::new();
+        for rec in &batch.records {
+            let line = batch.line(rec);
+            if is_blank(line) {
+                continue;
+            }
+            match self.decode_click_into(line, &mut out.arena) {
+                Ok(c) => out.clicks.push(c),
+                Err(r) => dead.push(self.dead(Stream::Clicks, rec.position, line, r)),
+            }
+        }
+        (out, dead)
+    }
+
+    /// Decodes a batch of conversion lines.
+    pub fn decode_conversions(&self, batch: &RawBatch) -> (ConversionBatch, Vec<DeadLetter>) {
+        let mut out = ConversionBatch {
+            arena: Arena::with_capacity(batch.data.len() * 2),
+            conversions: Vec::with_capacity(batch.records.len()),
+        };
+        let mut dead = Vec::new();
+        for rec in &batch.records {
+            let line = batch.line(rec);
+            if is_blank(line) {
+                continue;
+            }
+            match self.decode_conversion_into(line, rec.position, &mut out.arena) {
+                Ok(c) => out.conversions.push(c),
+                Err(r) => dead.push(self.dead(Stream::Conversions, rec.position, line, r)),
+            }
+        }
+        (out, dead)
+    }
+}
+
+fn is_blank(line: &[u8]) -> bool {
+    line.iter().all(|b| b.is_ascii_whitespace())
+}
+
+fn json_reject(e: serde_json::Error) -> Reject {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Data => reject(DeadReason::InvalidField, e.to_string()),
+        _ => reject(DeadReason::InvalidJson, e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::RawBatch;
+
+    fn decoder() -> Decoder {
+        Decoder::new(Arc::from("test"), DecodeLimits::default())
+    }
+
+    fn batch(lines: &[&[u8]]) -> RawBatch {
+        let mut b = RawBatch::default();
+        for (i, l) in lines.iter().enumerate() {
+            b.push_line(
+                l,
+                Position {
+                    line: i as u64 + 1,
+                    offset: 0,
+                },
+            );
+        }
+        b
+    }
+
+    fn one_click(line: &str) -> Result<(ClickBatch, Click), (DeadReason, String)> {
+        let (b, dead) = decoder().decode_clicks(&batch(&[line.as_bytes()]));
+        if let Some(d) = dead.first() {
+            return Err((d.reason, d.detail.clone()));
+        }
+        let c = b.clicks[0];
+        Ok((b, c))
+    }
+
+    fn one_conv(line: &[u8]) -> Result<(ConversionBatch, Conversion), (DeadReason, String)> {
+        let (b, dead) = decoder().decode_conversions(&batch(&[line]));
+        if let Some(d) = dead.first() {
+            assert_eq!(d.raw, line, "dead letter keeps the original bytes");
+            return Err((d.reason, d.detail.clone()));
+        }
+        let c = b.conversions[0];
+        Ok((b, c))
+    }
+
+    #[test]
+    fn click_with_both_timestamp_forms_and_unknown_fields() {
+        let (b, c) = one_click(
+            r#"{"click_id":"c1","ts":"2026-11-01T12:00:00+02:00","offer_id":"o1","affiliate_id":"a1","country":"de","extra":{"x":[1,2]},"sub2":"s2"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.ts_ms, 1_793_527_200_000);
+        assert_eq!(b.arena.get(c.click_id), "c1");
+        assert_eq!(b.arena.get(c.country), "DE");
+        assert_eq!(b.arena.get(c.tenant_id), "");
+        assert_eq!(b.arena.get_opt(c.subs[1]), Some("s2"));
+        assert_eq!(b.arena.get_opt(c.subs[0]), None);
+        let (_, c2) = one_click(
+            r#"{"click_id":"c1","ts":1793527200000,"offer_id":"o1","affiliate_id":"a1"}"#,
+        )
+        .unwrap();
+        assert_eq!(c2.ts_ms, 1_793_527_200_000);
+    }
+
+    #[test]
+    fn click_rejections_have_reasons() {
+        let cases: &[(&str, DeadReason)] = &[
+            (
+                r#"{"click_id":"c1","ts":1793527200000"#,
+                DeadReason::InvalidJson,
+            ),
+            (r#"not json"#, DeadReason::InvalidJson),
+            (
+                r#"{"ts":1793527200000,"offer_id":"o","affiliate_id":"a"}"#,
+                DeadReason::MissingField,
+            ),
+            (
+                r#"{"click_id":"c","offer_id":"o","affiliate_id":"a"}"#,
+                DeadReason::MissingField,
+            ),
+            (
+                r#"{"click_id":"c","ts":1793527200000,"affiliate_id":"a"}"#,
+                DeadReason::MissingField,
+            ),
+            (
+                r#"{"click_id":5,"ts":1793527200000,"offer_id":"o","affiliate_id":"a"}"#,
+                DeadReason::InvalidField,
+            ),
+            (
+                r#"{"click_id":"","ts":1793527200000,"offer_id":"o","affiliate_id":"a"}"#,
+                DeadReason::InvalidField,
+            ),
+            (
+                r#"{"click_id":"c","ts":"yesterday","offer_id":"o","affiliate_id":"a"}"#,
+                DeadReason::InvalidField,
+            ),
+            (
+                r#"{"click_id":"c","ts":1.5,"offer_id":"o","affiliate_id":"a"}"#,
+                DeadReason::InvalidField,
+            ),
+            (
+                r#"{"click_id":"c","ts":1,"offer_id":"o","affiliate_id":"a"}"#,
+                DeadReason::TimestampOutOfRange,
+            ),
+            (
+                r#"{"click_id":"c","ts":"2999-01-01T00:00:00Z","offer_id":"o","affiliate_id":"a"}"#,
+                DeadReason::TimestampOutOfRange,
+            ),
+            (
+                r#"{"click_id":"c","ts":1793527200000,"offer_id":"o","affiliate_id":"a","country":"DEU"}"#,
+                DeadReason::InvalidField,
+            ),
+        ];
+        for (line, want) in cases {
+            let got = one_click(line).err().map(|e| e.0);
+            assert_eq!(got, Some(*want), "{line}");
+        }
+        let long = format!(
+            r#"{{"click_id":"{}","ts":1793527200000,"offer_id":"o","affiliate_id":"a"}}"#,
+            "x".repeat(129)
+        );
+        assert_eq!(
+            one_click(&long).err().map(|e| e.0),
+            Some(DeadReason::InvalidField)
+        );
+    }
+
+    #[test]
+    fn conversion_amounts_statuses_and_defaults() {
+        let (b, c) = one_conv(
+            br#"{"click_id":"c1","external_id":"e1","amount":"12.5","status":"APPROVED","metadata":{"a":[1]}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.amount_micros, 12_500_000);
+        assert_eq!(c.status, Status::Approved);
+        assert_eq!(b.arena.get(c.currency), "USD");
+        assert_eq!(b.arena.get(c.metadata), r#"{"a":[1]}"#);
+        assert!(
+            (c.ts_ms - now_ms()).abs() < 60_000,
+            "ts defaults to arrival time"
+        );
+        let (b, c) = one_conv(
+            br#"{"click_id":"c1","external_id":"e1","amount":3,"status":"Pending","currency":"eur","ts":"2026-11-01T10:00:00Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.amount_micros, 3_000_000);
+        assert_eq!(c.status, Status::Pending);
+        assert_eq!(b.arena.get(c.currency), "EUR");
+        assert_eq!(c.ts_ms, 1_793_527_200_000);
+    }
+
+    #[test]
+    fn conversion_rejections_have_reasons() {
+        let base = |extra: &str| {
+            format!(r#"{{"click_id":"c1","external_id":"e1","status":"approved"{extra}}}"#)
+        };
+        let cases: Vec<(Vec<u8>, DeadReason)> = vec![
+            (base("").into_bytes(), DeadReason::MissingField),
+            (base(r#","amount":"abc""#).into_bytes(), DeadReason::InvalidField),
+            (base(r#","amount":-1"#).into_bytes(), DeadReason::InvalidField),
+            (base(r#","amount":"NaN""#).into_bytes(), DeadReason::InvalidField),
+            (base(r#","amount":"inf""#).into_bytes(), DeadReason::InvalidField),
+            (base(r#","amount":true"#).into_bytes(), DeadReason::InvalidField),
+            (base(r#","amount":1,"metadata":[1]"#).into_bytes(), DeadReason::InvalidField),
+            (base(r#","amount":1,"currency":"EURO""#).into_bytes(), DeadReason::InvalidField),
+            (
+                br#"{"click_id":"c1","external_id":"e1","amount":1,"status":"paid"}"#.to_vec(),
+                DeadReason::InvalidField,
+            ),
+            (
+                b"{\"click_id\":\"c\xff\",\"external_id\":\"e\",\"amount\":1,\"status\":\"pending\"}".to_vec(),
+                DeadReason::InvalidUtf8,
+            ),
+            (
+                format!("{}{}{}", "{\"metadata\":", "[".repeat(200), "]".repeat(200)).into_bytes(),
+                DeadReason::InvalidJson,
+            ),
+        ];
+        for (line, want) in cases {
+            let got = one_conv(&line).err().map(|e| e.0);
+            assert_eq!(got, Some(want), "{}", String::from_utf8_lossy(&line));
+        }
+    }
+
+    #[test]
+    fn oversize_records_are_not_parsed() {
+        let d = Decoder::new(
+            Arc::from("t"),
+            DecodeLimits {
+                max_record_bytes: 10,
+                ..DecodeLimits::default()
+            },
+        );
+        let (b, dead) = d.decode_clicks(&batch(&[b"{\"click_id\":\"abcdefgh\"}", b"  "]));
+        assert!(b.clicks.is_empty());
+        assert_eq!(
+            dead.len(),
+            1,
+            "blank line is skipped, long line dead-lettered"
+        );
+        assert_eq!(dead[0].reason, DeadReason::Oversize);
+    }
+}

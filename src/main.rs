@@ -1,0 +1,207 @@
+//! The `attribd` command line: `run`, `gen`, `check`.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use attribd::config::{ConfigError, PipelineConfig};
+use attribd::event::Stream;
+use attribd::pipeline::{RunOptions, run};
+use attribd::source::generator::{GeneratorConfig, generate};
+
+#[derive(Parser)]
+#[command(
+    name = "attribd",
+    version,
+    about = "Stream processor for affiliate tracking data: dedup, attribution, Parquet"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline to the end of its input (default: pipelines/default.toml).
+    Run {
+        /// Pipeline file.
+        #[arg(long, short)]
+        pipeline: Option<PathBuf>,
+        /// Clicks NDJSON file (.gz/.zst by extension) or `-` for stdin; switches to file input.
+        #[arg(long)]
+        clicks: Option<String>,
+        /// Conversions NDJSON file or `-`; switches to file input.
+        #[arg(long)]
+        conversions: Option<String>,
+        /// Output directory for Parquet and dead letters.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// No progress line.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Write generated clicks and conversions as NDJSON files.
+    Gen {
+        /// Directory to write clicks.ndjson[.gz|.zst] and conversions.ndjson[.gz|.zst] into.
+        #[arg(long, default_value = "./input")]
+        out: PathBuf,
+        /// Take the generator knobs from this pipeline's [source.generator].
+        #[arg(long, short)]
+        pipeline: Option<PathBuf>,
+        /// Number of clicks (overrides the pipeline).
+        #[arg(long)]
+        clicks: Option<u64>,
+        /// Random seed (overrides the pipeline).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Compression of the files: none, gz, zst.
+        #[arg(long, default_value = "none")]
+        compress: String,
+    },
+    /// Validate a pipeline file; exit code 2 and one line per problem when it is wrong.
+    Check {
+        #[arg(long, short)]
+        pipeline: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ATTRIBD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Run {
+        pipeline: None,
+        clicks: None,
+        conversions: None,
+        out: None,
+        quiet: false,
+    });
+    match dispatch(command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if let Some(cfg) = e.downcast_ref::<ConfigError>() {
+                eprintln!("invalid configuration:\n{cfg}");
+                return ExitCode::from(2);
+            }
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> Result<()> {
+    match command {
+        Command::Run {
+            pipeline,
+            clicks,
+            conversions,
+            out,
+            quiet,
+        } => {
+            let mut cfg = PipelineConfig::load_or_default(pipeline.as_deref())?;
+            cfg.apply_overrides(clicks, conversions, out)?;
+            tracing::info!(pipeline = %cfg.name, out = %cfg.sink.parquet.out.display(), "starting");
+            let report = run(&cfg, RunOptions { progress: !quiet })?;
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            println!("attribd run `{}` finished:", cfg.name);
+            print!("{}", attribd::report::summary(&report, cores));
+            Ok(())
+        }
+        Command::Gen {
+            out,
+            pipeline,
+            clicks,
+            seed,
+            compress,
+        } => {
+            let mut g: GeneratorConfig = match pipeline {
+                Some(p) => PipelineConfig::load(&p)?.source.generator,
+                None => PipelineConfig::load_or_default(None)?.source.generator,
+            };
+            if let Some(n) = clicks {
+                g.clicks = n;
+            }
+            if let Some(s) = seed {
+                g.seed = s;
+            }
+            gen_files(&g, &out, &compress)
+        }
+        Command::Check { pipeline } => {
+            let cfg = PipelineConfig::load_or_default(pipeline.as_deref())?;
+            println!(
+                "{}: ok (source {:?}, out {})",
+                pipeline
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "default pipeline".into()),
+                cfg.source.kind,
+                cfg.sink.parquet.out.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn gen_files(g: &GeneratorConfig, out: &std::path::Path, compress: &str) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let ext = match compress {
+        "none" => "",
+        "gz" => ".gz",
+        "zst" => ".zst",
+        other => anyhow::bail!("--compress must be none, gz or zst, got {other:?}"),
+    };
+    let open = |name: &str| -> Result<Box<dyn Write>> {
+        let path = out.join(format!("{name}.ndjson{ext}"));
+        let f = BufWriter::with_capacity(
+            1 << 20,
+            File::create(&path).with_context(|| format!("creating {}", path.display()))?,
+        );
+        Ok(match compress {
+            "gz" => Box::new(flate2::write::GzEncoder::new(
+                f,
+                flate2::Compression::fast(),
+            )),
+            "zst" => Box::new(zstd::stream::write::Encoder::new(f, 3)?.auto_finish()),
+            _ => Box::new(f),
+        })
+    };
+    let mut clicks = open("clicks")?;
+    let mut convs = open("conversions")?;
+    let mut err = None;
+    let counts = generate(g, |stream, line| {
+        let w = match stream {
+            Stream::Clicks => &mut clicks,
+            Stream::Conversions => &mut convs,
+        };
+        match w.write_all(line).and_then(|_| w.write_all(b"\n")) {
+            Ok(()) => true,
+            Err(e) => {
+                err = Some(e);
+                false
+            }
+        }
+    })?;
+    if let Some(e) = err {
+        return Err(e).context("writing generated files");
+    }
+    clicks.flush()?;
+    convs.flush()?;
+    drop(clicks);
+    drop(convs);
+    println!(
+        "wrote {} click lines and {} conversion lines ({} malformed) to {}",
+        counts.click_lines,
+        counts.conversion_lines,
+        counts.malformed,
+        out.display()
+    );
+    Ok(())
+}

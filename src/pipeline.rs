@@ -1,0 +1,318 @@
+//! Wires the stages together with bounded channels and runs a pipeline to the end.
+//!
+//! ```text
+//!  source thread(s) ──raw──► decode (clicks) ─────┐
+//!                    ──raw──► decode (conversions)┴─► state (this thread) ──► sink thread
+//! ```
+//!
+//! Every channel is bounded: when the sink is slow the state stage blocks on it, the decoders
+//! block on the state stage, and the sources block on the decoders — memory stays flat and
+//! nothing is dropped. The state stage merges the two decoded streams preferring the one whose
+//! watermark is lower, so the streams advance together in event time.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+use crossbeam_channel::{Receiver, Sender, bounded, select};
+
+use crate::config::{PipelineConfig, SourceKind};
+use crate::event::decode::Decoder;
+use crate::event::{ClickBatch, ConversionBatch, DeadLetter, Stream};
+use crate::rows::SinkBatch;
+use crate::sink::{SinkTotals, Sinks};
+use crate::source::RawBatch;
+use crate::source::file::{Input, read_batches};
+use crate::source::generator::generate;
+use crate::state::{Counters, Engine, StateSizes};
+
+/// Batches in flight per channel.
+const CHANNEL_BATCHES: usize = 4;
+
+enum Decoded {
+    Clicks(ClickBatch, Vec<DeadLetter>),
+    Conversions(ConversionBatch, Vec<DeadLetter>),
+}
+
+/// How `run` reports while it works.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Print a progress line to stderr every second.
+    pub progress: bool,
+}
+
+/// What a finished run did.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub counters: Counters,
+    pub sizes: StateSizes,
+    pub sinks: SinkTotals,
+    pub elapsed: Duration,
+}
+
+impl RunReport {
+    pub fn events_per_second(&self) -> f64 {
+        self.counters.events_in() as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Runs `cfg` until its inputs end; returns the totals once every output is durable.
+pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
+    let started = Instant::now();
+    let run_id = format!("{:x}", crate::event::time::now_ms());
+    let limits = cfg.decode_limits();
+
+    let (click_raw_tx, click_raw_rx) = bounded::<RawBatch>(CHANNEL_BATCHES);
+    let (conv_raw_tx, conv_raw_rx) = bounded::<RawBatch>(CHANNEL_BATCHES);
+    let (click_tx, click_rx) = bounded::<Decoded>(CHANNEL_BATCHES);
+    let (conv_tx, conv_rx) = bounded::<Decoded>(CHANNEL_BATCHES);
+    let (sink_tx, sink_rx) = bounded::<SinkBatch>(CHANNEL_BATCHES * 2);
+
+    let mut sources = Vec::new();
+    match cfg.source.kind {
+        SourceKind::Generator => {
+            let gen_cfg = cfg.source.generator.clone();
+            sources.push(spawn("source-generator", move || {
+                generator_source(&gen_cfg, click_raw_tx, conv_raw_tx)
+            })?);
+        }
+        SourceKind::Files => {
+            for (path, tx) in [
+                (cfg.source.clicks.clone(), click_raw_tx),
+                (cfg.source.conversions.clone(), conv_raw_tx),
+            ] {
+                // Without a path the sender is dropped here and that stream is simply empty.
+                if let Some(path) = path {
+                    let input = Input::parse(&path);
+                    // Open before spawning so a missing file fails the run at once.
+                    let reader = input.open()?;
+                    sources.push(spawn("source-file", move || {
+                        read_batches(reader, |b| tx.send(b).is_ok())
+                            .map(|_| ())
+                            .with_context(|| format!("reading {}", input.name()))
+                    })?);
+                }
+            }
+        }
+    }
+    let source_name = |s: &Option<String>| -> Arc<str> {
+        match cfg.source.kind {
+            SourceKind::Generator => Arc::from("generator"),
+            SourceKind::Files => Arc::from(
+                s.as_deref()
+                    .map(|p| Input::parse(p).name())
+                    .unwrap_or_default(),
+            ),
+        }
+    };
+    let click_decoder = Decoder::new(source_name(&cfg.source.clicks), limits.clone());
+    let conv_decoder = Decoder::new(source_name(&cfg.source.conversions), limits);
+    let decoders = vec![
+        spawn("decode-clicks", move || {
+            for raw in click_raw_rx {
+                let (b, dead) = click_decoder.decode_clicks(&raw);
+                if click_tx.send(Decoded::Clicks(b, dead)).is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        })?,
+        spawn("decode-conversions", move || {
+            for raw in conv_raw_rx {
+                let (b, dead) = conv_decoder.decode_conversions(&raw);
+                if conv_tx.send(Decoded::Conversions(b, dead)).is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        })?,
+    ];
+
+    let parquet_cfg = cfg.sink.parquet.clone();
+    let sink = thread::Builder::new()
+        .name("sink".into())
+        .spawn(move || -> Result<SinkTotals> {
+            let mut sinks = Sinks::new(&parquet_cfg, &run_id)?;
+            loop {
+                match sink_rx.recv_timeout(Duration::from_secs(1)) {
+                    Ok(batch) => sinks.write(&batch)?,
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => sinks.tick()?,
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            sinks.close()
+        })
+        .context("spawning the sink thread")?;
+
+    let mut engine = Engine::new(cfg.engine());
+    let state_result = merge_loop(&mut engine, click_rx, conv_rx, &sink_tx, opts, started);
+    drop(sink_tx);
+    let sink_result = sink
+        .join()
+        .map_err(|_| anyhow!("the sink thread panicked"))?;
+    // A sink error explains a state-stage send failure, so report it first.
+    let sinks = sink_result?;
+    state_result?;
+    for h in sources.into_iter().chain(decoders) {
+        h.join()
+            .map_err(|_| anyhow!("a source thread panicked"))??;
+    }
+    Ok(RunReport {
+        counters: engine.counters().clone(),
+        sizes: engine.sizes(),
+        sinks,
+        elapsed: started.elapsed(),
+    })
+}
+
+fn spawn(
+    name: &str,
+    f: impl FnOnce() -> Result<()> + Send + 'static,
+) -> Result<thread::JoinHandle<Result<()>>> {
+    thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .with_context(|| format!("spawning thread {name}"))
+}
+
+/// Runs the generator, cutting its output into raw batches per stream.
+fn generator_source(
+    cfg: &crate::source::generator::GeneratorConfig,
+    clicks: Sender<RawBatch>,
+    conversions: Sender<RawBatch>,
+) -> Result<()> {
+    use crate::event::Position;
+    use crate::source::BATCH_LINES;
+    let mut bufs = [RawBatch::default(), RawBatch::default()];
+    let mut lines = [0u64, 0u64];
+    let mut offsets = [0u64, 0u64];
+    let txs = [&clicks, &conversions];
+    let mut open = true;
+    generate(cfg, |stream, line| {
+        let i = usize::from(stream == Stream::Conversions);
+        lines[i] += 1;
+        bufs[i].push_line(
+            line,
+            Position {
+                line: lines[i],
+                offset: offsets[i],
+            },
+        );
+        offsets[i] += line.len() as u64 + 1;
+        if bufs[i].len() >= BATCH_LINES {
+            let full = std::mem::take(&mut bufs[i]);
+            open = txs[i].send(full).is_ok();
+        }
+        open
+    })?;
+    for (i, b) in bufs.into_iter().enumerate() {
+        if !b.is_empty() {
+            let _ = txs[i].send(b);
+        }
+    }
+    Ok(())
+}
+
+/// The state stage: merges the two decoded streams (lower watermark first) into the engine.
+fn merge_loop(
+    engine: &mut Engine,
+    clicks: Receiver<Decoded>,
+    conversions: Receiver<Decoded>,
+    sink: &Sender<SinkBatch>,
+    opts: RunOptions,
+    started: Instant,
+) -> Result<()> {
+    let never = crossbeam_channel::never::<Decoded>();
+    let mut clicks_open = true;
+    let mut convs_open = true;
+    let mut last_progress = Instant::now();
+    let progress = opts.progress;
+    let tty = std::io::stderr().is_terminal();
+    while clicks_open || convs_open {
+        let prefer_clicks = match (
+            engine.watermark(Stream::Clicks),
+            engine.watermark(Stream::Conversions),
+        ) {
+            (Some(c), Some(v)) => c <= v,
+            (None, _) => true,
+            (Some(_), None) => false,
+        };
+        let first = if prefer_clicks { &clicks } else { &conversions };
+        let first_open = if prefer_clicks {
+            clicks_open
+        } else {
+            convs_open
+        };
+        let msg = match first_open.then(|| first.try_recv()) {
+            Some(Ok(m)) => Some(m),
+            _ => {
+                let c = if clicks_open { &clicks } else { &never };
+                let v = if convs_open { &conversions } else { &never };
+                select! {
+                    recv(c) -> m => match m {
+                        Ok(m) => Some(m),
+                        Err(_) => { clicks_open = false; None }
+                    },
+                    recv(v) -> m => match m {
+                        Ok(m) => Some(m),
+                        Err(_) => { convs_open = false; None }
+                    },
+                    default(Duration::from_millis(200)) => None,
+                }
+            }
+        };
+        if let Some(msg) = msg {
+            let mut out = SinkBatch::default();
+            match msg {
+                Decoded::Clicks(b, dead) => {
+                    engine.on_dead_letters(dead, &mut out);
+                    engine.on_clicks(b, &mut out);
+                }
+                Decoded::Conversions(b, dead) => {
+                    engine.on_dead_letters(dead, &mut out);
+                    engine.on_conversions(b, &mut out);
+                }
+            }
+            if !out.is_empty() {
+                sink.send(out)
+                    .map_err(|_| anyhow!("the sink stopped; see its error"))?;
+            }
+        }
+        if progress && last_progress.elapsed() >= Duration::from_secs(1) {
+            last_progress = Instant::now();
+            print_progress(engine, started, tty);
+        }
+    }
+    let mut out = SinkBatch::default();
+    engine.finish(&mut out);
+    sink.send(out)
+        .map_err(|_| anyhow!("the sink stopped; see its error"))?;
+    if progress && tty {
+        eprintln!();
+    }
+    Ok(())
+}
+
+fn print_progress(engine: &Engine, started: Instant, tty: bool) {
+    let c = engine.counters();
+    let s = engine.sizes();
+    let secs = started.elapsed().as_secs_f64();
+    let line = format!(
+        "{:>6.1}s  events {:>11}  {:>9.0}/s  clicks {:>10}  conversions {:>8}  dead {:>6}  indexed {:>10}  pending {:>6}",
+        secs,
+        c.events_in(),
+        c.events_in() as f64 / secs.max(1e-9),
+        c.clicks,
+        c.conversions,
+        c.dead_letter_total(),
+        s.indexed_clicks,
+        s.pending
+    );
+    if tty {
+        eprint!("\r{line}");
+    } else {
+        eprintln!("{line}");
+    }
+}

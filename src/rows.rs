@@ -1,0 +1,120 @@
+//! Output rows: the contract between the state stage and the sinks.
+//!
+//! The state stage decides *what* is written (accepted clicks, conversion versions, aggregate
+//! deltas, dead letters) and sends one [`SinkBatch`] per input batch; sinks decide *how* (Parquet
+//! files, ClickHouse inserts, NDJSON dead letters).
+
+use std::sync::Arc;
+
+use crate::event::{ClickBatch, DeadLetter, Status};
+use crate::state::dedup::Attribution;
+
+/// Accepted (non-duplicate) clicks of one decoded batch; the rows are read straight out of the
+/// batch's arena by the sink.
+#[derive(Debug)]
+pub struct ClickRows {
+    pub batch: ClickBatch,
+    /// Indexes into `batch.clicks` of the accepted clicks, with their unique-click flag.
+    pub accepted: Vec<(u32, bool)>,
+}
+
+/// One version of a conversion (the first postback, or an applied status change).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConversionRow {
+    pub tenant_id: Arc<str>,
+    pub external_id: Box<str>,
+    pub version: u32,
+    pub status: Status,
+    /// Status before this version; `None` for version 1.
+    pub previous_status: Option<Status>,
+    pub click_id: Box<str>,
+    /// Conversion time of the first postback.
+    pub ts_ms: i64,
+    /// Amount of the first postback, micro-units.
+    pub amount_micros: i64,
+    pub currency: Arc<str>,
+    pub product_id: Option<Box<str>>,
+    pub order_id: Option<Box<str>>,
+    pub customer_id: Option<Box<str>>,
+    /// The postback's `metadata` object as JSON text.
+    pub metadata: Option<Box<str>>,
+    pub attribution: Attribution,
+    /// Click dimensions; empty strings when unattributed.
+    pub offer_id: Arc<str>,
+    pub affiliate_id: Arc<str>,
+    pub country: Arc<str>,
+    pub device: Option<Arc<str>>,
+    pub subs: [Option<Arc<str>>; 5],
+    pub click_ts_ms: Option<i64>,
+    pub seconds_to_convert: Option<i64>,
+}
+
+/// Signed measures of one aggregate bucket (a delta: rows for the same bucket add up).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Measures {
+    pub clicks: i64,
+    pub unique_clicks: i64,
+    pub duplicate_clicks: i64,
+    pub conversions: i64,
+    pub approved: i64,
+    pub pending: i64,
+    pub rejected: i64,
+    /// Sum of amounts of conversions whose current status is approved, micro-units.
+    pub revenue_micros: i64,
+    pub duplicate_conversions: i64,
+    pub unattributed: i64,
+}
+
+impl Measures {
+    pub fn add(&mut self, o: &Measures) {
+        self.clicks += o.clicks;
+        self.unique_clicks += o.unique_clicks;
+        self.duplicate_clicks += o.duplicate_clicks;
+        self.conversions += o.conversions;
+        self.approved += o.approved;
+        self.pending += o.pending;
+        self.rejected += o.rejected;
+        self.revenue_micros += o.revenue_micros;
+        self.duplicate_conversions += o.duplicate_conversions;
+        self.unattributed += o.unattributed;
+    }
+
+    /// Adds `delta` to the counter of `status`.
+    pub fn add_status(&mut self, status: Status, delta: i64) {
+        match status {
+            Status::Approved => self.approved += delta,
+            Status::Pending => self.pending += delta,
+            Status::Rejected => self.rejected += delta,
+        }
+    }
+}
+
+/// One row of `stats_minute`: a bucket's delta.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatsRow {
+    pub minute_ms: i64,
+    pub tenant_id: Arc<str>,
+    pub offer_id: Arc<str>,
+    pub affiliate_id: Arc<str>,
+    pub country: Arc<str>,
+    pub currency: Arc<str>,
+    pub measures: Measures,
+}
+
+/// Everything the state stage produced for one input batch.
+#[derive(Debug, Default)]
+pub struct SinkBatch {
+    pub clicks: Vec<ClickRows>,
+    pub conversions: Vec<ConversionRow>,
+    pub stats: Vec<StatsRow>,
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+impl SinkBatch {
+    pub fn is_empty(&self) -> bool {
+        self.clicks.is_empty()
+            && self.conversions.is_empty()
+            && self.stats.is_empty()
+            && self.dead_letters.is_empty()
+    }
+}

@@ -1,0 +1,92 @@
+//! Sinks: where the state stage's [`SinkBatch`]es end up.
+//!
+//! [`Sinks`] routes each part of a batch to its writer: clicks, conversion versions and minute
+//! aggregates to the Parquet tables, dead letters to NDJSON. It runs on its own thread (Parquet
+//! encoding is the most CPU-hungry stage after decoding) behind a bounded channel.
+
+pub mod deadletter;
+pub mod parquet;
+
+use anyhow::Result;
+
+use crate::rows::SinkBatch;
+use deadletter::DeadLetterWriter;
+use parquet::{ClickBuilders, ConversionBuilders, ParquetConfig, PartitionedTable, StatsBuilders};
+
+/// Rows and files written, per output.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SinkTotals {
+    pub click_rows: u64,
+    pub conversion_rows: u64,
+    pub stats_rows: u64,
+    pub dead_letters: u64,
+    pub files: u64,
+}
+
+pub struct Sinks {
+    clicks: PartitionedTable<ClickBuilders>,
+    conversions: PartitionedTable<ConversionBuilders>,
+    stats: PartitionedTable<StatsBuilders>,
+    dead: DeadLetterWriter,
+}
+
+impl Sinks {
+    pub fn new(cfg: &ParquetConfig, run_id: &str) -> Result<Sinks> {
+        let out = &cfg.out;
+        Ok(Sinks {
+            clicks: PartitionedTable::new(out, "clicks", run_id, cfg)?,
+            conversions: PartitionedTable::new(out, "conversions", run_id, cfg)?,
+            stats: PartitionedTable::new(out, "stats_minute", run_id, cfg)?,
+            dead: DeadLetterWriter::new(out, run_id),
+        })
+    }
+
+    pub fn write(&mut self, batch: &SinkBatch) -> Result<()> {
+        for rows in &batch.clicks {
+            for &(index, unique) in &rows.accepted {
+                let ts = rows.batch.clicks[index as usize].ts_ms;
+                let (b, hour) = self.clicks.builders(ts);
+                b.append(&rows.batch, index, unique);
+                self.clicks.after_append(hour)?;
+            }
+        }
+        for row in &batch.conversions {
+            let (b, hour) = self.conversions.builders(row.ts_ms);
+            b.append(row);
+            self.conversions.after_append(hour)?;
+        }
+        for row in &batch.stats {
+            let (b, hour) = self.stats.builders(row.minute_ms);
+            b.append(row);
+            self.stats.after_append(hour)?;
+        }
+        for d in &batch.dead_letters {
+            self.dead.write(d)?;
+        }
+        Ok(())
+    }
+
+    /// Periodic housekeeping: roll files by age.
+    pub fn tick(&mut self) -> Result<()> {
+        self.clicks.roll_aged()?;
+        self.conversions.roll_aged()?;
+        self.stats.roll_aged()
+    }
+
+    /// Writes and closes everything; afterwards all outputs are complete and durable.
+    pub fn close(&mut self) -> Result<SinkTotals> {
+        self.clicks.close_all()?;
+        self.conversions.close_all()?;
+        self.stats.close_all()?;
+        self.dead.close()?;
+        Ok(SinkTotals {
+            click_rows: self.clicks.rows_written,
+            conversion_rows: self.conversions.rows_written,
+            stats_rows: self.stats.rows_written,
+            dead_letters: self.dead.written,
+            files: self.clicks.files_written
+                + self.conversions.files_written
+                + self.stats.files_written,
+        })
+    }
+}

@@ -1,0 +1,293 @@
+//! The Parquet sink: Hive-partitioned, zstd-compressed files of clicks, conversion versions and
+//! minute aggregates.
+//!
+//! Layout: `OUT/<table>/dt=YYYY-MM-DD/hour=HH/part-<run>-<seq>.parquet`. Rows are appended to
+//! Arrow builders per partition, written as record batches, and a file is rolled (closed,
+//! fsynced, renamed from its dot-prefixed temporary name) by rows, bytes or age. Readers that glob
+//! `*.parquet` therefore only ever see complete files.
+
+pub mod schema;
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use serde::{Deserialize, Serialize};
+
+use crate::event::time::partition_of;
+use schema::RowBuilder;
+pub use schema::{ClickBuilders, ConversionBuilders, StatsBuilders};
+
+/// User-facing options of the Parquet sink (`[sink.parquet]`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ParquetConfig {
+    /// Output directory; tables are written below it.
+    pub out: PathBuf,
+    /// Close a file after this many rows.
+    pub roll_rows: u64,
+    /// Close a file once it reaches about this many megabytes.
+    pub roll_megabytes: u64,
+    /// Close a file this long after it was opened (so data shows up while a stream runs).
+    #[serde(with = "humantime_serde")]
+    pub roll_age: Duration,
+    /// zstd level, 1 (fast) – 22 (small).
+    pub zstd_level: i32,
+    /// At most this many files open at once (late data spreads over many hours); the least
+    /// recently written one is closed first.
+    pub max_open_files: usize,
+}
+
+impl Default for ParquetConfig {
+    fn default() -> Self {
+        ParquetConfig {
+            out: PathBuf::from("./data"),
+            roll_rows: 2_000_000,
+            roll_megabytes: 256,
+            roll_age: Duration::from_secs(300),
+            zstd_level: 3,
+            max_open_files: 64,
+        }
+    }
+}
+
+/// Rows are buffered in builders and written as record batches of this many rows.
+const WRITE_BATCH_ROWS: usize = 16 * 1024;
+
+struct OpenFile {
+    writer: ArrowWriter<File>,
+    tmp_path: PathBuf,
+    final_path: PathBuf,
+    rows: u64,
+    last_write: Instant,
+}
+
+struct Partition<B> {
+    rows: B,
+    file: Option<OpenFile>,
+    /// When the partition's current file (or, with none open, its buffer) was started.
+    since: Instant,
+}
+
+/// One table (`clicks`, `conversions` or `stats_minute`) split into `dt=/hour=` partitions.
+pub struct PartitionedTable<B: RowBuilder> {
+    dir: PathBuf,
+    run_id: String,
+    cfg: ParquetConfig,
+    props: WriterProperties,
+    partitions: HashMap<i64, Partition<B>>,
+    next_seq: u64,
+    /// Complete files written so far.
+    pub files_written: u64,
+    pub rows_written: u64,
+}
+
+impl<B: RowBuilder> PartitionedTable<B> {
+    pub fn new(out: &Path, table: &str, run_id: &str, cfg: &ParquetConfig) -> Result<Self> {
+        let level = ZstdLevel::try_new(cfg.zstd_level).with_context(|| {
+            format!("sink.parquet.zstd_level: {} is not 1..=22", cfg.zstd_level)
+        })?;
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(level))
+            .set_max_row_group_row_count(Some(1024 * 1024))
+            .build();
+        Ok(PartitionedTable {
+            dir: out.join(table),
+            run_id: run_id.to_string(),
+            cfg: cfg.clone(),
+            props,
+            partitions: HashMap::new(),
+            next_seq: 0,
+            files_written: 0,
+            rows_written: 0,
+        })
+    }
+
+    /// The builders of the partition holding `ts_ms`; append a row to them, then call
+    /// [`Self::after_append`].
+    pub fn builders(&mut self, ts_ms: i64) -> (&mut B, i64) {
+        let hour = ts_ms.div_euclid(3_600_000);
+        let p = self.partitions.entry(hour).or_insert_with(|| Partition {
+            rows: B::new(),
+            file: None,
+            since: Instant::now(),
+        });
+        (&mut p.rows, hour)
+    }
+
+    /// Writes the partition's buffered rows once a batch is full, and rolls by size.
+    pub fn after_append(&mut self, hour: i64) -> Result<()> {
+        let full = self
+            .partitions
+            .get(&hour)
+            .is_some_and(|p| p.rows.len() >= WRITE_BATCH_ROWS);
+        if full {
+            self.write_buffered(hour)?;
+        }
+        Ok(())
+    }
+
+    fn write_buffered(&mut self, hour: i64) -> Result<()> {
+        let open_files = self
+            .partitions
+            .values()
+            .filter(|p| p.file.is_some())
+            .count();
+        let needs_file = self.partitions.get(&hour).is_some_and(|p| p.file.is_none());
+        if needs_file && open_files >= self.cfg.max_open_files {
+            self.close_least_recent()?;
+        }
+        let roll_bytes = self.cfg.roll_megabytes.saturating_mul(1 << 20) as usize;
+        let Some(p) = self.partitions.get_mut(&hour) else {
+            return Ok(());
+        };
+        if p.rows.len() == 0 {
+            return Ok(());
+        }
+        let batch = p.rows.finish().context("building a record batch")?;
+        if p.file.is_none() {
+            p.file = Some(open_file(
+                &self.dir,
+                &self.run_id,
+                hour,
+                self.next_seq,
+                B::schema(),
+                &self.props,
+            )?);
+            p.since = Instant::now();
+            self.next_seq += 1;
+        }
+        let Some(f) = p.file.as_mut() else {
+            return Ok(());
+        };
+        f.writer
+            .write(&batch)
+            .with_context(|| format!("writing {}", f.tmp_path.display()))?;
+        f.rows += batch.num_rows() as u64;
+        f.last_write = Instant::now();
+        self.rows_written += batch.num_rows() as u64;
+        let size = f.writer.bytes_written() + f.writer.in_progress_size();
+        if f.rows >= self.cfg.roll_rows || size >= roll_bytes {
+            self.close_partition_file(hour)?;
+        }
+        Ok(())
+    }
+
+    fn close_partition_file(&mut self, hour: i64) -> Result<()> {
+        if let Some(p) = self.partitions.get_mut(&hour)
+            && let Some(f) = p.file.take()
+        {
+            p.since = Instant::now();
+            close_file(f)?;
+            self.files_written += 1;
+        }
+        Ok(())
+    }
+
+    fn close_least_recent(&mut self) -> Result<()> {
+        let oldest = self
+            .partitions
+            .iter()
+            .filter_map(|(h, p)| p.file.as_ref().map(|f| (f.last_write, *h)))
+            .min();
+        if let Some((_, hour)) = oldest {
+            self.close_partition_file(hour)?;
+        }
+        Ok(())
+    }
+
+    /// Rolls files (and buffered rows) older than `roll_age`, so data becomes visible while a
+    /// stream runs; called periodically by the sink thread.
+    pub fn roll_aged(&mut self) -> Result<()> {
+        let age = self.cfg.roll_age;
+        let aged: Vec<i64> = self
+            .partitions
+            .iter()
+            .filter(|(_, p)| p.since.elapsed() >= age)
+            .map(|(h, _)| *h)
+            .collect();
+        for hour in aged {
+            self.write_buffered(hour)?;
+            self.close_partition_file(hour)?;
+            self.drop_if_idle(hour);
+        }
+        Ok(())
+    }
+
+    fn drop_if_idle(&mut self, hour: i64) {
+        if self
+            .partitions
+            .get(&hour)
+            .is_some_and(|p| p.file.is_none() && p.rows.len() == 0)
+        {
+            self.partitions.remove(&hour);
+        }
+    }
+
+    /// Writes everything buffered and closes every file: after this all rows are durable.
+    pub fn close_all(&mut self) -> Result<()> {
+        let mut hours: Vec<i64> = self.partitions.keys().copied().collect();
+        hours.sort_unstable();
+        for hour in hours {
+            self.write_buffered(hour)?;
+            self.close_partition_file(hour)?;
+        }
+        self.partitions.clear();
+        Ok(())
+    }
+}
+
+fn open_file(
+    dir: &Path,
+    run_id: &str,
+    hour: i64,
+    seq: u64,
+    schema: arrow::datatypes::SchemaRef,
+    props: &WriterProperties,
+) -> Result<OpenFile> {
+    let (dt, hh) = partition_of(hour * 3_600_000);
+    let part_dir = dir.join(format!("dt={dt}")).join(format!("hour={hh:02}"));
+    fs::create_dir_all(&part_dir).with_context(|| format!("creating {}", part_dir.display()))?;
+    let name = format!("part-{run_id}-{seq:06}.parquet");
+    let tmp_path = part_dir.join(format!(".{name}.tmp"));
+    let final_path = part_dir.join(name);
+    let file =
+        File::create(&tmp_path).with_context(|| format!("creating {}", tmp_path.display()))?;
+    let writer = ArrowWriter::try_new(file, schema, Some(props.clone()))
+        .with_context(|| format!("opening parquet writer {}", tmp_path.display()))?;
+    let now = Instant::now();
+    Ok(OpenFile {
+        writer,
+        tmp_path,
+        final_path,
+        rows: 0,
+        last_write: now,
+    })
+}
+
+fn close_file(f: OpenFile) -> Result<()> {
+    let OpenFile {
+        writer,
+        tmp_path,
+        final_path,
+        ..
+    } = f;
+    let file = writer
+        .into_inner()
+        .with_context(|| format!("finishing {}", tmp_path.display()))?;
+    file.sync_all()
+        .with_context(|| format!("fsync {}", tmp_path.display()))?;
+    fs::rename(&tmp_path, &final_path).with_context(|| {
+        format!(
+            "renaming {} to {}",
+            tmp_path.display(),
+            final_path.display()
+        )
+    })?;
+    Ok(())
+}

@@ -1,0 +1,410 @@
+//! Arrow schemas and row builders of the three Parquet tables: `clicks`, `conversions`,
+//! `stats_minute`. Column names match the ClickHouse tables so the same queries work on both.
+
+use std::sync::{Arc, LazyLock};
+
+use arrow::array::{
+    ArrayRef, BooleanBuilder, Decimal128Builder, Int64Builder, RecordBatch, StringBuilder,
+    TimestampMillisecondBuilder, UInt32Builder,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::error::ArrowError;
+
+use crate::event::ClickBatch;
+use crate::rows::{ConversionRow, StatsRow};
+
+/// Money columns: `Decimal(18, 6)`, exact sums.
+pub const MONEY: DataType = DataType::Decimal128(18, 6);
+
+fn ts() -> DataType {
+    DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
+}
+
+fn text(name: &str, nullable: bool) -> Field {
+    Field::new(name, DataType::Utf8, nullable)
+}
+
+pub static CLICKS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        text("click_id", false),
+        Field::new("ts", ts(), false),
+        text("tenant_id", false),
+        text("offer_id", false),
+        text("affiliate_id", false),
+        text("country", true),
+        text("device", true),
+        text("os", true),
+        text("ip", true),
+        text("user_agent", true),
+        text("referrer", true),
+        text("sub1", true),
+        text("sub2", true),
+        text("sub3", true),
+        text("sub4", true),
+        text("sub5", true),
+        Field::new("is_unique", DataType::Boolean, false),
+    ]))
+});
+
+pub static CONVERSIONS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        text("tenant_id", false),
+        text("external_id", false),
+        Field::new("version", DataType::UInt32, false),
+        text("status", false),
+        text("previous_status", true),
+        text("click_id", false),
+        Field::new("ts", ts(), false),
+        Field::new("amount", MONEY, false),
+        text("currency", false),
+        text("product_id", true),
+        text("order_id", true),
+        text("customer_id", true),
+        text("metadata", true),
+        Field::new("attributed", DataType::Boolean, false),
+        text("reason", true),
+        text("offer_id", false),
+        text("affiliate_id", false),
+        text("country", false),
+        text("device", true),
+        text("sub1", true),
+        text("sub2", true),
+        text("sub3", true),
+        text("sub4", true),
+        text("sub5", true),
+        Field::new("click_ts", ts(), true),
+        Field::new("seconds_to_convert", DataType::Int64, true),
+    ]))
+});
+
+/// The measures, in column order (also used by the ClickHouse sink and the tests).
+pub const MEASURES: [&str; 10] = [
+    "clicks",
+    "unique_clicks",
+    "duplicate_clicks",
+    "conversions",
+    "approved",
+    "pending",
+    "rejected",
+    "revenue",
+    "duplicate_conversions",
+    "unattributed",
+];
+
+pub static STATS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let mut fields = vec![
+        Field::new("minute", ts(), false),
+        text("tenant_id", false),
+        text("offer_id", false),
+        text("affiliate_id", false),
+        text("country", false),
+        text("currency", false),
+    ];
+    for m in MEASURES {
+        let ty = if m == "revenue" {
+            MONEY
+        } else {
+            DataType::Int64
+        };
+        fields.push(Field::new(m, ty, false));
+    }
+    Arc::new(Schema::new(fields))
+});
+
+/// Column builders of one table; rows are appended until the batch is finished.
+pub trait RowBuilder: Send {
+    fn new() -> Self;
+    fn schema() -> SchemaRef;
+    fn len(&self) -> usize;
+    fn finish(&mut self) -> Result<RecordBatch, ArrowError>;
+}
+
+fn decimal() -> Decimal128Builder {
+    // 18/6 are valid for Decimal128, so this cannot fail; fall back to the default otherwise.
+    Decimal128Builder::new()
+        .with_precision_and_scale(18, 6)
+        .unwrap_or_default()
+}
+
+fn utc_ts() -> TimestampMillisecondBuilder {
+    TimestampMillisecondBuilder::new().with_timezone("UTC")
+}
+
+pub struct ClickBuilders {
+    rows: usize,
+    click_id: StringBuilder,
+    ts: TimestampMillisecondBuilder,
+    tenant_id: StringBuilder,
+    offer_id: StringBuilder,
+    affiliate_id: StringBuilder,
+    optional: [StringBuilder; 11],
+    is_unique: BooleanBuilder,
+}
+
+impl ClickBuilders {
+    /// Appends click `index` of `batch`.
+    pub fn append(&mut self, batch: &ClickBatch, index: u32, unique: bool) {
+        let c = &batch.clicks[index as usize];
+        let a = &batch.arena;
+        self.rows += 1;
+        self.click_id.append_value(a.get(c.click_id));
+        self.ts.append_value(c.ts_ms);
+        self.tenant_id.append_value(a.get(c.tenant_id));
+        self.offer_id.append_value(a.get(c.offer_id));
+        self.affiliate_id.append_value(a.get(c.affiliate_id));
+        let optional = [
+            c.country,
+            c.device,
+            c.os,
+            c.ip,
+            c.user_agent,
+            c.referrer,
+            c.subs[0],
+            c.subs[1],
+            c.subs[2],
+            c.subs[3],
+            c.subs[4],
+        ];
+        for (b, s) in self.optional.iter_mut().zip(optional) {
+            b.append_option(a.get_opt(s));
+        }
+        self.is_unique.append_value(unique);
+    }
+}
+
+impl RowBuilder for ClickBuilders {
+    fn new() -> Self {
+        ClickBuilders {
+            rows: 0,
+            click_id: StringBuilder::new(),
+            ts: utc_ts(),
+            tenant_id: StringBuilder::new(),
+            offer_id: StringBuilder::new(),
+            affiliate_id: StringBuilder::new(),
+            optional: std::array::from_fn(|_| StringBuilder::new()),
+            is_unique: BooleanBuilder::new(),
+        }
+    }
+    fn schema() -> SchemaRef {
+        CLICKS.clone()
+    }
+    fn len(&self) -> usize {
+        self.rows
+    }
+    fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
+        self.rows = 0;
+        let mut cols: Vec<ArrayRef> = vec![
+            Arc::new(self.click_id.finish()),
+            Arc::new(self.ts.finish()),
+            Arc::new(self.tenant_id.finish()),
+            Arc::new(self.offer_id.finish()),
+            Arc::new(self.affiliate_id.finish()),
+        ];
+        for b in &mut self.optional {
+            cols.push(Arc::new(b.finish()));
+        }
+        cols.push(Arc::new(self.is_unique.finish()));
+        RecordBatch::try_new(CLICKS.clone(), cols)
+    }
+}
+
+pub struct ConversionBuilders {
+    rows: usize,
+    tenant_id: StringBuilder,
+    external_id: StringBuilder,
+    version: UInt32Builder,
+    status: StringBuilder,
+    previous_status: StringBuilder,
+    click_id: StringBuilder,
+    ts: TimestampMillisecondBuilder,
+    amount: Decimal128Builder,
+    currency: StringBuilder,
+    product_id: StringBuilder,
+    order_id: StringBuilder,
+    customer_id: StringBuilder,
+    metadata: StringBuilder,
+    attributed: BooleanBuilder,
+    reason: StringBuilder,
+    offer_id: StringBuilder,
+    affiliate_id: StringBuilder,
+    country: StringBuilder,
+    device: StringBuilder,
+    subs: [StringBuilder; 5],
+    click_ts: TimestampMillisecondBuilder,
+    seconds_to_convert: Int64Builder,
+}
+
+impl ConversionBuilders {
+    pub fn append(&mut self, r: &ConversionRow) {
+        self.rows += 1;
+        self.tenant_id.append_value(&r.tenant_id);
+        self.external_id.append_value(&r.external_id);
+        self.version.append_value(r.version);
+        self.status.append_value(r.status.as_str());
+        self.previous_status
+            .append_option(r.previous_status.map(|s| s.as_str()));
+        self.click_id.append_value(&r.click_id);
+        self.ts.append_value(r.ts_ms);
+        self.amount.append_value(r.amount_micros as i128);
+        self.currency.append_value(&r.currency);
+        self.product_id.append_option(r.product_id.as_deref());
+        self.order_id.append_option(r.order_id.as_deref());
+        self.customer_id.append_option(r.customer_id.as_deref());
+        self.metadata.append_option(r.metadata.as_deref());
+        self.attributed
+            .append_value(r.attribution.reason().is_none());
+        self.reason.append_option(r.attribution.reason());
+        self.offer_id.append_value(&r.offer_id);
+        self.affiliate_id.append_value(&r.affiliate_id);
+        self.country.append_value(&r.country);
+        self.device.append_option(r.device.as_deref());
+        for (b, s) in self.subs.iter_mut().zip(&r.subs) {
+            b.append_option(s.as_deref());
+        }
+        self.click_ts.append_option(r.click_ts_ms);
+        self.seconds_to_convert.append_option(r.seconds_to_convert);
+    }
+}
+
+impl RowBuilder for ConversionBuilders {
+    fn new() -> Self {
+        ConversionBuilders {
+            rows: 0,
+            tenant_id: StringBuilder::new(),
+            external_id: StringBuilder::new(),
+            version: UInt32Builder::new(),
+            status: StringBuilder::new(),
+            previous_status: StringBuilder::new(),
+            click_id: StringBuilder::new(),
+            ts: utc_ts(),
+            amount: decimal(),
+            currency: StringBuilder::new(),
+            product_id: StringBuilder::new(),
+            order_id: StringBuilder::new(),
+            customer_id: StringBuilder::new(),
+            metadata: StringBuilder::new(),
+            attributed: BooleanBuilder::new(),
+            reason: StringBuilder::new(),
+            offer_id: StringBuilder::new(),
+            affiliate_id: StringBuilder::new(),
+            country: StringBuilder::new(),
+            device: StringBuilder::new(),
+            subs: std::array::from_fn(|_| StringBuilder::new()),
+            click_ts: utc_ts(),
+            seconds_to_convert: Int64Builder::new(),
+        }
+    }
+    fn schema() -> SchemaRef {
+        CONVERSIONS.clone()
+    }
+    fn len(&self) -> usize {
+        self.rows
+    }
+    fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
+        self.rows = 0;
+        let mut cols: Vec<ArrayRef> = vec![
+            Arc::new(self.tenant_id.finish()),
+            Arc::new(self.external_id.finish()),
+            Arc::new(self.version.finish()),
+            Arc::new(self.status.finish()),
+            Arc::new(self.previous_status.finish()),
+            Arc::new(self.click_id.finish()),
+            Arc::new(self.ts.finish()),
+            Arc::new(self.amount.finish()),
+            Arc::new(self.currency.finish()),
+            Arc::new(self.product_id.finish()),
+            Arc::new(self.order_id.finish()),
+            Arc::new(self.customer_id.finish()),
+            Arc::new(self.metadata.finish()),
+            Arc::new(self.attributed.finish()),
+            Arc::new(self.reason.finish()),
+            Arc::new(self.offer_id.finish()),
+            Arc::new(self.affiliate_id.finish()),
+            Arc::new(self.country.finish()),
+            Arc::new(self.device.finish()),
+        ];
+        for b in &mut self.subs {
+            cols.push(Arc::new(b.finish()));
+        }
+        cols.push(Arc::new(self.click_ts.finish()));
+        cols.push(Arc::new(self.seconds_to_convert.finish()));
+        RecordBatch::try_new(CONVERSIONS.clone(), cols)
+    }
+}
+
+pub struct StatsBuilders {
+    rows: usize,
+    minute: TimestampMillisecondBuilder,
+    dims: [StringBuilder; 5],
+    counts: [Int64Builder; 9],
+    revenue: Decimal128Builder,
+}
+
+impl StatsBuilders {
+    pub fn append(&mut self, r: &StatsRow) {
+        self.rows += 1;
+        self.minute.append_value(r.minute_ms);
+        let dims = [
+            &r.tenant_id,
+            &r.offer_id,
+            &r.affiliate_id,
+            &r.country,
+            &r.currency,
+        ];
+        for (b, d) in self.dims.iter_mut().zip(dims) {
+            b.append_value(&**d);
+        }
+        let m = &r.measures;
+        let counts = [
+            m.clicks,
+            m.unique_clicks,
+            m.duplicate_clicks,
+            m.conversions,
+            m.approved,
+            m.pending,
+            m.rejected,
+            m.duplicate_conversions,
+            m.unattributed,
+        ];
+        for (b, v) in self.counts.iter_mut().zip(counts) {
+            b.append_value(v);
+        }
+        self.revenue.append_value(m.revenue_micros as i128);
+    }
+}
+
+impl RowBuilder for StatsBuilders {
+    fn new() -> Self {
+        StatsBuilders {
+            rows: 0,
+            minute: utc_ts(),
+            dims: std::array::from_fn(|_| StringBuilder::new()),
+            counts: std::array::from_fn(|_| Int64Builder::new()),
+            revenue: decimal(),
+        }
+    }
+    fn schema() -> SchemaRef {
+        STATS.clone()
+    }
+    fn len(&self) -> usize {
+        self.rows
+    }
+    fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
+        self.rows = 0;
+        let mut cols: Vec<ArrayRef> = vec![Arc::new(self.minute.finish())];
+        for b in &mut self.dims {
+            cols.push(Arc::new(b.finish()));
+        }
+        let mut counts: Vec<ArrayRef> = self
+            .counts
+            .iter_mut()
+            .map(|b| Arc::new(b.finish()) as ArrayRef)
+            .collect();
+        // Column order: the 7 counts before revenue, revenue, the 2 after.
+        let after = counts.split_off(7);
+        cols.extend(counts);
+        cols.push(Arc::new(self.revenue.finish()));
+        cols.extend(after);
+        RecordBatch::try_new(STATS.clone(), cols)
+    }
+}

@@ -1,0 +1,201 @@
+//! The conversion dedup map: `(tenant_id, external_id)` → what the first postback established
+//! and the current status.
+//!
+//! One entry must stay small (target ≤ 64 bytes per key including the map's overhead), so the
+//! key is a 64-bit hash ([`super::keys::conversion_key`]) and the value is 24 bytes: time,
+//! version, status, attribution reason and a pending flag packed in one word, the amount, the
+//! aggregate bucket's dimensions as one interned id, and the click-to-conversion delay.
+
+use dashmap::DashMap;
+
+use super::keys::BuildIdentity;
+use crate::event::Status;
+
+/// Why a conversion is or is not attributed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Attribution {
+    Attributed = 0,
+    UnknownClick = 1,
+    OutsideWindow = 2,
+}
+
+impl Attribution {
+    /// The `reason` column: empty for attributed conversions.
+    pub fn reason(self) -> Option<&'static str> {
+        match self {
+            Attribution::Attributed => None,
+            Attribution::UnknownClick => Some("unknown_click"),
+            Attribution::OutsideWindow => Some("outside_window"),
+        }
+    }
+
+    fn from_bits(v: u64) -> Attribution {
+        match v {
+            0 => Attribution::Attributed,
+            1 => Attribution::UnknownClick,
+            _ => Attribution::OutsideWindow,
+        }
+    }
+}
+
+const TS_BITS: u32 = 44;
+const TS_MASK: u64 = (1 << TS_BITS) - 1;
+const VERSION_SHIFT: u32 = 44;
+const VERSION_MASK: u64 = 0xFFF;
+const STATUS_SHIFT: u32 = 56;
+const REASON_SHIFT: u32 = 58;
+const PENDING_BIT: u64 = 1 << 60;
+/// Highest version an entry records; further changes keep this number (4095 changes of one
+/// conversion's status do not happen in practice).
+pub const MAX_VERSION: u32 = VERSION_MASK as u32;
+
+/// The state of one deduplicated conversion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvEntry {
+    packed: u64,
+    /// Amount of the first postback, micro-units.
+    pub amount_micros: i64,
+    /// Interned [`super::interner::Dims`] of the conversion's aggregate bucket.
+    pub dims: u32,
+    /// Seconds from click to conversion, `u32::MAX` when there is no click.
+    pub click_delay_s: u32,
+}
+
+impl ConvEntry {
+    /// A first postback, waiting for attribution (`pending = true`) or already attributed.
+    pub fn new(ts_ms: i64, status: Status, amount_micros: i64) -> ConvEntry {
+        let mut e = ConvEntry {
+            packed: 0,
+            amount_micros,
+            dims: 0,
+            click_delay_s: u32::MAX,
+        };
+        e.set_ts(ts_ms);
+        e.set_version(1);
+        e.set_status(status);
+        e.packed |= PENDING_BIT;
+        e
+    }
+
+    pub fn ts_ms(&self) -> i64 {
+        (self.packed & TS_MASK) as i64
+    }
+    fn set_ts(&mut self, ts_ms: i64) {
+        let ts = (ts_ms.max(0) as u64) & TS_MASK;
+        self.packed = (self.packed & !TS_MASK) | ts;
+    }
+    pub fn version(&self) -> u32 {
+        ((self.packed >> VERSION_SHIFT) & VERSION_MASK) as u32
+    }
+    pub fn set_version(&mut self, v: u32) {
+        let v = (v.min(MAX_VERSION) as u64) << VERSION_SHIFT;
+        self.packed = (self.packed & !(VERSION_MASK << VERSION_SHIFT)) | v;
+    }
+    pub fn status(&self) -> Status {
+        Status::from_u8(((self.packed >> STATUS_SHIFT) & 0b11) as u8)
+    }
+    pub fn set_status(&mut self, s: Status) {
+        self.packed = (self.packed & !(0b11 << STATUS_SHIFT)) | ((s as u64) << STATUS_SHIFT);
+    }
+    pub fn attribution(&self) -> Attribution {
+        Attribution::from_bits((self.packed >> REASON_SHIFT) & 0b11)
+    }
+    /// `true` while the first postback waits in the pending buffer for its click.
+    pub fn is_pending(&self) -> bool {
+        self.packed & PENDING_BIT != 0
+    }
+    /// Records the attribution outcome and clears the pending flag.
+    pub fn resolve(&mut self, attribution: Attribution, dims: u32, click_delay_s: u32) {
+        self.packed &= !(PENDING_BIT | (0b11 << REASON_SHIFT));
+        self.packed |= (attribution as u64) << REASON_SHIFT;
+        self.dims = dims;
+        self.click_delay_s = click_delay_s;
+    }
+}
+
+/// The map itself; sharded so snapshots and metrics can read it concurrently.
+#[derive(Debug)]
+pub struct DedupMap {
+    map: DashMap<u64, ConvEntry, BuildIdentity>,
+}
+
+impl Default for DedupMap {
+    fn default() -> Self {
+        DedupMap {
+            map: DashMap::with_hasher(BuildIdentity::default()),
+        }
+    }
+}
+
+impl DedupMap {
+    pub fn get(&self, key: u64) -> Option<ConvEntry> {
+        self.map.get(&key).map(|e| *e)
+    }
+
+    pub fn put(&self, key: u64, entry: ConvEntry) {
+        self.map.insert(key, entry);
+    }
+
+    /// Forgets conversions older than `horizon_ms` (the dedup window has passed).
+    pub fn evict_before(&self, horizon_ms: i64) {
+        self.map
+            .retain(|_, e| e.is_pending() || e.ts_ms() >= horizon_ms);
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packing_round_trips() {
+        let ts = 1_793_527_200_123;
+        let mut e = ConvEntry::new(ts, Status::Pending, 12_340_000);
+        assert_eq!(std::mem::size_of::<ConvEntry>(), 24);
+        assert_eq!(e.ts_ms(), ts);
+        assert_eq!(e.version(), 1);
+        assert_eq!(e.status(), Status::Pending);
+        assert!(e.is_pending());
+        e.resolve(Attribution::OutsideWindow, 77, 3600);
+        e.set_status(Status::Rejected);
+        e.set_version(3);
+        assert!(!e.is_pending());
+        assert_eq!(e.attribution(), Attribution::OutsideWindow);
+        assert_eq!(
+            (e.ts_ms(), e.version(), e.status()),
+            (ts, 3, Status::Rejected)
+        );
+        assert_eq!(
+            (e.dims, e.click_delay_s, e.amount_micros),
+            (77, 3600, 12_340_000)
+        );
+        e.set_version(10_000);
+        assert_eq!(e.version(), MAX_VERSION);
+        assert_eq!(e.ts_ms(), ts);
+    }
+
+    #[test]
+    fn eviction_keeps_recent_and_pending() {
+        let m = DedupMap::default();
+        let mut old = ConvEntry::new(1_000, Status::Approved, 1);
+        old.resolve(Attribution::Attributed, 0, 1);
+        m.put(1, old);
+        m.put(2, ConvEntry::new(1_000, Status::Approved, 1));
+        let mut new = ConvEntry::new(9_000, Status::Approved, 1);
+        new.resolve(Attribution::Attributed, 0, 1);
+        m.put(3, new);
+        m.evict_before(5_000);
+        assert_eq!(m.get(1), None);
+        assert!(m.get(2).is_some());
+        assert!(m.get(3).is_some());
+    }
+}

@@ -1,0 +1,61 @@
+//! Fixed-width keys: long identifiers hashed to `u64` so maps store 8 bytes per key, and an
+//! identity hasher for maps whose keys are already such hashes.
+//!
+//! xxh3 is seed-stable across processes and platforms, which the checkpoint format relies on.
+//! With 64-bit keys the chance of any collision among 10 M live keys is about 3 × 10⁻⁶.
+
+use std::hash::{BuildHasherDefault, Hasher};
+
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+
+/// Key of a click in the click index and the pending buffer.
+pub fn click_key(click_id: &str) -> u64 {
+    xxh3_64(click_id.as_bytes())
+}
+
+/// Key of a conversion in the dedup map: `(tenant_id, external_id)`. The tenant's hash seeds the
+/// external id's hash, so two tenants sharing an external_id get different keys.
+pub fn conversion_key(tenant_id: &str, external_id: &str) -> u64 {
+    xxh3_64_with_seed(external_id.as_bytes(), xxh3_64(tenant_id.as_bytes()))
+}
+
+/// Key of a visitor for unique-click counting: `(day, tenant, offer, ip)`.
+pub fn visitor_key(day: i64, tenant: u32, offer: u32, ip: &str) -> u64 {
+    let seed = (day as u64) << 40 ^ (tenant as u64) << 20 ^ offer as u64;
+    xxh3_64_with_seed(ip.as_bytes(), seed)
+}
+
+/// Passes a `u64` through unchanged: for maps keyed by values that are already hashes.
+#[derive(Default, Clone, Copy)]
+pub struct IdentityHasher(u64);
+
+impl Hasher for IdentityHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only reached for non-u64 keys; fold them so the hasher still works correctly.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ b as u64;
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+pub type BuildIdentity = BuildHasherDefault<IdentityHasher>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenants_separate_external_ids() {
+        assert_ne!(conversion_key("t1", "e1"), conversion_key("t2", "e1"));
+        assert_eq!(conversion_key("t1", "e1"), conversion_key("t1", "e1"));
+        assert_ne!(conversion_key("", "ab"), conversion_key("a", "b"));
+        // Stable across runs and builds: checkpoints depend on it.
+        assert_eq!(click_key("c1"), xxh3_64(b"c1"));
+    }
+}
