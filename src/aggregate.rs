@@ -5,7 +5,9 @@
 //! the end of the input. A late change (a status change days later) re-opens its bucket and is
 //! flushed as another delta row, so `sum()` over the output is always the current truth.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
 
 use crate::rows::{Measures, StatsRow};
 use crate::state::interner::{DimsTable, Interner};
@@ -13,7 +15,7 @@ use crate::state::interner::{DimsTable, Interner};
 #[derive(Debug, Default)]
 pub struct Aggregator {
     /// minute (epoch ms) → dims id → measures.
-    open: BTreeMap<i64, HashMap<u32, Measures>>,
+    open: BTreeMap<i64, FxHashMap<u32, Measures>>,
     open_buckets: usize,
 }
 

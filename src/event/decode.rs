@@ -19,6 +19,7 @@ use super::{
     Status, Stream,
 };
 use crate::source::RawBatch;
+use crate::state::keys;
 
 /// Bounds a record must respect; set from the pipeline's `[limits]` table.
 #[derive(Debug, Clone)]
@@ -394,10 +395,11 @@ impl Decoder {
             Some(c) => arena.push(std::str::from_utf8(c).unwrap_or_default()),
             None => super::Span::NONE,
         };
-        Ok(Click {
+        let tenant_id = raw.tenant_id.as_deref().unwrap_or("");
+        let mut click = Click {
             click_id: arena.push(click_id),
             ts_ms,
-            tenant_id: arena.push(raw.tenant_id.as_deref().unwrap_or("")),
+            tenant_id: arena.push(tenant_id),
             offer_id: arena.push(offer_id),
             affiliate_id: arena.push(affiliate_id),
             country,
@@ -413,7 +415,36 @@ impl Decoder {
                 opt(arena, &raw.sub4),
                 opt(arena, &raw.sub5),
             ],
-        })
+            click_key: keys::click_key(click_id),
+            dims_hash: 0,
+            extras_hash: 0,
+            visitor_hash: None,
+        };
+        click.dims_hash = keys::fields_hash(
+            &[
+                click.tenant_id,
+                click.offer_id,
+                click.affiliate_id,
+                click.country,
+            ]
+            .map(|s| arena.get_opt(s)),
+        );
+        click.extras_hash = keys::fields_hash(
+            &[
+                click.device,
+                click.subs[0],
+                click.subs[1],
+                click.subs[2],
+                click.subs[3],
+                click.subs[4],
+            ]
+            .map(|s| arena.get_opt(s)),
+        );
+        click.visitor_hash = match raw.ip.as_deref() {
+            None | Some("") => None,
+            Some(ip) => Some(keys::visitor_hash(tenant_id, offer_id, ip)),
+        };
+        Ok(click)
     }
 
     fn decode_conversion_into(
@@ -522,6 +553,7 @@ fn json_reject(e: serde_json::Error) -> Reject {
 mod tests {
     use super::*;
     use crate::source::RawBatch;
+    use crate::state::keys;
 
     fn decoder() -> Decoder {
         Decoder::new(Arc::from("test"), DecodeLimits::default())

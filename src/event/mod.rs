@@ -172,6 +172,15 @@ pub struct Click {
     pub user_agent: Span,
     pub referrer: Span,
     pub subs: [Span; 5],
+    /// Precomputed by the decoder (in parallel with the state stage), see [`crate::state::keys`]:
+    /// hash of `click_id`.
+    pub click_key: u64,
+    /// Hash of the aggregate dimensions `(tenant_id, offer_id, affiliate_id, country)`.
+    pub dims_hash: u64,
+    /// Hash of the other inherited columns `(device, sub1..sub5)`.
+    pub extras_hash: u64,
+    /// Hash of `(tenant_id, offer_id, ip)` for unique-click counting; `None` without an ip.
+    pub visitor_hash: Option<u64>,
 }
 
 /// One decoded conversion postback. Amount is held in micro-units so sums are exact.

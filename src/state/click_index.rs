@@ -1,49 +1,49 @@
 //! The click index: `click_id → (click time, click profile)` for every click inside the
 //! attribution window. Conversions look their click up here.
 //!
-//! An entry is a `u64` key hash plus 16 bytes of [`IndexedClick`]. The attribution columns a conversion inherits (offer, affiliate, country,
-//! device, sub1–sub5) repeat across many clicks, so they live once in a [`ProfileTable`] and each
-//! click holds a 4-byte profile id. Profiles unused for longer than the window are evicted with
-//! the clicks that used them, so both tables stay bounded in a long run.
+//! An entry is a `u64` key hash plus 16 bytes of [`IndexedClick`]. The attribution columns a
+//! conversion inherits repeat across many clicks, so they are stored once and each click holds
+//! two 4-byte ids: the aggregate dimensions (tenant, offer, affiliate, country — interned in
+//! [`super::interner::DimsTable`], bounded by the business) and the [`Extras`] (device,
+//! sub1–sub5 — in an [`ExtrasTable`], evicted with the clicks that use them, because sub values
+//! can be as varied as the traffic).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use dashmap::DashMap;
 
-use super::interner::Sym;
 use super::keys::BuildIdentity;
 
 /// What the index keeps per click.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IndexedClick {
     pub ts_ms: i64,
-    pub profile: u32,
+    /// Interned [`super::interner::Dims`] of the click (its currency is empty).
+    pub dims: u32,
+    /// Id in the [`ExtrasTable`].
+    pub extras: u32,
 }
 
-/// The attribution dimensions a conversion inherits from its click.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Profile {
-    pub tenant: Sym,
-    pub offer: Sym,
-    pub affiliate: Sym,
-    pub country: Sym,
+/// The attribution columns besides the aggregate dimensions.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Extras {
     pub device: Option<Arc<str>>,
     pub subs: [Option<Arc<str>>; 5],
 }
 
-/// Deduplicated click profiles with last-use tracking for eviction.
+/// Deduplicated [`Extras`] with last-use tracking for eviction.
 #[derive(Debug, Default)]
-pub struct ProfileTable {
+pub struct ExtrasTable {
     by_hash: HashMap<u64, u32, BuildIdentity>,
-    slots: Vec<Option<(u64, Profile, i64)>>,
+    slots: Vec<Option<(u64, Extras, i64)>>,
     free: Vec<u32>,
 }
 
-impl ProfileTable {
-    /// Returns the id of the profile with this hash, creating it with `make` if new, and marks it
-    /// used at `ts_ms`.
-    pub fn intern(&mut self, hash: u64, ts_ms: i64, make: impl FnOnce() -> Profile) -> u32 {
+impl ExtrasTable {
+    /// Returns the id of the extras with this hash, creating them with `make` if new, and marks
+    /// them used at `ts_ms`.
+    pub fn intern(&mut self, hash: u64, ts_ms: i64, make: impl FnOnce() -> Extras) -> u32 {
         if let Some(&id) = self.by_hash.get(&hash) {
             if let Some((_, _, last)) = &mut self.slots[id as usize] {
                 *last = (*last).max(ts_ms);
@@ -65,14 +65,14 @@ impl ProfileTable {
         id
     }
 
-    pub fn get(&self, id: u32) -> Option<&Profile> {
+    pub fn get(&self, id: u32) -> Option<&Extras> {
         self.slots
             .get(id as usize)
             .and_then(|s| s.as_ref())
             .map(|(_, p, _)| p)
     }
 
-    /// Drops profiles last used before `horizon_ms`.
+    /// Drops extras last used before `horizon_ms`.
     pub fn evict_before(&mut self, horizon_ms: i64) {
         for (id, slot) in self.slots.iter_mut().enumerate() {
             if let Some((hash, _, last)) = slot
@@ -99,14 +99,14 @@ impl ProfileTable {
 #[derive(Debug)]
 pub struct ClickIndex {
     map: DashMap<u64, IndexedClick, BuildIdentity>,
-    pub profiles: ProfileTable,
+    pub extras: ExtrasTable,
 }
 
 impl Default for ClickIndex {
     fn default() -> Self {
         ClickIndex {
             map: DashMap::with_hasher(BuildIdentity::default()),
-            profiles: ProfileTable::default(),
+            extras: ExtrasTable::default(),
         }
     }
 }
@@ -127,10 +127,10 @@ impl ClickIndex {
         self.map.get(&key).map(|e| *e)
     }
 
-    /// Evicts clicks older than `horizon_ms` and the profiles only they used.
+    /// Evicts clicks older than `horizon_ms` and the extras only they used.
     pub fn evict_before(&mut self, horizon_ms: i64) {
         self.map.retain(|_, c| c.ts_ms >= horizon_ms);
-        self.profiles.evict_before(horizon_ms);
+        self.extras.evict_before(horizon_ms);
     }
 
     pub fn len(&self) -> usize {
@@ -146,51 +146,38 @@ impl ClickIndex {
 mod tests {
     use super::*;
 
-    fn profile(offer: Sym) -> Profile {
-        Profile {
-            tenant: 0,
-            offer,
-            affiliate: 0,
-            country: 0,
-            device: None,
+    fn extras(device: &str) -> Extras {
+        Extras {
+            device: Some(Arc::from(device)),
             subs: Default::default(),
         }
     }
 
+    fn click(ts_ms: i64, extras: u32) -> IndexedClick {
+        IndexedClick {
+            ts_ms,
+            dims: 0,
+            extras,
+        }
+    }
+
     #[test]
-    fn duplicates_are_refused_and_eviction_frees_profiles() {
+    fn duplicates_are_refused_and_eviction_frees_extras() {
         let mut idx = ClickIndex::default();
-        let p1 = idx.profiles.intern(11, 1_000, || profile(1));
-        let p2 = idx.profiles.intern(22, 5_000, || profile(2));
-        assert_eq!(idx.profiles.intern(11, 2_000, || profile(9)), p1);
-        assert!(idx.insert_if_new(
-            1,
-            IndexedClick {
-                ts_ms: 1_000,
-                profile: p1
-            }
-        ));
-        assert!(!idx.insert_if_new(
-            1,
-            IndexedClick {
-                ts_ms: 9_000,
-                profile: p2
-            }
-        ));
-        assert!(idx.insert_if_new(
-            2,
-            IndexedClick {
-                ts_ms: 5_000,
-                profile: p2
-            }
-        ));
+        let e1 = idx.extras.intern(11, 1_000, || extras("a"));
+        let e2 = idx.extras.intern(22, 5_000, || extras("b"));
+        assert_eq!(idx.extras.intern(11, 2_000, || extras("zzz")), e1);
+        assert!(idx.insert_if_new(1, click(1_000, e1)));
+        assert!(!idx.insert_if_new(1, click(9_000, e2)));
+        assert!(idx.insert_if_new(2, click(5_000, e2)));
         assert_eq!(idx.get(1).map(|c| c.ts_ms), Some(1_000));
+        assert_eq!(std::mem::size_of::<IndexedClick>(), 16);
         idx.evict_before(3_000);
         assert_eq!(idx.get(1), None);
         assert_eq!(idx.len(), 1);
-        assert_eq!(idx.profiles.len(), 1, "profile 11 was last used at 2 000");
-        assert_eq!(idx.profiles.get(p2).map(|p| p.offer), Some(2));
+        assert_eq!(idx.extras.len(), 1, "extras 11 were last used at 2 000");
+        assert_eq!(idx.extras.get(e2), Some(&extras("b")));
         // The freed slot is reused.
-        assert_eq!(idx.profiles.intern(33, 6_000, || profile(3)), p1);
+        assert_eq!(idx.extras.intern(33, 6_000, || extras("c")), e1);
     }
 }

@@ -5,7 +5,7 @@
 //! instead of strings. These sets are bounded by the business (how many offers exist), not by
 //! traffic, so they are never evicted; their sizes are reported in the run summary.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 /// Id of an interned string. `0` is always the empty string.
@@ -13,14 +13,14 @@ pub type Sym = u32;
 
 #[derive(Debug)]
 pub struct Interner {
-    ids: HashMap<Arc<str>, Sym>,
+    ids: FxHashMap<Arc<str>, Sym>,
     strings: Vec<Arc<str>>,
 }
 
 impl Default for Interner {
     fn default() -> Self {
         let mut i = Interner {
-            ids: HashMap::new(),
+            ids: FxHashMap::default(),
             strings: Vec::new(),
         };
         i.intern("");
@@ -72,7 +72,7 @@ pub struct Dims {
 /// Interns [`Dims`] tuples to a single `u32`, so a dedup entry can name its bucket in 4 bytes.
 #[derive(Debug, Default)]
 pub struct DimsTable {
-    ids: HashMap<Dims, u32>,
+    ids: FxHashMap<Dims, u32>,
     dims: Vec<Dims>,
 }
 

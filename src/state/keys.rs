@@ -19,10 +19,41 @@ pub fn conversion_key(tenant_id: &str, external_id: &str) -> u64 {
     xxh3_64_with_seed(external_id.as_bytes(), xxh3_64(tenant_id.as_bytes()))
 }
 
-/// Key of a visitor for unique-click counting: `(day, tenant, offer, ip)`.
-pub fn visitor_key(day: i64, tenant: u32, offer: u32, ip: &str) -> u64 {
-    let seed = (day as u64) << 40 ^ (tenant as u64) << 20 ^ offer as u64;
+/// Visitor of an offer for unique-click counting: `(tenant, offer, ip)`; the day is mixed in
+/// by [`visitor_key`].
+pub fn visitor_hash(tenant_id: &str, offer_id: &str, ip: &str) -> u64 {
+    let seed = xxh3_64_with_seed(offer_id.as_bytes(), xxh3_64(tenant_id.as_bytes()));
     xxh3_64_with_seed(ip.as_bytes(), seed)
+}
+
+/// Key of a visitor on a UTC day.
+pub fn visitor_key(day: i64, visitor_hash: u64) -> u64 {
+    xxh3_64_with_seed(&visitor_hash.to_le_bytes(), day as u64)
+}
+
+/// Hash of a tuple of optional strings (a click's dimensions, or its extras). Absent and empty
+/// fields hash differently; fields are separated so `("ab", "")` ≠ `("a", "b")`.
+pub fn fields_hash(fields: &[Option<&str>]) -> u64 {
+    let mut buf = [0u8; 512];
+    let mut len = 0;
+    let mut h = 0u64;
+    for &f in fields {
+        let bytes = f.map(str::as_bytes).unwrap_or(&[]);
+        // Long fields (rare) are folded in separately so the buffer never overflows.
+        if len + bytes.len() + 1 > buf.len() {
+            h = xxh3_64_with_seed(&buf[..len], h);
+            len = 0;
+        }
+        if bytes.len() + 1 > buf.len() {
+            h = xxh3_64_with_seed(bytes, h);
+        } else {
+            buf[len..len + bytes.len()].copy_from_slice(bytes);
+            len += bytes.len();
+        }
+        buf[len] = if f.is_some() { 0x1f } else { 0x1e };
+        len += 1;
+    }
+    xxh3_64_with_seed(&buf[..len], h)
 }
 
 /// Passes a `u64` through unchanged: for maps keyed by values that are already hashes.
@@ -55,6 +86,14 @@ mod tests {
         assert_ne!(conversion_key("t1", "e1"), conversion_key("t2", "e1"));
         assert_eq!(conversion_key("t1", "e1"), conversion_key("t1", "e1"));
         assert_ne!(conversion_key("", "ab"), conversion_key("a", "b"));
+        let p = |a: Option<&str>, b: Option<&str>| {
+            fields_hash(&[a, b, None, None, None, None, None, None, None, None])
+        };
+        assert_ne!(p(Some("ab"), Some("")), p(Some("a"), Some("b")));
+        assert_ne!(p(Some(""), None), p(None, None));
+        assert_eq!(p(Some("x"), None), p(Some("x"), None));
+        let long = "z".repeat(600);
+        assert_ne!(p(Some(&long), None), p(Some("z"), None));
         // Stable across runs and builds: checkpoints depend on it.
         assert_eq!(click_key("c1"), xxh3_64(b"c1"));
     }

@@ -20,7 +20,7 @@ pub mod keys;
 pub mod pending;
 pub mod unique;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::aggregate::Aggregator;
@@ -29,7 +29,7 @@ use crate::event::{
     ClickBatch, Conversion, ConversionBatch, DeadLetter, DeadReason, Status, Stream,
 };
 use crate::rows::{ClickRows, ConversionRow, SinkBatch};
-use click_index::{ClickIndex, IndexedClick, Profile};
+use click_index::{ClickIndex, Extras, IndexedClick};
 use dedup::{Attribution, ConvEntry, DedupMap};
 use interner::{Dims, DimsTable, Interner, Sym};
 use pending::{PendingBuffer, PendingConversion};
@@ -102,7 +102,8 @@ impl Counters {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct StateSizes {
     pub indexed_clicks: usize,
-    pub profiles: usize,
+    pub click_extras: usize,
+    pub dims: usize,
     pub dedup_keys: usize,
     pub pending: usize,
     pub open_buckets: usize,
@@ -114,6 +115,8 @@ pub struct Engine {
     cfg: EngineConfig,
     strings: Interner,
     dims: DimsTable,
+    /// Click dimension ids by the decoder's `dims_hash`, so a known click interns nothing.
+    dims_by_hash: HashMap<u64, u32, keys::BuildIdentity>,
     clicks: ClickIndex,
     unique: UniqueClicks,
     dedup: DedupMap,
@@ -137,6 +140,7 @@ impl Engine {
             empty: 0,
             strings,
             dims: DimsTable::default(),
+            dims_by_hash: HashMap::default(),
             clicks: ClickIndex::default(),
             unique: UniqueClicks::default(),
             dedup: DedupMap::default(),
@@ -156,7 +160,8 @@ impl Engine {
     pub fn sizes(&self) -> StateSizes {
         StateSizes {
             indexed_clicks: self.clicks.len(),
-            profiles: self.clicks.profiles.len(),
+            click_extras: self.clicks.extras.len(),
+            dims: self.dims.len(),
             dedup_keys: self.dedup.len(),
             pending: self.pending.len(),
             open_buckets: self.agg.open_buckets(),
@@ -206,62 +211,55 @@ impl Engine {
         })
     }
 
+    /// Interned dimensions of a click, looked up by the hash the decoder computed.
+    fn click_dims(&mut self, arena: &crate::event::Arena, c: &crate::event::Click) -> u32 {
+        if let Some(&id) = self.dims_by_hash.get(&c.dims_hash) {
+            return id;
+        }
+        let tenant = self.strings.intern(arena.get(c.tenant_id));
+        let offer = self.strings.intern(arena.get(c.offer_id));
+        let affiliate = self.strings.intern(arena.get(c.affiliate_id));
+        let country = self.strings.intern(arena.get(c.country));
+        let id = self.dims_id(tenant, offer, affiliate, country, self.empty);
+        self.dims_by_hash.insert(c.dims_hash, id);
+        id
+    }
+
     /// Processes a batch of decoded clicks.
     pub fn on_clicks(&mut self, batch: ClickBatch, out: &mut SinkBatch) {
         let mut accepted = Vec::with_capacity(batch.clicks.len());
         let arena = &batch.arena;
         for (i, c) in batch.clicks.iter().enumerate() {
             self.counters.click_records += 1;
-            let tenant = self.strings.intern(arena.get(c.tenant_id));
-            let offer = self.strings.intern(arena.get(c.offer_id));
-            let affiliate = self.strings.intern(arena.get(c.affiliate_id));
-            let country = self.strings.intern(arena.get(c.country));
-            let dims = self.dims_id(tenant, offer, affiliate, country, self.empty);
             let minute = minute_floor(c.ts_ms);
-            let click_id = arena.get(c.click_id);
-            let key = keys::click_key(click_id);
+            let key = c.click_key;
             self.click_wm = self.click_wm.max(c.ts_ms);
-
-            let profile_hash = {
-                let mut h = xxhash_rust::xxh3::Xxh3::new();
-                for s in [
-                    c.device, c.subs[0], c.subs[1], c.subs[2], c.subs[3], c.subs[4],
-                ] {
-                    h.update(&[u8::from(s.is_none())]);
-                    h.update(arena.get(s).as_bytes());
-                    h.update(&[0x1f]);
-                }
-                h.update(&dims.to_le_bytes());
-                h.digest()
-            };
-            let profile = self
+            // Strings are interned only for dimensions not seen before; most clicks hit the
+            // hash lookups.
+            let dims = self.click_dims(arena, c);
+            let extras = self
                 .clicks
-                .profiles
-                .intern(profile_hash, c.ts_ms, || Profile {
-                    tenant,
-                    offer,
-                    affiliate,
-                    country,
+                .extras
+                .intern(c.extras_hash, c.ts_ms, || Extras {
                     device: arena.get_opt(c.device).map(Arc::from),
                     subs: c.subs.map(|s| arena.get_opt(s).map(Arc::from)),
                 });
-            if !self.clicks.insert_if_new(
-                key,
-                IndexedClick {
-                    ts_ms: c.ts_ms,
-                    profile,
-                },
-            ) {
+            let click = IndexedClick {
+                ts_ms: c.ts_ms,
+                dims,
+                extras,
+            };
+            if !self.clicks.insert_if_new(key, click) {
                 self.counters.duplicate_clicks += 1;
                 self.agg.update(minute, dims, |m| m.duplicate_clicks += 1);
                 continue;
             }
-            let unique = match arena.get_opt(c.ip) {
-                None | Some("") => true,
-                Some(ip) => self.unique.first_visit(
-                    day_of(c.ts_ms),
-                    keys::visitor_key(day_of(c.ts_ms), tenant, offer, ip),
-                ),
+            let unique = match c.visitor_hash {
+                None => true,
+                Some(v) => {
+                    let day = day_of(c.ts_ms);
+                    self.unique.first_visit(day, keys::visitor_key(day, v))
+                }
             };
             self.counters.clicks += 1;
             self.counters.unique_clicks += u64::from(unique);
@@ -272,10 +270,6 @@ impl Engine {
             accepted.push((i as u32, unique));
 
             for p in self.pending.take_for_click(key) {
-                let click = IndexedClick {
-                    ts_ms: c.ts_ms,
-                    profile,
-                };
                 self.resolve(p, Some(click), out);
             }
         }
@@ -420,7 +414,7 @@ impl Engine {
     }
 
     /// Attribution columns of a later version, from the dedup entry and (when the click is
-    /// still indexed) the click's profile.
+    /// still indexed) the click's extras.
     fn fill_attribution_from_entry(&mut self, row: &mut ConversionRow, entry: &ConvEntry) {
         let d = self.dims.get(entry.dims);
         row.attribution = entry.attribution();
@@ -435,7 +429,7 @@ impl Engine {
         }
         if row.attribution == Attribution::Attributed
             && let Some(click) = self.clicks.get(keys::click_key(&row.click_id))
-            && let Some(p) = self.clicks.profiles.get(click.profile)
+            && let Some(p) = self.clicks.extras.get(click.extras)
         {
             row.device = p.device.clone();
             row.subs = p.subs.clone();
@@ -485,16 +479,16 @@ impl Engine {
                 first.click_ts_ms = Some(click.ts_ms);
                 first.seconds_to_convert = Some(delta.div_euclid(1000));
                 delay_s = u32::try_from(delta.div_euclid(1000)).unwrap_or(u32::MAX);
-                let profile = self.clicks.profiles.get(click.profile).cloned();
-                if (0..=self.cfg.attribution_window_ms).contains(&delta)
-                    && let Some(p) = profile
-                {
-                    first.offer_id = self.strings.get(p.offer).clone();
-                    first.affiliate_id = self.strings.get(p.affiliate).clone();
-                    first.country = self.strings.get(p.country).clone();
-                    first.device = p.device;
-                    first.subs = p.subs;
-                    (Attribution::Attributed, p.offer, p.affiliate, p.country)
+                if (0..=self.cfg.attribution_window_ms).contains(&delta) {
+                    let d = self.dims.get(click.dims);
+                    first.offer_id = self.strings.get(d.offer).clone();
+                    first.affiliate_id = self.strings.get(d.affiliate).clone();
+                    first.country = self.strings.get(d.country).clone();
+                    if let Some(e) = self.clicks.extras.get(click.extras) {
+                        first.device = e.device.clone();
+                        first.subs = e.subs.clone();
+                    }
+                    (Attribution::Attributed, d.offer, d.affiliate, d.country)
                 } else {
                     (
                         Attribution::OutsideWindow,

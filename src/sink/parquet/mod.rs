@@ -17,6 +17,7 @@ use anyhow::{Context, Result};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 
 use crate::event::time::partition_of;
@@ -92,10 +93,15 @@ impl<B: RowBuilder> PartitionedTable<B> {
         let level = ZstdLevel::try_new(cfg.zstd_level).with_context(|| {
             format!("sink.parquet.zstd_level: {} is not 1..=22", cfg.zstd_level)
         })?;
-        let props = WriterProperties::builder()
+        let mut props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(level))
-            .set_max_row_group_row_count(Some(1024 * 1024))
-            .build();
+            .set_max_row_group_row_count(Some(1024 * 1024));
+        // Dictionary encoding pays for repeated values (offers, countries, user agents) and
+        // only costs time on ids that are unique per row.
+        for column in B::UNIQUE_COLUMNS {
+            props = props.set_column_dictionary_enabled(ColumnPath::from(*column), false);
+        }
+        let props = props.build();
         Ok(PartitionedTable {
             dir: out.join(table),
             run_id: run_id.to_string(),

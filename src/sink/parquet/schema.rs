@@ -113,6 +113,8 @@ pub static STATS: LazyLock<SchemaRef> = LazyLock::new(|| {
 
 /// Column builders of one table; rows are appended until the batch is finished.
 pub trait RowBuilder: Send {
+    /// Columns whose values are (nearly) unique per row: written without a dictionary.
+    const UNIQUE_COLUMNS: &'static [&'static str];
     fn new() -> Self;
     fn schema() -> SchemaRef;
     fn len(&self) -> usize;
@@ -173,6 +175,7 @@ impl ClickBuilders {
 }
 
 impl RowBuilder for ClickBuilders {
+    const UNIQUE_COLUMNS: &'static [&'static str] = &["click_id", "ip"];
     fn new() -> Self {
         ClickBuilders {
             rows: 0,
@@ -267,6 +270,13 @@ impl ConversionBuilders {
 }
 
 impl RowBuilder for ConversionBuilders {
+    const UNIQUE_COLUMNS: &'static [&'static str] = &[
+        "external_id",
+        "click_id",
+        "order_id",
+        "customer_id",
+        "metadata",
+    ];
     fn new() -> Self {
         ConversionBuilders {
             rows: 0,
@@ -374,6 +384,7 @@ impl StatsBuilders {
 }
 
 impl RowBuilder for StatsBuilders {
+    const UNIQUE_COLUMNS: &'static [&'static str] = &[];
     fn new() -> Self {
         StatsBuilders {
             rows: 0,
