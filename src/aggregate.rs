@@ -99,11 +99,14 @@ mod tests {
         assert_eq!(&*out[0].offer_id, "o1");
         // A late delta re-opens the flushed minute.
         agg.update(60_000, d, |m| m.clicks -= 2);
+        // A bucket whose delta nets to zero before a flush is not written.
+        agg.update(180_000, d, |m| m.pending += 1);
+        agg.update(180_000, d, |m| m.pending -= 1);
         agg.flush_all(&table, &strings, &mut out);
         assert_eq!(agg.open_buckets(), 0);
         let total: i64 = out.iter().map(|r| r.measures.clicks).sum();
         assert_eq!(total, 0);
-        // A bucket whose delta nets to zero is not written.
-        assert_eq!(out.len(), 2);
+        let minutes: Vec<i64> = out.iter().map(|r| r.minute_ms).collect();
+        assert_eq!(minutes, [60_000, 60_000, 120_000]);
     }
 }

@@ -384,10 +384,8 @@ fn toml_key(text: &str, e: &toml::de::Error) -> String {
             (l.starts_with('[') && l.ends_with(']')).then(|| l.trim_matches(['[', ']']).to_string())
         })
         .unwrap_or_default();
-    let line = text[span.start.min(text.len())..]
-        .lines()
-        .next()
-        .unwrap_or("");
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
     let key = line.split('=').next().unwrap_or("").trim().to_string();
     let key = if key.starts_with('[') || key.is_empty() {
         String::new()

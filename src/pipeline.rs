@@ -253,11 +253,19 @@ fn merge_loop(
                 select! {
                     recv(c) -> m => match m {
                         Ok(m) => Some(m),
-                        Err(_) => { clicks_open = false; None }
+                        Err(_) => {
+                            clicks_open = false;
+                            engine.close_stream(Stream::Clicks);
+                            None
+                        }
                     },
                     recv(v) -> m => match m {
                         Ok(m) => Some(m),
-                        Err(_) => { convs_open = false; None }
+                        Err(_) => {
+                            convs_open = false;
+                            engine.close_stream(Stream::Conversions);
+                            None
+                        }
                     },
                     default(Duration::from_millis(200)) => None,
                 }

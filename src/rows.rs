@@ -49,6 +49,13 @@ pub struct ConversionRow {
     pub seconds_to_convert: Option<i64>,
 }
 
+impl ConversionRow {
+    /// `sub1`, the most used sub-id.
+    pub fn sub_1(&self) -> Option<&str> {
+        self.subs[0].as_deref()
+    }
+}
+
 /// Signed measures of one aggregate bucket (a delta: rows for the same bucket add up).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Measures {

@@ -553,7 +553,6 @@ fn json_reject(e: serde_json::Error) -> Reject {
 mod tests {
     use super::*;
     use crate::source::RawBatch;
-    use crate::state::keys;
 
     fn decoder() -> Decoder {
         Decoder::new(Arc::from("test"), DecodeLimits::default())

@@ -126,6 +126,9 @@ pub struct Engine {
     click_wm: i64,
     /// Highest conversion event time seen.
     conv_wm: i64,
+    /// Streams that have ended; an ended stream no longer holds eviction back.
+    clicks_closed: bool,
+    convs_closed: bool,
     /// Watermark at the last eviction sweep; sweeps run once per event-time hour.
     last_sweep_ms: i64,
     counters: Counters,
@@ -148,6 +151,8 @@ impl Engine {
             agg: Aggregator::default(),
             click_wm: i64::MIN,
             conv_wm: i64::MIN,
+            clicks_closed: false,
+            convs_closed: false,
             last_sweep_ms: i64::MIN,
             counters: Counters::default(),
         }
@@ -176,6 +181,39 @@ impl Engine {
             Stream::Conversions => self.conv_wm,
         };
         (wm != i64::MIN).then_some(wm)
+    }
+
+    /// Marks a stream as ended (its input is exhausted).
+    pub fn close_stream(&mut self, stream: Stream) {
+        match stream {
+            Stream::Clicks => self.clicks_closed = true,
+            Stream::Conversions => self.convs_closed = true,
+        }
+    }
+
+    /// The lower watermark of the streams that are still open, or of all if both have ended.
+    /// An open stream that has delivered nothing yet holds it back entirely (`None`): nobody
+    /// knows how far behind that stream is.
+    fn eviction_watermark(&self) -> Option<i64> {
+        let open = |closed: bool, wm: i64| -> Option<Option<i64>> {
+            if closed {
+                None
+            } else if wm == i64::MIN {
+                Some(None)
+            } else {
+                Some(Some(wm))
+            }
+        };
+        let streams = [
+            open(self.clicks_closed, self.click_wm),
+            open(self.convs_closed, self.conv_wm),
+        ];
+        let mut low = None;
+        for s in streams.into_iter().flatten() {
+            let wm = s?;
+            low = Some(low.map_or(wm, |l: i64| l.min(wm)));
+        }
+        low
     }
 
     /// Counts and forwards dead letters from decoding.
@@ -565,14 +603,17 @@ impl Engine {
         let close_before = minute_floor(low.saturating_sub(self.cfg.allowed_lateness_ms));
         self.agg
             .flush_before(close_before, &self.dims, &self.strings, &mut out.stats);
-        if low >= self.last_sweep_ms.saturating_add(MS_PER_HOUR) {
+        if let Some(low) = self.eviction_watermark()
+            && low >= self.last_sweep_ms.saturating_add(MS_PER_HOUR)
+        {
             self.last_sweep_ms = low;
             self.evict(low);
         }
     }
 
-    /// Drops state older than the windows (measured from the lower of the two watermarks, so a
-    /// lagging stream never finds its state evicted).
+    /// Drops state older than the windows, measured from the lower watermark of the open
+    /// streams so a lagging stream never finds its state evicted. A conversion that arrives
+    /// after its click was evicted (more than window + lateness behind) is `unknown_click`.
     fn evict(&mut self, low_wm: i64) {
         let horizon = low_wm
             .saturating_sub(self.cfg.attribution_window_ms)

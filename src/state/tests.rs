@@ -1,1 +1,507 @@
+//! Unit tests of every rule of the state stage, driven through the real decoder.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::*;
+use crate::event::Position;
+use crate::event::decode::{DecodeLimits, Decoder};
+use crate::rows::{Measures, StatsRow};
+use crate::source::RawBatch;
+
+const T0: i64 = 1_793_527_200_000; // 2026-11-01T10:00:00Z
+const MIN: i64 = 60_000;
+const DAY: i64 = 86_400_000;
+
+fn raw(lines: &[String]) -> RawBatch {
+    let mut b = RawBatch::default();
+    for (i, l) in lines.iter().enumerate() {
+        b.push_line(
+            l.as_bytes(),
+            Position {
+                line: i as u64 + 1,
+                offset: 0,
+            },
+        );
+    }
+    b
+}
+
+fn decoder() -> Decoder {
+    Decoder::new(Arc::from("test"), DecodeLimits::default())
+}
+
+fn click(id: &str, ts: i64, offer: &str, ip: Option<&str>) -> String {
+    let ip = ip.map(|ip| format!(r#","ip":"{ip}""#)).unwrap_or_default();
+    format!(
+        r#"{{"click_id":"{id}","ts":{ts},"offer_id":"{offer}","affiliate_id":"a1","country":"de","device":"mobile","sub1":"s1-{id}"{ip}}}"#
+    )
+}
+
+fn conv(click: &str, ext: &str, tenant: &str, status: &str, ts: i64, amount: &str) -> String {
+    format!(
+        r#"{{"click_id":"{click}","external_id":"{ext}","tenant_id":"{tenant}","status":"{status}","ts":{ts},"amount":"{amount}"}}"#
+    )
+}
+
+/// Everything the engine wrote, accumulated.
+#[derive(Default, Debug)]
+struct Out {
+    clicks: Vec<(String, bool)>,
+    conversions: Vec<ConversionRow>,
+    stats: Vec<StatsRow>,
+    dead: Vec<DeadLetter>,
+}
+
+impl Out {
+    fn take(&mut self, b: SinkBatch) {
+        for rows in b.clicks {
+            for (i, unique) in rows.accepted {
+                let c = rows.batch.clicks[i as usize];
+                self.clicks
+                    .push((rows.batch.arena.get(c.click_id).to_string(), unique));
+            }
+        }
+        self.conversions.extend(b.conversions);
+        self.stats.extend(b.stats);
+        self.dead.extend(b.dead_letters);
+    }
+
+    /// Sum of all stats rows (the table's `sum()`).
+    fn total(&self) -> Measures {
+        let mut m = Measures::default();
+        for r in &self.stats {
+            m.add(&r.measures);
+        }
+        m
+    }
+
+    /// Sums per (tenant, offer, currency).
+    fn by_offer(&self) -> BTreeMap<(String, String, String), Measures> {
+        let mut out: BTreeMap<_, Measures> = BTreeMap::new();
+        for r in &self.stats {
+            out.entry((
+                r.tenant_id.to_string(),
+                r.offer_id.to_string(),
+                r.currency.to_string(),
+            ))
+            .or_default()
+            .add(&r.measures);
+        }
+        out
+    }
+
+    fn versions(&self, tenant: &str, ext: &str) -> Vec<(u32, Status)> {
+        let mut v: Vec<_> = self
+            .conversions
+            .iter()
+            .filter(|r| &*r.tenant_id == tenant && &*r.external_id == ext)
+            .map(|r| (r.version, r.status))
+            .collect();
+        v.sort_by_key(|x| x.0);
+        v
+    }
+
+    fn row(&self, tenant: &str, ext: &str, version: u32) -> &ConversionRow {
+        self.conversions
+            .iter()
+            .find(|r| &*r.tenant_id == tenant && &*r.external_id == ext && r.version == version)
+            .unwrap_or_else(|| panic!("no row {tenant}/{ext} v{version}"))
+    }
+}
+
+enum Feed {
+    Clicks(Vec<String>),
+    Convs(Vec<String>),
+}
+
+fn run_feeds(cfg: EngineConfig, feeds: Vec<Feed>) -> (Out, Counters) {
+    let mut e = Engine::new(cfg);
+    let mut out = Out::default();
+    let has_clicks = feeds.iter().any(|f| matches!(f, Feed::Clicks(_)));
+    let has_convs = feeds.iter().any(|f| matches!(f, Feed::Convs(_)));
+    if !has_clicks {
+        e.close_stream(Stream::Clicks);
+    }
+    if !has_convs {
+        e.close_stream(Stream::Conversions);
+    }
+    for f in feeds {
+        let mut b = SinkBatch::default();
+        match f {
+            Feed::Clicks(lines) => {
+                let (batch, dead) = decoder().decode_clicks(&raw(&lines));
+                e.on_dead_letters(dead, &mut b);
+                e.on_clicks(batch, &mut b);
+            }
+            Feed::Convs(lines) => {
+                let (batch, dead) = decoder().decode_conversions(&raw(&lines));
+                e.on_dead_letters(dead, &mut b);
+                e.on_conversions(batch, &mut b);
+            }
+        }
+        out.take(b);
+    }
+    let mut b = SinkBatch::default();
+    e.finish(&mut b);
+    out.take(b);
+    (out, e.counters().clone())
+}
+
+fn run(feeds: Vec<Feed>) -> (Out, Counters) {
+    run_feeds(EngineConfig::default(), feeds)
+}
+
+#[test]
+fn duplicate_clicks_are_counted_not_written() {
+    let (out, c) = run(vec![Feed::Clicks(vec![
+        click("c1", T0, "o1", None),
+        click("c2", T0, "o1", None),
+        click("c1", T0 + 1000, "o1", None),
+    ])]);
+    assert_eq!(out.clicks.len(), 2);
+    assert_eq!((c.clicks, c.duplicate_clicks), (2, 1));
+    let t = out.total();
+    assert_eq!((t.clicks, t.duplicate_clicks, t.unique_clicks), (2, 1, 2));
+}
+
+#[test]
+fn unique_clicks_per_day_tenant_offer_ip() {
+    let (out, c) = run(vec![Feed::Clicks(vec![
+        click("c1", T0, "o1", Some("1.1.1.1")),
+        click("c2", T0 + MIN, "o1", Some("1.1.1.1")), // same visitor, same day
+        click("c3", T0 + MIN, "o2", Some("1.1.1.1")), // other offer
+        click("c4", T0 + DAY, "o1", Some("1.1.1.1")), // next day
+        click("c5", T0, "o1", None),                  // no ip: always unique
+        click("c6", T0, "o1", None),
+    ])]);
+    let unique: Vec<_> = out.clicks.iter().map(|(id, u)| (id.as_str(), *u)).collect();
+    assert_eq!(
+        unique,
+        [
+            ("c1", true),
+            ("c2", false),
+            ("c3", true),
+            ("c4", true),
+            ("c5", true),
+            ("c6", true)
+        ]
+    );
+    assert_eq!(c.unique_clicks, 5);
+    assert_eq!(out.total().unique_clicks, 5);
+}
+
+#[test]
+fn conversion_dedup_is_per_tenant() {
+    let (out, c) = run(vec![
+        Feed::Clicks(vec![click("c1", T0, "o1", None)]),
+        Feed::Convs(vec![
+            conv("c1", "e1", "t1", "approved", T0 + MIN, "10"),
+            conv("c1", "e1", "t1", "approved", T0 + MIN, "10"), // duplicate
+            conv("c1", "e1", "t2", "approved", T0 + MIN, "7"),  // other tenant
+            conv("c1", "e1", "t1", "APPROVED", T0 + 2 * MIN, "99"), // duplicate, any case
+        ]),
+    ]);
+    assert_eq!(c.conversions, 2);
+    assert_eq!(c.duplicate_conversions, 2);
+    assert_eq!(out.versions("t1", "e1"), [(1, Status::Approved)]);
+    assert_eq!(out.versions("t2", "e1"), [(1, Status::Approved)]);
+    let by = out.by_offer();
+    let t1 = by[&("t1".into(), "o1".into(), "USD".into())];
+    assert_eq!(
+        (t1.conversions, t1.approved, t1.duplicate_conversions),
+        (1, 1, 2)
+    );
+    assert_eq!(t1.revenue_micros, 10_000_000);
+    let t2 = by[&("t2".into(), "o1".into(), "USD".into())];
+    assert_eq!((t2.conversions, t2.revenue_micros), (1, 7_000_000));
+}
+
+#[test]
+fn status_changes_reversal_reapproval_and_refusal() {
+    let (out, c) = run(vec![
+        Feed::Clicks(vec![click("c1", T0, "o1", None)]),
+        Feed::Convs(vec![
+            conv("c1", "e1", "t", "pending", T0 + MIN, "20"),
+            conv("c1", "e1", "t", "approved", T0 + 9 * MIN, "999"), // v2; amount of v1 stands
+            conv("c1", "e1", "t", "rejected", T0 + 10 * MIN, "20"), // v3 reversal
+            conv("c1", "e1", "t", "approved", T0 + 11 * MIN, "20"), // v4 re-approval
+            conv("c1", "e1", "t", "pending", T0 + 12 * MIN, "20"),  // refused
+            conv("c1", "e1", "t", "approved", T0 + 13 * MIN, "20"), // duplicate of current
+        ]),
+    ]);
+    assert_eq!(
+        out.versions("t", "e1"),
+        [
+            (1, Status::Pending),
+            (2, Status::Approved),
+            (3, Status::Rejected),
+            (4, Status::Approved)
+        ]
+    );
+    let v2 = out.row("t", "e1", 2);
+    assert_eq!(v2.amount_micros, 20_000_000);
+    assert_eq!(v2.ts_ms, T0 + MIN, "time of the first postback stands");
+    assert_eq!(v2.previous_status, Some(Status::Pending));
+    assert_eq!(&*v2.offer_id, "o1", "later versions keep the attribution");
+    assert_eq!(v2.sub_1(), Some("s1-c1"));
+    assert_eq!(c.refused_changes, 1);
+    assert_eq!(c.duplicate_conversions, 1);
+    assert_eq!(c.status_changes, 3);
+    assert_eq!(out.dead.len(), 1);
+    assert_eq!(out.dead[0].reason, DeadReason::RefusedStatusChange);
+    assert!(String::from_utf8_lossy(&out.dead[0].raw).contains("\"pending\""));
+    let t = out.total();
+    assert_eq!(
+        (
+            t.conversions,
+            t.approved,
+            t.pending,
+            t.rejected,
+            t.revenue_micros
+        ),
+        (1, 1, 0, 0, 20_000_000)
+    );
+    assert_eq!((c.approved, c.pending, c.rejected), (1, 0, 0));
+    // All deltas land in the original conversion's minute.
+    let minutes: std::collections::BTreeSet<i64> = out
+        .stats
+        .iter()
+        .filter(|r| r.measures.conversions != 0 || r.measures.approved != 0)
+        .map(|r| r.minute_ms)
+        .collect();
+    assert_eq!(minutes.into_iter().collect::<Vec<_>>(), [T0 + MIN]);
+}
+
+#[test]
+fn attribution_window_and_reasons() {
+    let cfg = EngineConfig {
+        attribution_window_ms: DAY,
+        ..EngineConfig::default()
+    };
+    let (out, c) = run_feeds(
+        cfg,
+        vec![
+            Feed::Clicks(vec![
+                click("in", T0, "o1", None),
+                click("late", T0, "o1", None),
+                click("early", T0 + 10 * MIN, "o1", None),
+            ]),
+            Feed::Convs(vec![
+                conv("in", "e1", "t", "approved", T0 + DAY, "1"), // exactly at the window edge
+                conv("late", "e2", "t", "approved", T0 + DAY + 1, "1"),
+                conv("early", "e3", "t", "approved", T0, "1"), // before its click
+                conv("nobody", "e4", "t", "approved", T0, "1"),
+            ]),
+            // Moves the click watermark past e4 + lateness.
+            Feed::Clicks(vec![click("tick", T0 + DAY + 10 * MIN, "o9", None)]),
+        ],
+    );
+    let r = |e: &str| out.row("t", e, 1);
+    assert_eq!(r("e1").attribution, Attribution::Attributed);
+    assert_eq!(r("e1").seconds_to_convert, Some(86_400));
+    assert_eq!(r("e1").click_ts_ms, Some(T0));
+    assert_eq!(&*r("e1").country, "DE");
+    assert_eq!(r("e1").device.as_deref(), Some("mobile"));
+    assert_eq!(r("e2").attribution, Attribution::OutsideWindow);
+    assert_eq!(
+        &*r("e2").offer_id,
+        "",
+        "unattributed rows carry no click dimensions"
+    );
+    assert_eq!(r("e3").attribution, Attribution::OutsideWindow);
+    assert_eq!(r("e4").attribution, Attribution::UnknownClick);
+    assert_eq!(r("e4").click_ts_ms, None);
+    assert_eq!((c.attributed, c.outside_window, c.unknown_click), (1, 2, 1));
+    let by = out.by_offer();
+    assert_eq!(by[&("t".into(), "o1".into(), "USD".into())].conversions, 1);
+    let unattributed = by[&("t".into(), "".into(), "USD".into())];
+    assert_eq!(
+        (unattributed.conversions, unattributed.unattributed),
+        (3, 3)
+    );
+}
+
+#[test]
+fn conversion_before_click_waits_and_follow_ups_queue_behind_it() {
+    let (out, c) = run(vec![
+        Feed::Convs(vec![
+            conv("c1", "e1", "t", "pending", T0 + MIN, "5"),
+            conv("c1", "e1", "t", "pending", T0 + MIN, "5"), // duplicate while waiting
+            conv("c1", "e1", "t", "approved", T0 + 2 * MIN, "5"), // change while waiting
+        ]),
+        Feed::Clicks(vec![click("c1", T0, "o1", None)]),
+    ]);
+    assert_eq!(
+        out.versions("t", "e1"),
+        [(1, Status::Pending), (2, Status::Approved)]
+    );
+    assert_eq!(out.row("t", "e1", 2).attribution, Attribution::Attributed);
+    assert_eq!(&*out.row("t", "e1", 2).offer_id, "o1");
+    assert_eq!(c.attributed, 1);
+    let t = out.total();
+    assert_eq!(
+        (
+            t.conversions,
+            t.pending,
+            t.approved,
+            t.duplicate_conversions,
+            t.revenue_micros
+        ),
+        (1, 0, 1, 1, 5_000_000)
+    );
+}
+
+#[test]
+fn result_does_not_depend_on_stream_interleaving() {
+    let clicks: Vec<String> = (0..40)
+        .map(|i| {
+            click(
+                &format!("c{i}"),
+                T0 + i * MIN,
+                &format!("o{}", i % 3),
+                Some("9.9.9.9"),
+            )
+        })
+        .collect();
+    // Conversion i names click c{i} 30 s after it for i < 30, and a click that never comes
+    // otherwise; every third one is approved later.
+    let convs: Vec<String> = (0..40)
+        .flat_map(|i| {
+            let ts = T0 + i * MIN + 30_000;
+            let click = if i < 30 {
+                format!("c{i}")
+            } else {
+                format!("gone{i}")
+            };
+            let mut v = vec![conv(&click, &format!("e{i}"), "t", "pending", ts, "3")];
+            if i % 3 == 0 {
+                v.push(conv(&click, &format!("e{i}"), "t", "approved", ts + 1, "3"));
+            }
+            v
+        })
+        .collect();
+    let summarise = |out: &Out| {
+        let mut rows: Vec<String> = out
+            .conversions
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}/{}/{:?}/{:?}/{}",
+                    r.external_id, r.version, r.status, r.attribution, r.offer_id
+                )
+            })
+            .collect();
+        rows.sort();
+        (rows, out.by_offer())
+    };
+    let clicks_first = run(vec![
+        Feed::Clicks(clicks.clone()),
+        Feed::Convs(convs.clone()),
+    ]);
+    let convs_first = run(vec![
+        Feed::Convs(convs.clone()),
+        Feed::Clicks(clicks.clone()),
+    ]);
+    let mut interleaved = Vec::new();
+    let (mut a, mut b) = (clicks.chunks(3), convs.chunks(7));
+    loop {
+        let (x, y) = (a.next(), b.next());
+        if x.is_none() && y.is_none() {
+            break;
+        }
+        if let Some(y) = y {
+            interleaved.push(Feed::Convs(y.to_vec()));
+        }
+        if let Some(x) = x {
+            interleaved.push(Feed::Clicks(x.to_vec()));
+        }
+    }
+    let interleaved = run(interleaved);
+    let want = summarise(&clicks_first.0);
+    assert_eq!(want.0.len(), 40 + 14);
+    assert_eq!(summarise(&convs_first.0), want);
+    assert_eq!(summarise(&interleaved.0), want);
+    assert_eq!(clicks_first.1, convs_first.1);
+    assert_eq!(clicks_first.1, interleaved.1);
+    assert_eq!(clicks_first.1.attributed, 30);
+    assert_eq!(clicks_first.1.unknown_click, 10);
+}
+
+#[test]
+fn an_open_stream_that_sent_nothing_holds_eviction_back() {
+    let cfg = EngineConfig {
+        attribution_window_ms: DAY,
+        allowed_lateness_ms: MIN,
+        dedup_window_ms: 2 * DAY,
+    };
+    let mut e = Engine::new(cfg);
+    let mut sink = SinkBatch::default();
+    let lines: Vec<String> = (0..5)
+        .map(|d| click(&format!("c{d}"), T0 + d * DAY, "o1", None))
+        .collect();
+    let (batch, _) = decoder().decode_clicks(&raw(&lines));
+    e.on_clicks(batch, &mut sink);
+    assert_eq!(
+        e.sizes().indexed_clicks,
+        5,
+        "conversions may still come for old clicks"
+    );
+    e.close_stream(Stream::Conversions);
+    let (batch, _) = decoder().decode_clicks(&raw(&[click("c9", T0 + 6 * DAY, "o1", None)]));
+    e.on_clicks(batch, &mut sink);
+    assert_eq!(
+        e.sizes().indexed_clicks,
+        1,
+        "only c9 is within window + lateness"
+    );
+}
+
+#[test]
+fn state_older_than_the_windows_is_evicted() {
+    let cfg = EngineConfig {
+        attribution_window_ms: DAY,
+        allowed_lateness_ms: MIN,
+        dedup_window_ms: 2 * DAY,
+    };
+    let mut e = Engine::new(cfg);
+    let mut sink = SinkBatch::default();
+    for day in 0..5 {
+        let lines: Vec<String> = (0..100)
+            .map(|i| {
+                click(
+                    &format!("d{day}-{i}"),
+                    T0 + day * DAY + i * MIN,
+                    "o1",
+                    Some("1.2.3.4"),
+                )
+            })
+            .collect();
+        let (batch, _) = decoder().decode_clicks(&raw(&lines));
+        e.on_clicks(batch, &mut sink);
+        let convs: Vec<String> = (0..10)
+            .map(|i| {
+                conv(
+                    &format!("d{day}-{i}"),
+                    &format!("e{day}-{i}"),
+                    "t",
+                    "approved",
+                    T0 + day * DAY + 200 * MIN,
+                    "1",
+                )
+            })
+            .collect();
+        let (batch, _) = decoder().decode_conversions(&raw(&convs));
+        e.on_conversions(batch, &mut sink);
+    }
+    let s = e.sizes();
+    // Only the last ~2 days of clicks (window + lateness) and ~3 days of dedup keys remain.
+    assert!(s.indexed_clicks <= 200, "{s:?}");
+    assert!(s.indexed_clicks >= 100, "{s:?}");
+    assert!(s.dedup_keys <= 30, "{s:?}");
+    assert_eq!(e.counters().attributed, 50);
+    // A click id from day 0 is new again once evicted (clicks are deduplicated inside the window).
+    let (batch, _) = decoder().decode_clicks(&raw(&[click("d0-1", T0 + 5 * DAY, "o1", None)]));
+    e.on_clicks(batch, &mut sink);
+    assert_eq!(e.counters().duplicate_clicks, 0);
+}
