@@ -152,7 +152,7 @@ impl<B: RowBuilder> PartitionedTable<B> {
         let Some(p) = self.partitions.get_mut(&hour) else {
             return Ok(());
         };
-        if p.rows.len() == 0 {
+        if p.rows.is_empty() {
             return Ok(());
         }
         let batch = p.rows.finish().context("building a record batch")?;
@@ -229,7 +229,7 @@ impl<B: RowBuilder> PartitionedTable<B> {
         if self
             .partitions
             .get(&hour)
-            .is_some_and(|p| p.file.is_none() && p.rows.len() == 0)
+            .is_some_and(|p| p.file.is_none() && p.rows.is_empty())
         {
             self.partitions.remove(&hour);
         }

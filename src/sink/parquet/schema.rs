@@ -118,6 +118,9 @@ pub trait RowBuilder: Send {
     fn new() -> Self;
     fn schema() -> SchemaRef;
     fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     fn finish(&mut self) -> Result<RecordBatch, ArrowError>;
 }
 

@@ -1,0 +1,120 @@
+//! Helpers shared by the integration tests: run the binary, read Parquet output back.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{Decimal128Type, Int64Type, TimestampMillisecondType, UInt32Type};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// Runs `attribd` with `args`; panics with its output when it fails.
+pub fn attribd(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_attribd"))
+        .args(args)
+        .env("ATTRIBD_LOG", "warn")
+        .output()
+        .expect("attribd runs");
+    assert!(
+        out.status.success(),
+        "attribd {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Every file below `dir` (recursively).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// All record batches of a table (`OUT/<table>/**/*.parquet`).
+pub fn read_table(out: &Path, table: &str) -> Vec<RecordBatch> {
+    let mut batches = Vec::new();
+    for path in files_under(&out.join(table)) {
+        if path.extension().and_then(|e| e.to_str()) != Some("parquet") {
+            continue;
+        }
+        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap())
+            .unwrap()
+            .build()
+            .unwrap();
+        for b in reader {
+            batches.push(b.unwrap());
+        }
+    }
+    batches
+}
+
+/// One row as column name → display string (numbers, decimals and timestamps as integers).
+pub type Row = BTreeMap<String, Option<String>>;
+
+pub fn rows(batches: &[RecordBatch]) -> Vec<Row> {
+    let mut out = Vec::new();
+    for b in batches {
+        for i in 0..b.num_rows() {
+            let mut row = Row::new();
+            for (f, col) in b.schema().fields().iter().zip(b.columns()) {
+                let v = if col.is_null(i) {
+                    None
+                } else if let Some(a) = col.as_string_opt::<i32>() {
+                    Some(a.value(i).to_string())
+                } else if let Some(a) = col.as_primitive_opt::<Int64Type>() {
+                    Some(a.value(i).to_string())
+                } else if let Some(a) = col.as_primitive_opt::<UInt32Type>() {
+                    Some(a.value(i).to_string())
+                } else if let Some(a) = col.as_primitive_opt::<Decimal128Type>() {
+                    Some(a.value(i).to_string())
+                } else if let Some(a) = col.as_primitive_opt::<TimestampMillisecondType>() {
+                    Some(a.value(i).to_string())
+                } else if let Some(a) = col.as_boolean_opt() {
+                    Some(a.value(i).to_string())
+                } else {
+                    panic!("unexpected column type {:?}", f.data_type())
+                };
+                row.insert(f.name().clone(), v);
+            }
+            out.push(row);
+        }
+    }
+    out
+}
+
+pub fn get<'a>(row: &'a Row, col: &str) -> &'a str {
+    row.get(col)
+        .unwrap_or_else(|| panic!("no column {col}"))
+        .as_deref()
+        .unwrap_or("")
+}
+
+pub fn int(row: &Row, col: &str) -> i64 {
+    get(row, col)
+        .parse()
+        .unwrap_or_else(|_| panic!("{col} is not an integer"))
+}

@@ -1,0 +1,454 @@
+//! End to end: the `attribd` binary on a fixture whose right answers are known, with every
+//! output read back — by the `parquet` crate and, independently, by DuckDB.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use common::*;
+
+const MEASURES: [&str; 10] = [
+    "clicks",
+    "unique_clicks",
+    "duplicate_clicks",
+    "conversions",
+    "approved",
+    "pending",
+    "rejected",
+    "revenue",
+    "duplicate_conversions",
+    "unattributed",
+];
+
+/// Sum of the stats table per (tenant, offer, affiliate, country, currency).
+fn stats_by_dims(out: &std::path::Path) -> BTreeMap<String, [i64; 10]> {
+    let mut sums: BTreeMap<String, [i64; 10]> = BTreeMap::new();
+    for r in rows(&read_table(out, "stats_minute")) {
+        let key = [
+            "tenant_id",
+            "offer_id",
+            "affiliate_id",
+            "country",
+            "currency",
+        ]
+        .map(|c| get(&r, c))
+        .join("/");
+        let s = sums.entry(key).or_default();
+        for (i, m) in MEASURES.iter().enumerate() {
+            s[i] += int(&r, m);
+        }
+    }
+    sums.retain(|_, v| v.iter().any(|x| *x != 0));
+    sums
+}
+
+fn run_fixture(out: &std::path::Path) -> String {
+    let clicks = fixture("clicks.ndjson");
+    let convs = fixture("conversions.ndjson");
+    let o = attribd(&[
+        "run",
+        "-q",
+        "--clicks",
+        clicks.to_str().unwrap(),
+        "--conversions",
+        convs.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    String::from_utf8(o.stdout).unwrap()
+}
+
+#[test]
+fn fixture_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path();
+    let summary = run_fixture(out);
+    assert!(summary.contains("events in"), "{summary}");
+
+    // Layout: Hive partitions, complete files only.
+    let files = files_under(out);
+    assert!(files.iter().all(|f| !f.to_string_lossy().ends_with(".tmp")));
+    assert!(files.iter().any(|f| {
+        f.to_string_lossy()
+            .contains("clicks/dt=2026-11-01/hour=10/part-")
+    }));
+    assert!(files.iter().any(|f| {
+        f.to_string_lossy()
+            .contains("clicks/dt=2026-10-02/hour=10/part-")
+    }));
+
+    // Clicks: 7 accepted (c1 duplicate dropped, 4 malformed), unique flags per rule.
+    let clicks = rows(&read_table(out, "clicks"));
+    let mut unique: Vec<(String, String)> = clicks
+        .iter()
+        .map(|r| {
+            (
+                get(r, "click_id").to_string(),
+                get(r, "is_unique").to_string(),
+            )
+        })
+        .collect();
+    unique.sort();
+    let want: Vec<(String, String)> = [
+        ("c1", "true"),
+        ("c2", "false"), // same tenant/offer/ip/day as c1
+        ("c3", "true"),  // no ip
+        ("c5", "true"),
+        ("c6", "true"), // other tenant
+        ("c7", "true"),
+        ("c8", "true"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(unique, want);
+    let c3 = clicks.iter().find(|r| get(r, "click_id") == "c3").unwrap();
+    assert_eq!(get(c3, "country"), "DE");
+    assert_eq!(
+        int(c3, "ts"),
+        1_793_527_320_000,
+        "+02:00 offset normalised to UTC"
+    );
+    let c2 = clicks.iter().find(|r| get(r, "click_id") == "c2").unwrap();
+    assert_eq!(int(c2, "ts"), 1_793_527_260_000, "epoch-ms form");
+
+    // Conversions: one row per accepted version.
+    let convs = rows(&read_table(out, "conversions"));
+    assert_eq!(convs.len(), 10);
+    let mut versions: Vec<String> = convs
+        .iter()
+        .map(|r| {
+            format!(
+                "{}/{} v{} {} {} {}",
+                get(r, "tenant_id"),
+                get(r, "external_id"),
+                get(r, "version"),
+                get(r, "status"),
+                get(r, "amount"),
+                if get(r, "attributed") == "true" {
+                    format!(
+                        "{}/{}/{}",
+                        get(r, "offer_id"),
+                        get(r, "affiliate_id"),
+                        get(r, "country")
+                    )
+                } else {
+                    get(r, "reason").to_string()
+                }
+            )
+        })
+        .collect();
+    versions.sort();
+    assert_eq!(
+        versions,
+        [
+            "t1/e1 v1 pending 10500000 o1/a1/US",
+            "t1/e1 v2 approved 10500000 o1/a1/US",
+            "t1/e1 v3 rejected 10500000 o1/a1/US",
+            "t1/e1 v4 approved 10500000 o1/a1/US",
+            "t1/e3 v1 approved 20000000 o2/a2/DE",
+            "t1/e5 v1 approved 7000000 outside_window",
+            "t1/e7 v1 pending 3000000 o2/a2/FR",
+            "t1/e8 v1 approved 4000000 unknown_click",
+            "t2/e1 v1 approved 5000000 o1/a1/US",
+            "t2/e9 v1 approved 10000000 o1/a1/US",
+        ]
+    );
+    let e1 = convs
+        .iter()
+        .find(|r| {
+            get(r, "external_id") == "e1" && get(r, "version") == "1" && get(r, "tenant_id") == "t1"
+        })
+        .unwrap();
+    assert_eq!(
+        get(e1, "metadata"),
+        r#"{"campaign":"black-friday","tags":["a","b"]}"#
+    );
+    assert_eq!(get(e1, "sub1"), "s-a");
+    assert_eq!(get(e1, "device"), "mobile");
+    assert_eq!(int(e1, "seconds_to_convert"), 600);
+    assert_eq!(int(e1, "click_ts"), 1_793_527_200_000);
+    let e3 = convs
+        .iter()
+        .find(|r| get(r, "external_id") == "e3")
+        .unwrap();
+    assert_eq!(get(e3, "currency"), "EUR");
+    let e5 = convs
+        .iter()
+        .find(|r| get(r, "external_id") == "e5")
+        .unwrap();
+    assert_eq!(int(e5, "seconds_to_convert"), 30 * 86_400 + 120);
+
+    // Aggregates: every measure of every bucket, summed over the delta rows.
+    let sums = stats_by_dims(out);
+    //                 clicks uniq dupc conv appr pend rej revenue dupconv unattr
+    let want: BTreeMap<String, [i64; 10]> = [
+        ("t1/o1/a1/US/", [4, 3, 1, 0, 0, 0, 0, 0, 0, 0]),
+        ("t1/o2/a2/DE/", [1, 1, 0, 0, 0, 0, 0, 0, 0, 0]),
+        ("t1/o2/a2/FR/", [1, 1, 0, 0, 0, 0, 0, 0, 0, 0]),
+        ("t2/o1/a1/US/", [1, 1, 0, 0, 0, 0, 0, 0, 0, 0]),
+        ("t1/o1/a1/US/USD", [0, 0, 0, 1, 1, 0, 0, 10_500_000, 1, 0]),
+        ("t1/o2/a2/DE/EUR", [0, 0, 0, 1, 1, 0, 0, 20_000_000, 0, 0]),
+        ("t1/o2/a2/FR/USD", [0, 0, 0, 1, 0, 1, 0, 0, 0, 0]),
+        ("t1////USD", [0, 0, 0, 2, 2, 0, 0, 11_000_000, 0, 2]),
+        ("t2/o1/a1/US/USD", [0, 0, 0, 2, 2, 0, 0, 15_000_000, 0, 0]),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    assert_eq!(sums, want);
+
+    // Status-change deltas sit in the original conversion's minute (10:10).
+    let stats = rows(&read_table(out, "stats_minute"));
+    for r in &stats {
+        if get(r, "offer_id") == "o1" && get(r, "currency") == "USD" && get(r, "tenant_id") == "t1"
+        {
+            assert_eq!(int(r, "minute"), 1_793_527_800_000);
+        }
+    }
+
+    // Dead letters: reason, position and the original bytes.
+    let mut reasons: BTreeMap<String, u32> = BTreeMap::new();
+    let mut dead_lines = Vec::new();
+    for f in files_under(&out.join("dead_letters")) {
+        for line in std::fs::read_to_string(&f).unwrap().lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            *reasons
+                .entry(format!(
+                    "{}/{}",
+                    v["stream"].as_str().unwrap(),
+                    v["reason"].as_str().unwrap()
+                ))
+                .or_default() += 1;
+            dead_lines.push(v);
+        }
+    }
+    let want: BTreeMap<String, u32> = [
+        ("clicks/invalid_json", 1),
+        ("clicks/missing_field", 1),
+        ("clicks/invalid_field", 1),
+        ("clicks/invalid_utf8", 1),
+        ("conversions/invalid_field", 2),
+        ("conversions/missing_field", 1),
+        ("conversions/invalid_json", 1),
+        ("conversions/refused_status_change", 1),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    assert_eq!(reasons, want);
+    let utf8 = dead_lines
+        .iter()
+        .find(|v| v["reason"] == "invalid_utf8")
+        .unwrap();
+    assert_eq!(utf8["line"], 10);
+    use base64::Engine as _;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(utf8["raw_base64"].as_str().unwrap())
+        .unwrap();
+    let original = std::fs::read(fixture("clicks.ndjson")).unwrap();
+    assert_eq!(
+        original.split(|b| *b == b'\n').nth(9).unwrap(),
+        raw.as_slice()
+    );
+    let refused = dead_lines
+        .iter()
+        .find(|v| v["reason"] == "refused_status_change")
+        .unwrap();
+    assert_eq!(refused["line"], 6);
+    assert!(refused["raw"].as_str().unwrap().contains("\"pending\""));
+
+    duckdb_cross_check(out);
+}
+
+/// Reads the same files with DuckDB, the way README tells users to.
+fn duckdb_cross_check(out: &std::path::Path) {
+    let probe = Command::new("python3")
+        .args(["-c", "import duckdb"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but the Python duckdb module is missing (pip install duckdb)"
+        );
+        eprintln!("SKIPPED DuckDB cross-check: python3 module `duckdb` not installed");
+        return;
+    }
+    let script = format!(
+        r#"
+import duckdb
+out = {out:?}
+db = duckdb.connect()
+s = db.execute(f"select sum(clicks), sum(unique_clicks), sum(duplicate_clicks), sum(conversions), sum(approved), sum(pending), sum(rejected), sum(revenue)::varchar, sum(duplicate_conversions), sum(unattributed) from read_parquet('{{out}}/stats_minute/**/*.parquet', hive_partitioning=true)").fetchone()
+print("stats", *s)
+c = db.execute(f"select count(*), count(distinct click_id), min(dt)::varchar, max(dt)::varchar from read_parquet('{{out}}/clicks/**/*.parquet', hive_partitioning=true)").fetchone()
+print("clicks", *c)
+v = db.execute(f"select status, count(*) from (select tenant_id, external_id, arg_max(status, version) status from read_parquet('{{out}}/conversions/**/*.parquet') group by all) group by all order by 1").fetchall()
+print("current", *[f"{{s}}={{n}}" for s, n in v])
+"#,
+        out = out.display().to_string()
+    );
+    let o = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8(o.stdout).unwrap();
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        [
+            "stats 7 6 1 7 6 1 0 56.500000 1 2",
+            "clicks 7 7 2026-10-02 2026-11-01",
+            "current approved=6 pending=1",
+        ]
+    );
+}
+
+#[test]
+fn compressed_inputs_and_stdin_give_the_same_answer() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let clicks = std::fs::read(fixture("clicks.ndjson")).unwrap();
+    let convs = std::fs::read(fixture("conversions.ndjson")).unwrap();
+    let gz = dir.path().join("clicks.ndjson.gz");
+    let mut enc =
+        flate2::write::GzEncoder::new(std::fs::File::create(&gz).unwrap(), Default::default());
+    enc.write_all(&clicks).unwrap();
+    enc.finish().unwrap();
+    let zst = dir.path().join("conversions.ndjson.zst");
+    std::fs::write(&zst, zstd::encode_all(convs.as_slice(), 3).unwrap()).unwrap();
+    let out_plain = dir.path().join("plain");
+    run_fixture(&out_plain);
+    let out_packed = dir.path().join("packed");
+    attribd(&[
+        "run",
+        "-q",
+        "--clicks",
+        gz.to_str().unwrap(),
+        "--conversions",
+        zst.to_str().unwrap(),
+        "--out",
+        out_packed.to_str().unwrap(),
+    ]);
+    assert_eq!(stats_by_dims(&out_packed), stats_by_dims(&out_plain));
+
+    let out_stdin = dir.path().join("stdin");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_attribd"))
+        .args([
+            "run",
+            "-q",
+            "--clicks",
+            "-",
+            "--conversions",
+            zst.to_str().unwrap(),
+            "--out",
+            out_stdin.to_str().unwrap(),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&clicks).unwrap();
+    assert!(child.wait_with_output().unwrap().status.success());
+    assert_eq!(stats_by_dims(&out_stdin), stats_by_dims(&out_plain));
+}
+
+#[test]
+fn generator_pipeline_and_gen_files_agree() {
+    // `source = "generator"` and `attribd gen` + file input produce the same results.
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = dir.path().join("gen.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "[source]\nkind = \"generator\"\n[source.generator]\nclicks = 20000\nseed = 7\n[sink.parquet]\nout = {:?}\n",
+            dir.path().join("direct").display().to_string()
+        ),
+    )
+    .unwrap();
+    let direct = attribd(&["run", "-q", "-p", pipeline.to_str().unwrap()]);
+    let input = dir.path().join("input");
+    attribd(&[
+        "gen",
+        "-p",
+        pipeline.to_str().unwrap(),
+        "--out",
+        input.to_str().unwrap(),
+        "--compress",
+        "zst",
+    ]);
+    let via_files = dir.path().join("files");
+    let files = attribd(&[
+        "run",
+        "-q",
+        "--clicks",
+        input.join("clicks.ndjson.zst").to_str().unwrap(),
+        "--conversions",
+        input.join("conversions.ndjson.zst").to_str().unwrap(),
+        "--out",
+        via_files.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        stats_by_dims(&dir.path().join("direct")),
+        stats_by_dims(&via_files)
+    );
+    // The summaries agree on every count (timings aside).
+    let counts = |o: &std::process::Output| -> Vec<String> {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| {
+                !l.contains("elapsed")
+                    && !l.contains("events/second")
+                    && !l.contains("parquet files")
+                    && !l.contains("finished")
+            })
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(counts(&direct), counts(&files));
+    let clicks = rows(&read_table(&via_files, "clicks")).len();
+    assert!(clicks > 19_900 && clicks <= 20_000, "{clicks}");
+}
+
+#[test]
+fn check_reports_file_key_and_problem_with_exit_code_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[source]\nkind = \"generator\"\n[source.generator]\nconversion_rate = 2.0\n[sink.parquet]\nzstd_level = 99\n",
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_attribd"))
+        .args(["check", "-p", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    let file = bad.display().to_string();
+    assert!(
+        err.contains(&format!(
+            "{file}: key `source.generator.conversion_rate`: must be between 0 and 1, got 2"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{file}: key `sink.parquet.zstd_level`: must be 1..=22, got 99"
+        )),
+        "{err}"
+    );
+    let ok = attribd(&[
+        "check",
+        "-p",
+        fixture("../../pipelines/default.toml").to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("ok"));
+    // `run` refuses a bad pipeline the same way.
+    let o = Command::new(env!("CARGO_BIN_EXE_attribd"))
+        .args(["run", "-p", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+}
