@@ -452,3 +452,56 @@ fn check_reports_file_key_and_problem_with_exit_code_2() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
 }
+
+#[test]
+fn json_schemas_match_the_decoder() {
+    use attribd::event::DeadReason;
+    use attribd::event::decode::{DecodeLimits, Decoder};
+    use attribd::source::RawBatch;
+    let d = Decoder::new("schema".into(), DecodeLimits::default());
+    let good_click = r#"{"click_id":"c","ts":1793527200000,"offer_id":"o","affiliate_id":"a","tenant_id":"t","country":"US","device":"d","os":"o","ip":"i","user_agent":"u","referrer":"r","sub1":"1","sub2":"2","sub3":"3","sub4":"4","sub5":"5"}"#;
+    let good_conv = r#"{"click_id":"c","external_id":"e","amount":1,"status":"approved","currency":"EUR","ts":1793527200000,"tenant_id":"t","product_id":"p","order_id":"o","customer_id":"c","metadata":{}}"#;
+    for (file, line, is_click) in [
+        ("click.schema.json", good_click, true),
+        ("conversion.schema.json", good_conv, false),
+    ] {
+        let path = fixture("../../schemas").join(file);
+        let schema: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let decode = |v: &serde_json::Value| -> Option<DeadReason> {
+            let mut b = RawBatch::default();
+            b.push_line(v.to_string().as_bytes(), Default::default());
+            let dead = if is_click {
+                d.decode_clicks(&b).1
+            } else {
+                d.decode_conversions(&b).1
+            };
+            dead.first().map(|x| x.reason)
+        };
+        let full: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(decode(&full), None, "{file}: the full record decodes");
+        // The schema documents exactly the fields the decoder reads…
+        let mut props: Vec<&String> = schema["properties"].as_object().unwrap().keys().collect();
+        let mut fields: Vec<&String> = full.as_object().unwrap().keys().collect();
+        props.sort();
+        fields.sort();
+        assert_eq!(props, fields, "{file}");
+        // …and a field is required in the schema exactly when the decoder refuses its absence.
+        let required: Vec<&str> = schema["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_str().unwrap())
+            .collect();
+        for field in fields {
+            let mut v = full.clone();
+            v.as_object_mut().unwrap().remove(field.as_str());
+            let refused = decode(&v) == Some(DeadReason::MissingField);
+            assert_eq!(
+                refused,
+                required.contains(&field.as_str()),
+                "{file}: {field}"
+            );
+        }
+    }
+}

@@ -57,6 +57,38 @@ fn reject(reason: DeadReason, detail: impl Into<String>) -> Reject {
     (reason, detail.into())
 }
 
+/// A JSON string, borrowed from the input line unless it contains escapes.
+///
+/// serde's `#[serde(borrow)]` does not reach through `Option<Cow<str>>` (it would allocate a
+/// `String` for every field), hence this small wrapper.
+struct Text<'a>(Cow<'a, str>);
+
+impl std::ops::Deref for Text<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
 /// A timestamp as it appears in the input: string or integer milliseconds.
 enum RawTs<'a> {
     Text(Cow<'a, str>),
@@ -138,68 +170,68 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawAmount<'a> {
 #[derive(Deserialize)]
 struct RawClick<'a> {
     #[serde(borrow)]
-    click_id: Option<Cow<'a, str>>,
+    click_id: Option<Text<'a>>,
     #[serde(borrow)]
     ts: Option<RawTs<'a>>,
     #[serde(borrow)]
-    offer_id: Option<Cow<'a, str>>,
+    offer_id: Option<Text<'a>>,
     #[serde(borrow)]
-    affiliate_id: Option<Cow<'a, str>>,
+    affiliate_id: Option<Text<'a>>,
     #[serde(borrow)]
-    tenant_id: Option<Cow<'a, str>>,
+    tenant_id: Option<Text<'a>>,
     #[serde(borrow)]
-    country: Option<Cow<'a, str>>,
+    country: Option<Text<'a>>,
     #[serde(borrow)]
-    device: Option<Cow<'a, str>>,
+    device: Option<Text<'a>>,
     #[serde(borrow)]
-    os: Option<Cow<'a, str>>,
+    os: Option<Text<'a>>,
     #[serde(borrow)]
-    ip: Option<Cow<'a, str>>,
+    ip: Option<Text<'a>>,
     #[serde(borrow)]
-    user_agent: Option<Cow<'a, str>>,
+    user_agent: Option<Text<'a>>,
     #[serde(borrow)]
-    referrer: Option<Cow<'a, str>>,
+    referrer: Option<Text<'a>>,
     #[serde(borrow)]
-    sub1: Option<Cow<'a, str>>,
+    sub1: Option<Text<'a>>,
     #[serde(borrow)]
-    sub2: Option<Cow<'a, str>>,
+    sub2: Option<Text<'a>>,
     #[serde(borrow)]
-    sub3: Option<Cow<'a, str>>,
+    sub3: Option<Text<'a>>,
     #[serde(borrow)]
-    sub4: Option<Cow<'a, str>>,
+    sub4: Option<Text<'a>>,
     #[serde(borrow)]
-    sub5: Option<Cow<'a, str>>,
+    sub5: Option<Text<'a>>,
 }
 
 #[derive(Deserialize)]
 struct RawConversion<'a> {
     #[serde(borrow)]
-    click_id: Option<Cow<'a, str>>,
+    click_id: Option<Text<'a>>,
     #[serde(borrow)]
-    external_id: Option<Cow<'a, str>>,
+    external_id: Option<Text<'a>>,
     #[serde(borrow)]
     amount: Option<RawAmount<'a>>,
     #[serde(borrow)]
-    status: Option<Cow<'a, str>>,
+    status: Option<Text<'a>>,
     #[serde(borrow)]
-    currency: Option<Cow<'a, str>>,
+    currency: Option<Text<'a>>,
     #[serde(borrow)]
     ts: Option<RawTs<'a>>,
     #[serde(borrow)]
-    tenant_id: Option<Cow<'a, str>>,
+    tenant_id: Option<Text<'a>>,
     #[serde(borrow)]
-    product_id: Option<Cow<'a, str>>,
+    product_id: Option<Text<'a>>,
     #[serde(borrow)]
-    order_id: Option<Cow<'a, str>>,
+    order_id: Option<Text<'a>>,
     #[serde(borrow)]
-    customer_id: Option<Cow<'a, str>>,
+    customer_id: Option<Text<'a>>,
     #[serde(borrow)]
     metadata: Option<&'a RawValue>,
 }
 
 const MAX_ID_BYTES: usize = 128;
 
-fn required<'a>(v: &'a Option<Cow<'a, str>>, field: &str) -> Result<&'a str, Reject> {
+fn required<'a>(v: &'a Option<Text<'a>>, field: &str) -> Result<&'a str, Reject> {
     match v.as_deref() {
         Some(s) => Ok(s),
         None => Err(reject(
@@ -209,7 +241,7 @@ fn required<'a>(v: &'a Option<Cow<'a, str>>, field: &str) -> Result<&'a str, Rej
     }
 }
 
-fn id_field<'a>(v: &'a Option<Cow<'a, str>>, field: &str) -> Result<&'a str, Reject> {
+fn id_field<'a>(v: &'a Option<Text<'a>>, field: &str) -> Result<&'a str, Reject> {
     let s = required(v, field)?;
     if s.is_empty() || s.len() > MAX_ID_BYTES {
         return Err(reject(
@@ -224,7 +256,7 @@ fn id_field<'a>(v: &'a Option<Cow<'a, str>>, field: &str) -> Result<&'a str, Rej
 }
 
 /// ISO 3166-1 alpha-2 (two ASCII letters), normalised to upper case. Empty counts as absent.
-fn country_field(v: &Option<Cow<'_, str>>) -> Result<Option<[u8; 2]>, Reject> {
+fn country_field(v: &Option<Text<'_>>) -> Result<Option<[u8; 2]>, Reject> {
     match v.as_deref() {
         None | Some("") => Ok(None),
         Some(s) if s.len() == 2 && s.bytes().all(|b| b.is_ascii_alphabetic()) => {
@@ -239,7 +271,7 @@ fn country_field(v: &Option<Cow<'_, str>>) -> Result<Option<[u8; 2]>, Reject> {
 }
 
 /// ISO 4217 (three ASCII letters), normalised to upper case; absent → `USD`.
-fn currency_field(v: &Option<Cow<'_, str>>) -> Result<[u8; 3], Reject> {
+fn currency_field(v: &Option<Text<'_>>) -> Result<[u8; 3], Reject> {
     match v.as_deref() {
         None | Some("") => Ok(*b"USD"),
         Some(s) if s.len() == 3 && s.bytes().all(|b| b.is_ascii_alphabetic()) => {
@@ -303,7 +335,7 @@ fn amount_field(v: &Option<RawAmount<'_>>) -> Result<i64, Reject> {
 }
 
 /// Optional free-text field: absent or JSON null → absent span.
-fn opt(arena: &mut Arena, v: &Option<Cow<'_, str>>) -> super::Span {
+fn opt(arena: &mut Arena, v: &Option<Text<'_>>) -> super::Span {
     arena.push_opt(v.as_deref())
 }
 
