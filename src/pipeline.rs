@@ -1,9 +1,13 @@
 //! Wires the stages together with bounded channels and runs a pipeline to the end.
 //!
 //! ```text
-//!  source thread(s) ──raw──► decode (clicks) ─────┐
-//!                    ──raw──► decode (conversions)┴─► state (this thread) ──► sink thread
+//!  source thread(s) ──raw──► decode (clicks) ─────┐                        ┌► sink: clicks
+//!                    ──raw──► decode (conversions)┴─► state (this thread) ─┤
+//!                                                                         └► sink: the rest
 //! ```
+//!
+//! Clicks are most of the rows, so they get a sink thread of their own; conversions,
+//! aggregates and dead letters share the other. Each table is written by exactly one thread.
 //!
 //! Every channel is bounded: when the sink is slow the state stage blocks on it, the decoders
 //! block on the state stage, and the sources block on the decoders — memory stays flat and
@@ -68,7 +72,8 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
     let (conv_raw_tx, conv_raw_rx) = bounded::<RawBatch>(CHANNEL_BATCHES);
     let (click_tx, click_rx) = bounded::<Decoded>(CHANNEL_BATCHES);
     let (conv_tx, conv_rx) = bounded::<Decoded>(CHANNEL_BATCHES);
-    let (sink_tx, sink_rx) = bounded::<SinkBatch>(CHANNEL_BATCHES * 2);
+    let (click_sink_tx, click_sink_rx) = bounded::<SinkBatch>(CHANNEL_BATCHES * 2);
+    let (rest_sink_tx, rest_sink_rx) = bounded::<SinkBatch>(CHANNEL_BATCHES * 2);
 
     let mut sources = Vec::new();
     match cfg.source.kind {
@@ -130,30 +135,29 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
         })?,
     ];
 
-    let parquet_cfg = cfg.sink.parquet.clone();
-    let sink = thread::Builder::new()
-        .name("sink".into())
-        .spawn(move || -> Result<SinkTotals> {
-            let mut sinks = Sinks::new(&parquet_cfg, &run_id)?;
-            loop {
-                match sink_rx.recv_timeout(Duration::from_secs(1)) {
-                    Ok(batch) => sinks.write(&batch)?,
-                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => sinks.tick()?,
-                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
-                }
-            }
-            sinks.close()
+    let sinks = [("sink-clicks", click_sink_rx), ("sink-rest", rest_sink_rx)]
+        .into_iter()
+        .map(|(name, rx)| {
+            let (parquet_cfg, run_id) = (cfg.sink.parquet.clone(), run_id.clone());
+            thread::Builder::new()
+                .name(name.into())
+                .spawn(move || sink_loop(&parquet_cfg, &run_id, rx))
+                .with_context(|| format!("spawning thread {name}"))
         })
-        .context("spawning the sink thread")?;
+        .collect::<Result<Vec<_>>>()?;
 
     let mut engine = Engine::new(cfg.engine());
+    let sink_tx = SinkSenders {
+        clicks: click_sink_tx,
+        rest: rest_sink_tx,
+    };
     let state_result = merge_loop(&mut engine, click_rx, conv_rx, &sink_tx, opts, started);
     drop(sink_tx);
-    let sink_result = sink
-        .join()
-        .map_err(|_| anyhow!("the sink thread panicked"))?;
-    // A sink error explains a state-stage send failure, so report it first.
-    let sinks = sink_result?;
+    let mut totals = SinkTotals::default();
+    for h in sinks {
+        // A sink error explains a state-stage send failure, so report it first.
+        totals = totals + h.join().map_err(|_| anyhow!("a sink thread panicked"))??;
+    }
     state_result?;
     for h in sources.into_iter().chain(decoders) {
         h.join()
@@ -162,9 +166,62 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
     Ok(RunReport {
         counters: engine.counters().clone(),
         sizes: engine.sizes(),
-        sinks,
+        sinks: totals,
         elapsed: started.elapsed(),
     })
+}
+
+/// One sink thread: writes what it receives, rolls files by age when idle, closes at the end.
+fn sink_loop(
+    cfg: &crate::sink::parquet::ParquetConfig,
+    run_id: &str,
+    rx: Receiver<SinkBatch>,
+) -> Result<SinkTotals> {
+    let mut sinks = Sinks::new(cfg, run_id)?;
+    loop {
+        match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(batch) => sinks.write(&batch)?,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => sinks.tick()?,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    sinks.close()
+}
+
+/// The state stage's side of the two sink threads.
+struct SinkSenders {
+    clicks: Sender<SinkBatch>,
+    rest: Sender<SinkBatch>,
+}
+
+impl SinkSenders {
+    fn send(&self, batch: SinkBatch) -> Result<()> {
+        let SinkBatch {
+            clicks,
+            conversions,
+            stats,
+            dead_letters,
+        } = batch;
+        let stopped = || anyhow!("a sink stopped; see its error");
+        if !clicks.is_empty() {
+            self.clicks
+                .send(SinkBatch {
+                    clicks,
+                    ..SinkBatch::default()
+                })
+                .map_err(|_| stopped())?;
+        }
+        let rest = SinkBatch {
+            conversions,
+            stats,
+            dead_letters,
+            ..SinkBatch::default()
+        };
+        if !rest.is_empty() {
+            self.rest.send(rest).map_err(|_| stopped())?;
+        }
+        Ok(())
+    }
 }
 
 fn spawn(
@@ -220,7 +277,7 @@ fn merge_loop(
     engine: &mut Engine,
     clicks: Receiver<Decoded>,
     conversions: Receiver<Decoded>,
-    sink: &Sender<SinkBatch>,
+    sink: &SinkSenders,
     opts: RunOptions,
     started: Instant,
 ) -> Result<()> {
@@ -283,10 +340,7 @@ fn merge_loop(
                     engine.on_conversions(b, &mut out);
                 }
             }
-            if !out.is_empty() {
-                sink.send(out)
-                    .map_err(|_| anyhow!("the sink stopped; see its error"))?;
-            }
+            sink.send(out)?;
         }
         if progress && last_progress.elapsed() >= Duration::from_secs(1) {
             last_progress = Instant::now();
@@ -295,8 +349,7 @@ fn merge_loop(
     }
     let mut out = SinkBatch::default();
     engine.finish(&mut out);
-    sink.send(out)
-        .map_err(|_| anyhow!("the sink stopped; see its error"))?;
+    sink.send(out)?;
     if progress && tty {
         eprintln!();
     }

@@ -48,6 +48,8 @@ impl Default for DecodeLimits {
 pub struct Decoder {
     pub limits: DecodeLimits,
     pub source: Arc<str>,
+    /// Try [`super::fast::scan_flat`] before `serde_json` (on by default; off only to compare).
+    pub fast_path: bool,
 }
 
 /// Reason + human-readable detail of a rejected record.
@@ -341,7 +343,11 @@ fn opt(arena: &mut Arena, v: &Option<Text<'_>>) -> super::Span {
 
 impl Decoder {
     pub fn new(source: Arc<str>, limits: DecodeLimits) -> Decoder {
-        Decoder { limits, source }
+        Decoder {
+            limits,
+            source,
+            fast_path: true,
+        }
     }
 
     fn ts_field(&self, v: &Option<RawTs<'_>>, default_now: bool) -> Result<i64, Reject> {
@@ -417,7 +423,15 @@ impl Decoder {
 
     fn decode_click_into(&self, line: &[u8], arena: &mut Arena) -> Result<Click, Reject> {
         let text = self.precheck(line)?;
-        let raw: RawClick = serde_json::from_str(text).map_err(json_reject)?;
+        let fast = if self.fast_path {
+            fast_click(text)
+        } else {
+            None
+        };
+        let raw: RawClick = match fast {
+            Some(raw) => raw,
+            None => serde_json::from_str(text).map_err(json_reject)?,
+        };
         let click_id = id_field(&raw.click_id, "click_id")?;
         let ts_ms = self.ts_field(&raw.ts, false)?;
         let offer_id = required(&raw.offer_id, "offer_id")?;
@@ -567,6 +581,80 @@ impl Decoder {
         }
         (out, dead)
     }
+}
+
+/// Fills a [`RawClick`] from a flat line, exactly as serde would; `None` means "let serde do
+/// it" (including every case serde would reject).
+fn fast_click(text: &str) -> Option<RawClick<'_>> {
+    use super::fast::{Scalar, int, scan_flat};
+    let mut raw = RawClick {
+        click_id: None,
+        ts: None,
+        offer_id: None,
+        affiliate_id: None,
+        tenant_id: None,
+        country: None,
+        device: None,
+        os: None,
+        ip: None,
+        user_agent: None,
+        referrer: None,
+        sub1: None,
+        sub2: None,
+        sub3: None,
+        sub4: None,
+        sub5: None,
+    };
+    let mut seen = 0u32;
+    scan_flat(text, |key, value| {
+        let (slot, bit) = match key {
+            "ts" => {
+                if seen & 1 != 0 {
+                    return false;
+                }
+                seen |= 1;
+                raw.ts = match value {
+                    Scalar::Str(s) => Some(RawTs::Text(Cow::Borrowed(s))),
+                    Scalar::Num(n) => match int(n) {
+                        Some(ms) => Some(RawTs::Millis(ms)),
+                        None => return false,
+                    },
+                    Scalar::Null => None,
+                    Scalar::Bool => return false,
+                };
+                return true;
+            }
+            "click_id" => (&mut raw.click_id, 1 << 1),
+            "offer_id" => (&mut raw.offer_id, 1 << 2),
+            "affiliate_id" => (&mut raw.affiliate_id, 1 << 3),
+            "tenant_id" => (&mut raw.tenant_id, 1 << 4),
+            "country" => (&mut raw.country, 1 << 5),
+            "device" => (&mut raw.device, 1 << 6),
+            "os" => (&mut raw.os, 1 << 7),
+            "ip" => (&mut raw.ip, 1 << 8),
+            "user_agent" => (&mut raw.user_agent, 1 << 9),
+            "referrer" => (&mut raw.referrer, 1 << 10),
+            "sub1" => (&mut raw.sub1, 1 << 11),
+            "sub2" => (&mut raw.sub2, 1 << 12),
+            "sub3" => (&mut raw.sub3, 1 << 13),
+            "sub4" => (&mut raw.sub4, 1 << 14),
+            "sub5" => (&mut raw.sub5, 1 << 15),
+            // Unknown fields are ignored, as by serde.
+            _ => return true,
+        };
+        if seen & bit != 0 {
+            // serde rejects duplicate fields; let it say so.
+            return false;
+        }
+        seen |= bit;
+        *slot = match value {
+            Scalar::Str(s) => Some(Text(Cow::Borrowed(s))),
+            Scalar::Null => None,
+            Scalar::Num(_) | Scalar::Bool => return false,
+        };
+        true
+    })?;
+    Some(raw)
 }
 
 fn is_blank(line: &[u8]) -> bool {
@@ -760,6 +848,112 @@ mod tests {
             let got = one_conv(&line).err().map(|e| e.0);
             assert_eq!(got, Some(want), "{}", String::from_utf8_lossy(&line));
         }
+    }
+
+    /// The fast path must agree with serde on every line: same click or same reason.
+    #[test]
+    fn fast_path_agrees_with_serde() {
+        use rand::{Rng, SeedableRng};
+        let mut lines: Vec<Vec<u8>> = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/clicks.ndjson"
+        ))
+        .unwrap()
+        .split(|b| *b == b'\n')
+        .map(<[u8]>::to_vec)
+        .collect();
+        let cfg = crate::source::generator::GeneratorConfig {
+            clicks: 300,
+            malformed_rate: 0.2,
+            ..Default::default()
+        };
+        crate::source::generator::generate(&cfg, |s, l| {
+            if s == Stream::Clicks {
+                lines.push(l.to_vec());
+            }
+            true
+        })
+        .unwrap();
+        let extra: [&[u8]; 11] = [
+            br#"{"click_id":"c","ts":1793527200000,"offer_id":"o","affiliate_id":"a","x":-}"#,
+            br#"{"click_id":"c","ts":01793527200000,"offer_id":"o","affiliate_id":"a"}"#,
+            br#"{"click_id":"c","ts":1793527200000,"offer_id":"o","affiliate_id":"a","x":1.}"#,
+            br#"{"click_id":"c","click_id":"d","ts":1793527200000,"offer_id":"o","affiliate_id":"a"}"#,
+            br#"{"click_id":"c\u0041","ts":1793527200000,"offer_id":"o","affiliate_id":"a"}"#,
+            br#"{"click_id":"c","ts":null,"offer_id":"o","affiliate_id":"a"}"#,
+            br#"{"click_id":"c","ts":1793527200000,"offer_id":"o","affiliate_id":"a","sub1":null,"x":{"y":[1]}}"#,
+            br#"{"click_id":"c","ts":1793527200000.0,"offer_id":"o","affiliate_id":"a"}"#,
+            br#"{"click_id":"c","ts":1793527200000,"offer_id":7,"affiliate_id":"a"}"#,
+            br#"{"click_id":"c","ts":true,"offer_id":"o","affiliate_id":"a"}"#,
+            b" {\"click_id\" : \"c\" , \"ts\":1793527200000,\"offer_id\":\"o\",\"affiliate_id\":\"a\"}\t",
+        ];
+        lines.extend(extra.iter().map(|l| l.to_vec()));
+        // Random byte mutations of good lines.
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(1);
+        for _ in 0..2000 {
+            let mut l = lines[rng.random_range(0..lines.len())].clone();
+            for _ in 0..rng.random_range(1..4) {
+                if l.is_empty() {
+                    break;
+                }
+                let at = rng.random_range(0..l.len());
+                let alphabet = b"\"{}[]:,0a\\ -nte";
+                let byte = alphabet[rng.random_range(0..alphabet.len())];
+                match rng.random_range(0..3) {
+                    0 => l[at] = byte,
+                    1 => l.insert(at, byte),
+                    _ => {
+                        l.remove(at);
+                    }
+                }
+            }
+            lines.push(l);
+        }
+        let fast = decoder();
+        let slow = Decoder {
+            fast_path: false,
+            ..decoder()
+        };
+        let refs: Vec<&[u8]> = lines.iter().map(|l| l.as_slice()).collect();
+        let b = batch(&refs);
+        let (fc, fd) = fast.decode_clicks(&b);
+        let (sc, sd) = slow.decode_clicks(&b);
+        assert_eq!(fc.clicks.len(), sc.clicks.len());
+        assert!(fc.clicks.len() > 300, "the mix has plenty of good lines");
+        let show = |batch: &ClickBatch, c: &Click| {
+            let a = &batch.arena;
+            let mut v = vec![a.get(c.click_id).to_string(), c.ts_ms.to_string()];
+            for s in [
+                c.tenant_id,
+                c.offer_id,
+                c.affiliate_id,
+                c.country,
+                c.device,
+                c.os,
+                c.ip,
+                c.user_agent,
+                c.referrer,
+            ] {
+                v.push(format!("{:?}", a.get_opt(s)));
+            }
+            for s in c.subs {
+                v.push(format!("{:?}", a.get_opt(s)));
+            }
+            v.push(format!(
+                "{}/{}/{}/{:?}",
+                c.click_key, c.dims_hash, c.extras_hash, c.visitor_hash
+            ));
+            v
+        };
+        for (f, s) in fc.clicks.iter().zip(&sc.clicks) {
+            assert_eq!(show(&fc, f), show(&sc, s));
+        }
+        let reasons = |d: &[DeadLetter]| {
+            d.iter()
+                .map(|x| (x.position.line, x.reason))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(reasons(&fd), reasons(&sd));
     }
 
     #[test]

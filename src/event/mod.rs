@@ -9,6 +9,7 @@
 //! decoding at one allocation per batch instead of a dozen per event.
 
 pub mod decode;
+pub mod fast;
 pub mod time;
 
 use std::fmt;

@@ -23,6 +23,19 @@ pub struct SinkTotals {
     pub files: u64,
 }
 
+impl std::ops::Add for SinkTotals {
+    type Output = SinkTotals;
+    fn add(self, o: SinkTotals) -> SinkTotals {
+        SinkTotals {
+            click_rows: self.click_rows + o.click_rows,
+            conversion_rows: self.conversion_rows + o.conversion_rows,
+            stats_rows: self.stats_rows + o.stats_rows,
+            dead_letters: self.dead_letters + o.dead_letters,
+            files: self.files + o.files,
+        }
+    }
+}
+
 pub struct Sinks {
     clicks: PartitionedTable<ClickBuilders>,
     conversions: PartitionedTable<ConversionBuilders>,

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 
@@ -100,6 +100,13 @@ impl<B: RowBuilder> PartitionedTable<B> {
         // only costs time on ids that are unique per row.
         for column in B::UNIQUE_COLUMNS {
             props = props.set_column_dictionary_enabled(ColumnPath::from(*column), false);
+        }
+        // Min/max statistics let readers skip row groups, which pays for time and the
+        // dimensions people filter on; for free-text columns it is per-value work for nothing.
+        props = props.set_statistics_enabled(EnabledStatistics::Chunk);
+        for column in B::UNFILTERED_COLUMNS {
+            props = props
+                .set_column_statistics_enabled(ColumnPath::from(*column), EnabledStatistics::None);
         }
         let props = props.build();
         Ok(PartitionedTable {

@@ -115,6 +115,8 @@ pub static STATS: LazyLock<SchemaRef> = LazyLock::new(|| {
 pub trait RowBuilder: Send {
     /// Columns whose values are (nearly) unique per row: written without a dictionary.
     const UNIQUE_COLUMNS: &'static [&'static str];
+    /// Columns nobody prunes row groups by: written without min/max statistics.
+    const UNFILTERED_COLUMNS: &'static [&'static str];
     fn new() -> Self;
     fn schema() -> SchemaRef;
     fn len(&self) -> usize;
@@ -179,6 +181,19 @@ impl ClickBuilders {
 
 impl RowBuilder for ClickBuilders {
     const UNIQUE_COLUMNS: &'static [&'static str] = &["click_id", "ip"];
+    const UNFILTERED_COLUMNS: &'static [&'static str] = &[
+        "click_id",
+        "device",
+        "os",
+        "ip",
+        "user_agent",
+        "referrer",
+        "sub1",
+        "sub2",
+        "sub3",
+        "sub4",
+        "sub5",
+    ];
     fn new() -> Self {
         ClickBuilders {
             rows: 0,
@@ -279,6 +294,19 @@ impl RowBuilder for ConversionBuilders {
         "order_id",
         "customer_id",
         "metadata",
+    ];
+    const UNFILTERED_COLUMNS: &'static [&'static str] = &[
+        "click_id",
+        "product_id",
+        "order_id",
+        "customer_id",
+        "metadata",
+        "device",
+        "sub1",
+        "sub2",
+        "sub3",
+        "sub4",
+        "sub5",
     ];
     fn new() -> Self {
         ConversionBuilders {
@@ -388,6 +416,7 @@ impl StatsBuilders {
 
 impl RowBuilder for StatsBuilders {
     const UNIQUE_COLUMNS: &'static [&'static str] = &[];
+    const UNFILTERED_COLUMNS: &'static [&'static str] = &[];
     fn new() -> Self {
         StatsBuilders {
             rows: 0,
