@@ -304,3 +304,108 @@ fn close_file(f: OpenFile) -> Result<()> {
     })?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rows::{Measures, StatsRow};
+
+    fn stats_row(minute_ms: i64) -> StatsRow {
+        StatsRow {
+            minute_ms,
+            tenant_id: "t".into(),
+            offer_id: "o".into(),
+            affiliate_id: "a".into(),
+            country: "US".into(),
+            currency: "".into(),
+            measures: Measures {
+                clicks: 1,
+                ..Measures::default()
+            },
+        }
+    }
+
+    fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    out.push(p);
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    fn write(t: &mut PartitionedTable<StatsBuilders>, rows: i64, hour: i64) {
+        for i in 0..rows {
+            let (b, h) = t.builders(hour * 3_600_000 + i);
+            b.append(&stats_row(hour * 3_600_000 + i));
+            t.after_append(h).unwrap();
+        }
+    }
+
+    #[test]
+    fn files_roll_by_rows_and_age_and_land_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ParquetConfig {
+            out: dir.path().to_path_buf(),
+            roll_rows: WRITE_BATCH_ROWS as u64,
+            roll_age: Duration::from_secs(3600),
+            ..ParquetConfig::default()
+        };
+        let mut t =
+            PartitionedTable::<StatsBuilders>::new(dir.path(), "stats_minute", "r", &cfg).unwrap();
+        // Three full write batches in one hour → three files rolled by rows.
+        write(&mut t, 3 * WRITE_BATCH_ROWS as i64, 490_000);
+        let done: Vec<_> = parquet_files(dir.path())
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+            .collect();
+        assert_eq!(done.len(), 3, "{done:?}");
+        assert!(
+            done[0]
+                .to_string_lossy()
+                .contains("stats_minute/dt=2025-11-24/hour=16/part-r-")
+        );
+        // A few rows in another hour stay buffered until the age roll or the close.
+        write(&mut t, 10, 490_001);
+        assert_eq!(parquet_files(dir.path()).len(), 3);
+        t.cfg.roll_age = Duration::ZERO;
+        t.roll_aged().unwrap();
+        let all = parquet_files(dir.path());
+        assert_eq!(all.len(), 4);
+        assert!(all.iter().all(|p| !p.to_string_lossy().ends_with(".tmp")));
+        assert_eq!(t.rows_written, 3 * WRITE_BATCH_ROWS as u64 + 10);
+        t.close_all().unwrap();
+        assert_eq!(t.files_written, 4);
+    }
+
+    #[test]
+    fn files_roll_by_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ParquetConfig {
+            out: dir.path().to_path_buf(),
+            roll_megabytes: 1,
+            ..ParquetConfig::default()
+        };
+        let mut t =
+            PartitionedTable::<StatsBuilders>::new(dir.path(), "stats_minute", "r", &cfg).unwrap();
+        // Distinct strings defeat the dictionary, so the file grows past 1 MiB quickly.
+        for i in 0..200_000i64 {
+            let mut r = stats_row(490_000 * 3_600_000);
+            r.offer_id = format!("offer-{i:012}-{}", i * 7919).into();
+            let (b, h) = t.builders(r.minute_ms);
+            b.append(&r);
+            t.after_append(h).unwrap();
+        }
+        t.close_all().unwrap();
+        assert!(t.files_written >= 2, "{} files", t.files_written);
+        assert_eq!(t.rows_written, 200_000);
+    }
+}
