@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::decode::DecodeLimits;
 use crate::event::time::parse_rfc3339_ms;
+use crate::sink::clickhouse::ClickHouseConfig;
 use crate::sink::parquet::ParquetConfig;
 use crate::source::generator::GeneratorConfig;
 use crate::state::EngineConfig;
@@ -119,6 +120,8 @@ impl Default for LimitsConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct SinkConfig {
     pub parquet: ParquetConfig,
+    /// Present → aggregates and conversions also go to ClickHouse.
+    pub clickhouse: Option<ClickHouseConfig>,
 }
 
 /// One problem in a pipeline file.
@@ -322,6 +325,11 @@ impl PipelineConfig {
         if pq.out.as_os_str().is_empty() {
             bad("sink.parquet.out", "must not be empty".into());
         }
+        if let Some(ch) = &self.sink.clickhouse {
+            for (key, problem) in ch.validate() {
+                bad(&format!("sink.clickhouse.{key}"), problem);
+            }
+        }
         p
     }
 
@@ -344,12 +352,26 @@ impl PipelineConfig {
 
     /// Applies `--clicks`, `--conversions`, `--out` overrides: giving an input switches the
     /// source to files.
-    pub fn apply_overrides(
-        &mut self,
-        clicks: Option<String>,
-        conversions: Option<String>,
-        out: Option<PathBuf>,
-    ) -> Result<(), ConfigError> {
+    pub fn apply_overrides(&mut self, o: Overrides) -> Result<(), ConfigError> {
+        let Overrides {
+            clicks,
+            conversions,
+            out,
+            clickhouse_url,
+            clickhouse_database,
+        } = o;
+        if clickhouse_url.is_some() || clickhouse_database.is_some() {
+            let ch = self
+                .sink
+                .clickhouse
+                .get_or_insert_with(ClickHouseConfig::default);
+            if let Some(url) = clickhouse_url {
+                ch.url = url;
+            }
+            if let Some(db) = clickhouse_database {
+                ch.database = db;
+            }
+        }
         if clicks.is_some() || conversions.is_some() {
             self.source.kind = SourceKind::Files;
             self.source.clicks = clicks;
@@ -368,6 +390,16 @@ impl PipelineConfig {
             })
         }
     }
+}
+
+/// Command-line overrides of `attribd run`.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub clicks: Option<String>,
+    pub conversions: Option<String>,
+    pub out: Option<PathBuf>,
+    pub clickhouse_url: Option<String>,
+    pub clickhouse_database: Option<String>,
 }
 
 /// Best effort: the dotted key a TOML error points at, from the error's span.

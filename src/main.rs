@@ -8,9 +8,10 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use attribd::config::{ConfigError, PipelineConfig};
+use attribd::config::{ConfigError, Overrides, PipelineConfig};
 use attribd::event::Stream;
 use attribd::pipeline::{RunOptions, run};
+use attribd::sink::clickhouse::ClickHouseConfig;
 use attribd::source::generator::{GeneratorConfig, generate};
 
 #[derive(Parser)]
@@ -40,9 +41,27 @@ enum Command {
         /// Output directory for Parquet and dead letters.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Add a ClickHouse sink writing to this HTTP endpoint (credentials come from
+        /// ATTRIBD_CLICKHOUSE_USER / ATTRIBD_CLICKHOUSE_PASSWORD, never the command line).
+        #[arg(long)]
+        clickhouse_url: Option<String>,
+        /// Database of the ClickHouse sink (default: attribd).
+        #[arg(long)]
+        clickhouse_database: Option<String>,
         /// No progress line.
         #[arg(long, short)]
         quiet: bool,
+    },
+    /// Create the ClickHouse database and tables (numbered migrations; harmless to repeat).
+    Migrate {
+        /// HTTP endpoint, e.g. http://127.0.0.1:8123.
+        #[arg(long)]
+        clickhouse_url: String,
+        #[arg(long, default_value = "attribd")]
+        database: String,
+        /// Take retention and credentials settings from this pipeline's [sink.clickhouse].
+        #[arg(long, short)]
+        pipeline: Option<PathBuf>,
     },
     /// Write generated clicks and conversions as NDJSON files.
     Gen {
@@ -83,6 +102,8 @@ fn main() -> ExitCode {
         clicks: None,
         conversions: None,
         out: None,
+        clickhouse_url: None,
+        clickhouse_database: None,
         quiet: false,
     });
     match dispatch(command) {
@@ -105,10 +126,18 @@ fn dispatch(command: Command) -> Result<()> {
             clicks,
             conversions,
             out,
+            clickhouse_url,
+            clickhouse_database,
             quiet,
         } => {
             let mut cfg = PipelineConfig::load_or_default(pipeline.as_deref())?;
-            cfg.apply_overrides(clicks, conversions, out)?;
+            cfg.apply_overrides(Overrides {
+                clicks,
+                conversions,
+                out,
+                clickhouse_url,
+                clickhouse_database,
+            })?;
             tracing::info!(pipeline = %cfg.name, out = %cfg.sink.parquet.out.display(), "starting");
             let report = run(&cfg, RunOptions { progress: !quiet })?;
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -134,6 +163,38 @@ fn dispatch(command: Command) -> Result<()> {
                 g.seed = s;
             }
             gen_files(&g, &out, &compress)
+        }
+        Command::Migrate {
+            clickhouse_url,
+            database,
+            pipeline,
+        } => {
+            let mut ch = match pipeline {
+                Some(p) => PipelineConfig::load(&p)?
+                    .sink
+                    .clickhouse
+                    .unwrap_or_default(),
+                None => ClickHouseConfig::default(),
+            };
+            ch.url = clickhouse_url;
+            ch.database = database;
+            if let Some((key, problem)) = ch.validate().into_iter().next() {
+                return Err(ConfigError {
+                    file: "(command line)".into(),
+                    problems: vec![attribd::config::ConfigProblem {
+                        key: format!("sink.clickhouse.{key}"),
+                        problem,
+                    }],
+                }
+                .into());
+            }
+            let applied = attribd::sink::clickhouse::migrate(&ch)?;
+            if applied.is_empty() {
+                println!("database `{}` is up to date", ch.database);
+            } else {
+                println!("database `{}`: applied migrations {applied:?}", ch.database);
+            }
+            Ok(())
         }
         Command::Check { pipeline } => {
             let cfg = PipelineConfig::load_or_default(pipeline.as_deref())?;

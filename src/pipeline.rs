@@ -8,6 +8,8 @@
 //!
 //! Clicks are most of the rows, so they get a sink thread of their own; conversions,
 //! aggregates and dead letters share the other. Each table is written by exactly one thread.
+//! With a ClickHouse sink configured, the "rest" thread hands its conversion and aggregate rows
+//! on (moved, not copied) to a ClickHouse thread after writing them to Parquet.
 //!
 //! Every channel is bounded: when the sink is slow the state stage blocks on it, the decoders
 //! block on the state stage, and the sources block on the decoders — memory stays flat and
@@ -25,7 +27,8 @@ use crossbeam_channel::{Receiver, Sender, bounded, select};
 use crate::config::{PipelineConfig, SourceKind};
 use crate::event::decode::Decoder;
 use crate::event::{ClickBatch, ConversionBatch, DeadLetter, Stream};
-use crate::rows::SinkBatch;
+use crate::rows::{ConversionRow, SinkBatch, StatsRow};
+use crate::sink::clickhouse::{ClickHouseSink, ClickHouseTotals};
 use crate::sink::{SinkTotals, Sinks};
 use crate::source::RawBatch;
 use crate::source::file::{Input, read_batches};
@@ -53,6 +56,8 @@ pub struct RunReport {
     pub counters: Counters,
     pub sizes: StateSizes,
     pub sinks: SinkTotals,
+    /// Present when the pipeline has a ClickHouse sink.
+    pub clickhouse: Option<ClickHouseTotals>,
     pub elapsed: Duration,
 }
 
@@ -135,16 +140,44 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
         })?,
     ];
 
-    let sinks = [("sink-clicks", click_sink_rx), ("sink-rest", rest_sink_rx)]
-        .into_iter()
-        .map(|(name, rx)| {
-            let (parquet_cfg, run_id) = (cfg.sink.parquet.clone(), run_id.clone());
-            thread::Builder::new()
-                .name(name.into())
-                .spawn(move || sink_loop(&parquet_cfg, &run_id, rx))
-                .with_context(|| format!("spawning thread {name}"))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    // Connect and check ClickHouse before reading anything, so a bad URL, credentials or
+    // schema stops the run at once with a clear message.
+    let (ch_tx, clickhouse) = match &cfg.sink.clickhouse {
+        Some(ch_cfg) => {
+            let mut sink = ClickHouseSink::connect(ch_cfg)?;
+            let (tx, rx) = bounded::<ClickHouseRows>(CHANNEL_BATCHES * 2);
+            let tick = (ch_cfg.flush_interval / 2).max(Duration::from_millis(50));
+            let handle = thread::Builder::new()
+                .name("sink-clickhouse".into())
+                .spawn(move || -> Result<ClickHouseTotals> {
+                    loop {
+                        match rx.recv_timeout(tick) {
+                            Ok((conversions, stats)) => sink.write(conversions, stats)?,
+                            Err(crossbeam_channel::RecvTimeoutError::Timeout) => sink.tick()?,
+                            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                        }
+                        sink.tick()?;
+                    }
+                    sink.close()
+                })
+                .context("spawning the ClickHouse sink thread")?;
+            (Some(tx), Some(handle))
+        }
+        None => (None, None),
+    };
+    let sinks = [
+        ("sink-clicks", click_sink_rx, None),
+        ("sink-rest", rest_sink_rx, ch_tx),
+    ]
+    .into_iter()
+    .map(|(name, rx, forward)| {
+        let (parquet_cfg, run_id) = (cfg.sink.parquet.clone(), run_id.clone());
+        thread::Builder::new()
+            .name(name.into())
+            .spawn(move || sink_loop(&parquet_cfg, &run_id, rx, forward))
+            .with_context(|| format!("spawning thread {name}"))
+    })
+    .collect::<Result<Vec<_>>>()?;
 
     let mut engine = Engine::new(cfg.engine());
     let sink_tx = SinkSenders {
@@ -154,9 +187,25 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
     let state_result = merge_loop(&mut engine, click_rx, conv_rx, &sink_tx, opts, started);
     drop(sink_tx);
     let mut totals = SinkTotals::default();
+    let mut first_error = None;
     for h in sinks {
         // A sink error explains a state-stage send failure, so report it first.
-        totals = totals + h.join().map_err(|_| anyhow!("a sink thread panicked"))??;
+        match h.join().map_err(|_| anyhow!("a sink thread panicked"))? {
+            Ok(t) => totals = totals + t,
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    let clickhouse = match clickhouse {
+        Some(h) => Some(
+            h.join()
+                .map_err(|_| anyhow!("the ClickHouse sink thread panicked"))??,
+        ),
+        None => None,
+    };
+    if let Some(e) = first_error {
+        return Err(e);
     }
     state_result?;
     for h in sources.into_iter().chain(decoders) {
@@ -167,20 +216,34 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
         counters: engine.counters().clone(),
         sizes: engine.sizes(),
         sinks: totals,
+        clickhouse,
         elapsed: started.elapsed(),
     })
 }
 
-/// One sink thread: writes what it receives, rolls files by age when idle, closes at the end.
+/// Conversion and aggregate rows on their way to ClickHouse.
+type ClickHouseRows = (Vec<ConversionRow>, Vec<StatsRow>);
+
+/// One sink thread: writes what it receives, rolls files by age when idle, closes at the end;
+/// with `forward`, hands conversion and aggregate rows on to the ClickHouse thread.
 fn sink_loop(
     cfg: &crate::sink::parquet::ParquetConfig,
     run_id: &str,
     rx: Receiver<SinkBatch>,
+    forward: Option<Sender<ClickHouseRows>>,
 ) -> Result<SinkTotals> {
     let mut sinks = Sinks::new(cfg, run_id)?;
     loop {
         match rx.recv_timeout(Duration::from_secs(1)) {
-            Ok(batch) => sinks.write(&batch)?,
+            Ok(batch) => {
+                sinks.write(&batch)?;
+                if let Some(tx) = &forward
+                    && !(batch.conversions.is_empty() && batch.stats.is_empty())
+                {
+                    tx.send((batch.conversions, batch.stats))
+                        .map_err(|_| anyhow!("the ClickHouse sink stopped; see its error"))?;
+                }
+            }
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => sinks.tick()?,
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
         }

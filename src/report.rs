@@ -53,6 +53,18 @@ pub fn summary(r: &RunReport, cores: usize) -> String {
     );
     row("rows written: stats_minute", r.sinks.stats_rows.to_string());
     row("parquet files", r.sinks.files.to_string());
+    if let Some(ch) = &r.clickhouse {
+        row("clickhouse: stats rows", ch.stats_rows.to_string());
+        row(
+            "clickhouse: conversion rows",
+            ch.conversion_rows.to_string(),
+        );
+        row(
+            "clickhouse: batches (skipped)",
+            format!("{} ({})", ch.batches, ch.batches_skipped),
+        );
+        row("clickhouse: failed attempts", ch.failures.to_string());
+    }
     row("state: indexed clicks", r.sizes.indexed_clicks.to_string());
     row("state: dedup keys", r.sizes.dedup_keys.to_string());
     row("elapsed", format!("{:.2}s", r.elapsed.as_secs_f64()));

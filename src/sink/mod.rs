@@ -4,6 +4,7 @@
 //! aggregates to the Parquet tables, dead letters to NDJSON. It runs on its own thread (Parquet
 //! encoding is the most CPU-hungry stage after decoding) behind a bounded channel.
 
+pub mod clickhouse;
 pub mod deadletter;
 pub mod parquet;
 

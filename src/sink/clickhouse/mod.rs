@@ -1,0 +1,573 @@
+//! The ClickHouse sink: minute aggregates and raw conversion versions, exactly once.
+//!
+//! Sits after the Parquet sink on the "rest" sink thread's output: it receives the same
+//! conversion rows and aggregate deltas, buffers them (aggregate rows of the same bucket are
+//! added up first, so ClickHouse gets rows per minute × dimensions, not per event) and flushes
+//! one INSERT per table when a buffer reaches `flush_rows` or `flush_interval` has passed.
+//!
+//! Exactly once: every flush gets a batch id (table, flush number, hash of the rows), written
+//! in each row's `batch_id` column; a materialized view on the table records the id in
+//! `attribd_batches` once the block is in. Before inserting, and before every retry, the sink
+//! looks the id up, so a batch whose INSERT succeeded but whose answer was lost is never
+//! written twice. Failures are retried with exponential backoff and jitter behind a circuit
+//! breaker; while it waits, the bounded channels slow the whole pipeline down — nothing is
+//! dropped.
+
+pub mod rows;
+pub mod schema;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clickhouse::Client;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::rows::{ConversionRow, Measures, StatsRow};
+use rows::{ConversionIngest, StatsIngest};
+use schema::{Retention, ServerVersion, explain};
+
+/// User-facing options of the ClickHouse sink (`[sink.clickhouse]`). Credentials are not here:
+/// the user comes from `ATTRIBD_CLICKHOUSE_USER` (or `user`), the password from
+/// `ATTRIBD_CLICKHOUSE_PASSWORD` or the file named by `password_file`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClickHouseConfig {
+    /// HTTP endpoint, e.g. `http://127.0.0.1:8123` (no credentials in it).
+    pub url: String,
+    /// Database holding attribd's tables.
+    pub database: String,
+    /// User name; `ATTRIBD_CLICKHOUSE_USER` overrides it.
+    pub user: String,
+    /// File whose content (trailing newline removed) is the password.
+    pub password_file: Option<PathBuf>,
+    /// Flush a table's buffer once it holds this many rows.
+    pub flush_rows: usize,
+    /// Flush buffers at least this often.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// First retry delay; doubles per failure (with ±50 % jitter) up to `retry_max`.
+    #[serde(with = "humantime_serde")]
+    pub retry_initial: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+    /// Consecutive failures that open the circuit breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker waits before it lets one attempt through.
+    #[serde(with = "humantime_serde")]
+    pub breaker_cooldown: Duration,
+    /// Timeout of one request.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Retention of `attribution_stats_minute` (click-derived rows), days.
+    pub stats_retention_days: u32,
+    /// Retention of `conversions`, days.
+    pub conversions_retention_days: u32,
+}
+
+impl Default for ClickHouseConfig {
+    fn default() -> Self {
+        ClickHouseConfig {
+            url: String::new(),
+            database: "attribd".to_string(),
+            user: "default".to_string(),
+            password_file: None,
+            flush_rows: 50_000,
+            flush_interval: Duration::from_secs(1),
+            retry_initial: Duration::from_millis(200),
+            retry_max: Duration::from_secs(30),
+            breaker_failures: 5,
+            breaker_cooldown: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            stats_retention_days: 90,
+            conversions_retention_days: 730,
+        }
+    }
+}
+
+impl ClickHouseConfig {
+    pub fn retention(&self) -> Retention {
+        Retention {
+            stats_days: self.stats_retention_days,
+            conversions_days: self.conversions_retention_days,
+        }
+    }
+
+    /// Problems with the options, as `(key, problem)` (keys relative to `sink.clickhouse`).
+    pub fn validate(&self) -> Vec<(&'static str, String)> {
+        let mut p = Vec::new();
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+            p.push((
+                "url",
+                format!("must be an http:// or https:// URL, got {:?}", self.url),
+            ));
+        }
+        if self.url.contains('@') {
+            p.push((
+                "url",
+                "must not contain credentials; use ATTRIBD_CLICKHOUSE_USER / ATTRIBD_CLICKHOUSE_PASSWORD or password_file".to_string(),
+            ));
+        }
+        if self.database.is_empty() {
+            p.push(("database", "must not be empty".to_string()));
+        }
+        if self.flush_rows == 0 || self.flush_rows > 1_000_000 {
+            p.push((
+                "flush_rows",
+                format!(
+                    "must be 1..=1000000 (one INSERT block), got {}",
+                    self.flush_rows
+                ),
+            ));
+        }
+        if self.breaker_failures == 0 {
+            p.push(("breaker_failures", "must be at least 1".to_string()));
+        }
+        if self.retry_initial.is_zero() || self.retry_max < self.retry_initial {
+            p.push((
+                "retry_max",
+                "retry_initial must be > 0 and retry_max ≥ retry_initial".to_string(),
+            ));
+        }
+        p
+    }
+}
+
+/// User and password; `Debug` never shows the password.
+#[derive(Clone)]
+pub struct Credentials {
+    pub user: String,
+    password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Credentials {{ user: {:?}, password: <redacted> }}",
+            self.user
+        )
+    }
+}
+
+impl Credentials {
+    /// From the environment and the password file.
+    pub fn load(cfg: &ClickHouseConfig) -> Result<Credentials> {
+        let user = std::env::var("ATTRIBD_CLICKHOUSE_USER").unwrap_or_else(|_| cfg.user.clone());
+        let password = match &cfg.password_file {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| {
+                    format!(
+                        "sink.clickhouse.password_file: cannot read {}",
+                        path.display()
+                    )
+                })?
+                .trim_end_matches(['\n', '\r'])
+                .to_string(),
+            None => std::env::var("ATTRIBD_CLICKHOUSE_PASSWORD").unwrap_or_default(),
+        };
+        Ok(Credentials { user, password })
+    }
+}
+
+/// A client for `cfg` (RowBinary without schema validation, so 18.16 works; lz4).
+pub fn client(cfg: &ClickHouseConfig, creds: &Credentials) -> Client {
+    Client::default()
+        .with_url(&cfg.url)
+        .with_user(&creds.user)
+        .with_password(&creds.password)
+        .with_compression(clickhouse::Compression::Lz4)
+        .with_validation(false)
+}
+
+/// Runs `f` on a small single-threaded tokio runtime (network I/O lives on tokio).
+pub fn block_on<T>(f: impl std::future::Future<Output = T>) -> Result<T> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    Ok(rt.block_on(f))
+}
+
+/// `attribd migrate`: creates the database and applies pending migrations.
+pub fn migrate(cfg: &ClickHouseConfig) -> Result<Vec<u32>> {
+    let creds = Credentials::load(cfg)?;
+    let c = client(cfg, &creds);
+    block_on(schema::migrate(&c, &cfg.database, cfg.retention()))?
+}
+
+/// What the sink did, for the run summary.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ClickHouseTotals {
+    pub stats_rows: u64,
+    pub conversion_rows: u64,
+    pub batches: u64,
+    /// Batches found already committed (a replay, or a retry after a lost answer).
+    pub batches_skipped: u64,
+    pub failures: u64,
+}
+
+/// Closed → counts failures; open → no attempts until the cooldown passes.
+#[derive(Debug)]
+struct Breaker {
+    consecutive_failures: u32,
+    open_until: Option<Instant>,
+}
+
+/// Rows of the stats buffer are keyed by minute and the *identity* of the interned dimension
+/// strings: all of them come from the state stage's interner, so pointer equality is string
+/// equality and the key never hashes string bytes.
+type StatsKey = (i64, [usize; 5]);
+
+fn stats_key(r: &StatsRow) -> StatsKey {
+    let p = |s: &Arc<str>| Arc::as_ptr(s) as *const u8 as usize;
+    (
+        r.minute_ms,
+        [
+            p(&r.tenant_id),
+            p(&r.offer_id),
+            p(&r.affiliate_id),
+            p(&r.country),
+            p(&r.currency),
+        ],
+    )
+}
+
+pub struct ClickHouseSink {
+    cfg: ClickHouseConfig,
+    client: Client,
+    version: ServerVersion,
+    rt: tokio::runtime::Runtime,
+    stats: HashMap<StatsKey, StatsRow>,
+    conversions: Vec<ConversionRow>,
+    /// Flush numbers per table; part of the batch id.
+    stats_seq: u64,
+    conversions_seq: u64,
+    last_flush: Instant,
+    breaker: Breaker,
+    pub totals: ClickHouseTotals,
+}
+
+impl ClickHouseSink {
+    /// Connects and checks the database (exists, migrated, compatible) before anything runs.
+    pub fn connect(cfg: &ClickHouseConfig) -> Result<ClickHouseSink> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the tokio runtime")?;
+        let creds = Credentials::load(cfg)?;
+        let server = client(cfg, &creds);
+        let version = rt
+            .block_on(schema::server_version(&server))
+            .with_context(|| format!("connecting to ClickHouse at {}", cfg.url))?;
+        rt.block_on(schema::check(&server, &cfg.database))?;
+        let client = server.with_database(&cfg.database);
+        tracing::info!(url = %cfg.url, database = %cfg.database, user = %creds.user, version = ?version, "ClickHouse sink ready");
+        Ok(ClickHouseSink {
+            cfg: cfg.clone(),
+            client,
+            version,
+            rt,
+            stats: HashMap::new(),
+            conversions: Vec::new(),
+            stats_seq: 0,
+            conversions_seq: 0,
+            last_flush: Instant::now(),
+            breaker: Breaker {
+                consecutive_failures: 0,
+                open_until: None,
+            },
+            totals: ClickHouseTotals::default(),
+        })
+    }
+
+    /// Buffers rows; flushes a table whose buffer is full (blocking while ClickHouse is down).
+    pub fn write(&mut self, conversions: Vec<ConversionRow>, stats: Vec<StatsRow>) -> Result<()> {
+        for r in stats {
+            match self.stats.entry(stats_key(&r)) {
+                std::collections::hash_map::Entry::Occupied(mut e) => {
+                    e.get_mut().measures.add(&r.measures)
+                }
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(r);
+                }
+            }
+        }
+        self.conversions.extend(conversions);
+        if self.stats.len() >= self.cfg.flush_rows {
+            self.flush_stats()?;
+        }
+        if self.conversions.len() >= self.cfg.flush_rows {
+            self.flush_conversions()?;
+        }
+        Ok(())
+    }
+
+    /// Flushes by age; called periodically.
+    pub fn tick(&mut self) -> Result<()> {
+        if self.last_flush.elapsed() >= self.cfg.flush_interval {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> Result<()> {
+        self.flush_stats()?;
+        self.flush_conversions()?;
+        self.last_flush = Instant::now();
+        Ok(())
+    }
+
+    fn flush_stats(&mut self) -> Result<()> {
+        if self.stats.is_empty() {
+            return Ok(());
+        }
+        let mut rows: Vec<StatsRow> = self
+            .stats
+            .drain()
+            .map(|(_, r)| r)
+            .filter(|r| r.measures != Measures::default())
+            .collect();
+        // A deterministic order makes the batch id a function of the rows.
+        rows.sort_by(|a, b| {
+            (
+                a.minute_ms,
+                &a.tenant_id,
+                &a.offer_id,
+                &a.affiliate_id,
+                &a.country,
+                &a.currency,
+            )
+                .cmp(&(
+                    b.minute_ms,
+                    &b.tenant_id,
+                    &b.offer_id,
+                    &b.affiliate_id,
+                    &b.country,
+                    &b.currency,
+                ))
+        });
+        for chunk in rows.chunks(self.cfg.flush_rows) {
+            self.insert_stats(chunk)?;
+        }
+        Ok(())
+    }
+
+    /// One INSERT (one batch id) of at most `flush_rows` aggregate rows.
+    fn insert_stats(&mut self, rows: &[StatsRow]) -> Result<()> {
+        let mut h = Xxh3::new();
+        for r in rows {
+            h.update(&r.minute_ms.to_le_bytes());
+            for s in [
+                &r.tenant_id,
+                &r.offer_id,
+                &r.affiliate_id,
+                &r.country,
+                &r.currency,
+            ] {
+                h.update(s.as_bytes());
+                h.update(&[0x1f]);
+            }
+            let m = &r.measures;
+            for v in [
+                m.clicks,
+                m.unique_clicks,
+                m.duplicate_clicks,
+                m.conversions,
+                m.approved,
+                m.pending,
+                m.rejected,
+                m.revenue_micros,
+                m.duplicate_conversions,
+                m.unattributed,
+            ] {
+                h.update(&v.to_le_bytes());
+            }
+        }
+        self.stats_seq += 1;
+        let id = batch_id("attribution_stats_minute", self.stats_seq, h.digest());
+        let skipped = self.commit(
+            &id,
+            "attribution_stats_minute",
+            rows.len(),
+            |client, id| async move {
+                let mut ins = client
+                    .insert::<StatsIngest<'_>>("attribution_stats_minute")
+                    .await?;
+                for r in rows {
+                    ins.write(&StatsIngest::new(id, r)).await?;
+                }
+                ins.end().await
+            },
+        )?;
+        if !skipped {
+            self.totals.stats_rows += rows.len() as u64;
+        }
+        Ok(())
+    }
+
+    fn flush_conversions(&mut self) -> Result<()> {
+        if self.conversions.is_empty() {
+            return Ok(());
+        }
+        let rows = std::mem::take(&mut self.conversions);
+        for chunk in rows.chunks(self.cfg.flush_rows) {
+            self.insert_conversions(chunk)?;
+        }
+        Ok(())
+    }
+
+    /// One INSERT (one batch id) of at most `flush_rows` conversion rows.
+    fn insert_conversions(&mut self, rows: &[ConversionRow]) -> Result<()> {
+        let mut h = Xxh3::new();
+        for r in rows {
+            for s in [&*r.tenant_id, &*r.external_id, r.status.as_str()] {
+                h.update(s.as_bytes());
+                h.update(&[0x1f]);
+            }
+            h.update(&r.version.to_le_bytes());
+        }
+        self.conversions_seq += 1;
+        let id = batch_id("conversions", self.conversions_seq, h.digest());
+        let skipped = self.commit(&id, "conversions", rows.len(), |client, id| async move {
+            let mut ins = client.insert::<ConversionIngest<'_>>("conversions").await?;
+            for r in rows {
+                ins.write(&ConversionIngest::new(id, r)).await?;
+            }
+            ins.end().await
+        })?;
+        if !skipped {
+            self.totals.conversion_rows += rows.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Inserts one batch exactly once: skip if committed, else insert; on failure retry with
+    /// backoff (looking the id up again first) until it succeeds. Returns whether the batch was
+    /// already committed (and so skipped).
+    fn commit<'a, F, Fut>(
+        &mut self,
+        id: &'a str,
+        table: &str,
+        rows: usize,
+        insert: F,
+    ) -> Result<bool>
+    where
+        F: Fn(Client, &'a str) -> Fut,
+        Fut: std::future::Future<Output = clickhouse::error::Result<()>>,
+    {
+        let mut delay = self.cfg.retry_initial;
+        let mut attempt = 0u32;
+        loop {
+            if let Some(until) = self.breaker.open_until {
+                let now = Instant::now();
+                if until > now {
+                    std::thread::sleep(until - now);
+                }
+            }
+            attempt += 1;
+            let client = self.client.clone().with_setting(
+                "max_execution_time",
+                self.cfg.request_timeout.as_secs().max(1).to_string(),
+            );
+            let client = if self.version.dedup_tokens() {
+                client.with_setting("insert_deduplication_token", id)
+            } else {
+                client
+            };
+            let timeout = self.cfg.request_timeout;
+            let outcome: Result<bool> = self.rt.block_on(async {
+                let committed = tokio::time::timeout(timeout, is_committed(&client, table, id))
+                    .await
+                    .map_err(|_| anyhow::anyhow!("timed out after {timeout:?}"))??;
+                if committed {
+                    return Ok(true);
+                }
+                tokio::time::timeout(timeout, insert(client.clone(), id))
+                    .await
+                    .map_err(|_| anyhow::anyhow!("timed out after {timeout:?}"))?
+                    .map_err(explain)?;
+                Ok(false)
+            });
+            match outcome {
+                Ok(skipped) => {
+                    if self.breaker.open_until.is_some() || attempt > 1 {
+                        tracing::info!(
+                            table,
+                            batch = id,
+                            attempts = attempt,
+                            "ClickHouse is back; batch committed"
+                        );
+                    }
+                    self.breaker.consecutive_failures = 0;
+                    self.breaker.open_until = None;
+                    self.totals.batches += 1;
+                    if skipped {
+                        self.totals.batches_skipped += 1;
+                        tracing::debug!(
+                            table,
+                            batch = id,
+                            rows,
+                            "batch already committed; skipped"
+                        );
+                    }
+                    return Ok(skipped);
+                }
+                Err(e) if is_permanent(&e) => {
+                    return Err(e)
+                        .with_context(|| format!("inserting into ClickHouse table {table}"));
+                }
+                Err(e) => {
+                    self.totals.failures += 1;
+                    self.breaker.consecutive_failures += 1;
+                    let jitter = rand::rng().random_range(0.5..1.5);
+                    let wait = delay.mul_f64(jitter);
+                    if self.breaker.consecutive_failures >= self.cfg.breaker_failures {
+                        self.breaker.open_until = Some(Instant::now() + self.cfg.breaker_cooldown);
+                        tracing::warn!(table, batch = id, attempt, error = %e, cooldown = ?self.cfg.breaker_cooldown, "ClickHouse insert failed; circuit breaker open, pipeline waits");
+                    } else {
+                        tracing::warn!(table, batch = id, attempt, error = %e, retry_in = ?wait, "ClickHouse insert failed; retrying");
+                        std::thread::sleep(wait);
+                    }
+                    delay = (delay * 2).min(self.cfg.retry_max);
+                }
+            }
+        }
+    }
+
+    /// Flushes everything; afterwards all rows are in ClickHouse.
+    pub fn close(&mut self) -> Result<ClickHouseTotals> {
+        self.flush()?;
+        Ok(self.totals)
+    }
+}
+
+/// `table-000042-1f2e…`: deterministic for the same rows at the same flush number.
+pub fn batch_id(table: &str, seq: u64, content: u64) -> String {
+    format!("{table}-{seq:010}-{content:016x}")
+}
+
+async fn is_committed(client: &Client, table: &str, id: &str) -> Result<bool> {
+    let n: u64 = client
+        .query("SELECT count() FROM attribd_batches WHERE table_name = ? AND batch_id = ?")
+        .bind(table)
+        .bind(id)
+        .fetch_one()
+        .await
+        .map_err(explain)?;
+    Ok(n > 0)
+}
+
+/// Errors a retry cannot fix (bad credentials, missing or incompatible tables).
+fn is_permanent(e: &anyhow::Error) -> bool {
+    let t = e.to_string();
+    t.contains("refused the credentials")
+        || t.contains("does not exist")
+        || t.contains("Code: 60")
+        || t.contains("Code: 16")
+        || t.contains("Code: 47")
+}

@@ -1,0 +1,173 @@
+//! RowBinary rows of the two data tables, borrowed from the daemon's rows.
+//!
+//! Types are the same on every server version (Decimal(18, 6) travels as `i64` micro-units,
+//! DateTime as `u32` seconds, millisecond times as `i64`), so one encoding serves 18.16 and
+//! current servers alike.
+
+use clickhouse::Row;
+use serde::Serialize;
+
+use crate::rows::{ConversionRow, StatsRow};
+
+/// Columns of `attribution_stats_minute` attribd writes, with their ClickHouse types.
+pub const STATS_COLUMNS: [(&str, &str); 17] = [
+    ("batch_id", "String"),
+    ("minute", "DateTime"),
+    ("tenant_id", "String"),
+    ("offer_id", "String"),
+    ("affiliate_id", "String"),
+    ("country", "String"),
+    ("currency", "String"),
+    ("clicks", "Int64"),
+    ("unique_clicks", "Int64"),
+    ("duplicate_clicks", "Int64"),
+    ("conversions", "Int64"),
+    ("approved", "Int64"),
+    ("pending", "Int64"),
+    ("rejected", "Int64"),
+    ("revenue", "Decimal(18, 6)"),
+    ("duplicate_conversions", "Int64"),
+    ("unattributed", "Int64"),
+];
+
+/// Columns of `conversions` attribd writes, with their ClickHouse types.
+pub const CONVERSION_COLUMNS: [(&str, &str); 27] = [
+    ("batch_id", "String"),
+    ("tenant_id", "String"),
+    ("external_id", "String"),
+    ("version", "UInt32"),
+    ("status", "String"),
+    ("previous_status", "Nullable(String)"),
+    ("click_id", "String"),
+    ("ts_ms", "Int64"),
+    ("amount", "Decimal(18, 6)"),
+    ("currency", "String"),
+    ("product_id", "Nullable(String)"),
+    ("order_id", "Nullable(String)"),
+    ("customer_id", "Nullable(String)"),
+    ("metadata", "Nullable(String)"),
+    ("attributed", "UInt8"),
+    ("reason", "Nullable(String)"),
+    ("offer_id", "String"),
+    ("affiliate_id", "String"),
+    ("country", "String"),
+    ("device", "Nullable(String)"),
+    ("sub1", "Nullable(String)"),
+    ("sub2", "Nullable(String)"),
+    ("sub3", "Nullable(String)"),
+    ("sub4", "Nullable(String)"),
+    ("sub5", "Nullable(String)"),
+    ("click_ts_ms", "Nullable(Int64)"),
+    ("seconds_to_convert", "Nullable(Int64)"),
+];
+
+#[derive(Debug, Row, Serialize)]
+pub struct StatsIngest<'a> {
+    pub batch_id: &'a str,
+    pub minute: u32,
+    pub tenant_id: &'a str,
+    pub offer_id: &'a str,
+    pub affiliate_id: &'a str,
+    pub country: &'a str,
+    pub currency: &'a str,
+    pub clicks: i64,
+    pub unique_clicks: i64,
+    pub duplicate_clicks: i64,
+    pub conversions: i64,
+    pub approved: i64,
+    pub pending: i64,
+    pub rejected: i64,
+    pub revenue: i64,
+    pub duplicate_conversions: i64,
+    pub unattributed: i64,
+}
+
+impl<'a> StatsIngest<'a> {
+    pub fn new(batch_id: &'a str, r: &'a StatsRow) -> StatsIngest<'a> {
+        let m = &r.measures;
+        StatsIngest {
+            batch_id,
+            minute: (r.minute_ms.div_euclid(1000)).clamp(0, u32::MAX as i64) as u32,
+            tenant_id: &r.tenant_id,
+            offer_id: &r.offer_id,
+            affiliate_id: &r.affiliate_id,
+            country: &r.country,
+            currency: &r.currency,
+            clicks: m.clicks,
+            unique_clicks: m.unique_clicks,
+            duplicate_clicks: m.duplicate_clicks,
+            conversions: m.conversions,
+            approved: m.approved,
+            pending: m.pending,
+            rejected: m.rejected,
+            revenue: m.revenue_micros,
+            duplicate_conversions: m.duplicate_conversions,
+            unattributed: m.unattributed,
+        }
+    }
+}
+
+#[derive(Debug, Row, Serialize)]
+pub struct ConversionIngest<'a> {
+    pub batch_id: &'a str,
+    pub tenant_id: &'a str,
+    pub external_id: &'a str,
+    pub version: u32,
+    pub status: &'a str,
+    pub previous_status: Option<&'a str>,
+    pub click_id: &'a str,
+    pub ts_ms: i64,
+    pub amount: i64,
+    pub currency: &'a str,
+    pub product_id: Option<&'a str>,
+    pub order_id: Option<&'a str>,
+    pub customer_id: Option<&'a str>,
+    pub metadata: Option<&'a str>,
+    pub attributed: u8,
+    pub reason: Option<&'a str>,
+    pub offer_id: &'a str,
+    pub affiliate_id: &'a str,
+    pub country: &'a str,
+    pub device: Option<&'a str>,
+    pub sub1: Option<&'a str>,
+    pub sub2: Option<&'a str>,
+    pub sub3: Option<&'a str>,
+    pub sub4: Option<&'a str>,
+    pub sub5: Option<&'a str>,
+    pub click_ts_ms: Option<i64>,
+    pub seconds_to_convert: Option<i64>,
+}
+
+impl<'a> ConversionIngest<'a> {
+    pub fn new(batch_id: &'a str, r: &'a ConversionRow) -> ConversionIngest<'a> {
+        ConversionIngest {
+            batch_id,
+            tenant_id: &r.tenant_id,
+            external_id: &r.external_id,
+            version: r.version,
+            status: r.status.as_str(),
+            previous_status: r.previous_status.map(|s| s.as_str()),
+            click_id: &r.click_id,
+            ts_ms: r.ts_ms,
+            amount: r.amount_micros,
+            currency: &r.currency,
+            product_id: r.product_id.as_deref(),
+            order_id: r.order_id.as_deref(),
+            customer_id: r.customer_id.as_deref(),
+            metadata: r.metadata.as_deref(),
+            attributed: u8::from(r.attribution.reason().is_none()),
+            reason: r.attribution.reason(),
+            offer_id: &r.offer_id,
+            affiliate_id: &r.affiliate_id,
+            country: &r.country,
+            device: r.device.as_deref(),
+            sub1: r.subs[0].as_deref(),
+            sub2: r.subs[1].as_deref(),
+            sub3: r.subs[2].as_deref(),
+            sub4: r.subs[3].as_deref(),
+            sub5: r.subs[4].as_deref(),
+            click_ts_ms: r.click_ts_ms,
+            seconds_to_convert: r.seconds_to_convert,
+        }
+    }
+}

@@ -1,0 +1,529 @@
+//! The ClickHouse sink against a real server.
+//!
+//! The server comes from `ATTRIBD_CLICKHOUSE_URL` (`.ci/run` starts Debian's clickhouse-server
+//! and exports it). Without it the tests print that they were skipped — except under
+//! `CI=true`, where a missing server is a failure. The outage test starts a private server of
+//! its own (it stops and restarts it), which needs the `clickhouse-server` binary.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn ci() -> bool {
+    std::env::var("CI").as_deref() == Ok("true")
+}
+
+/// The shared server's URL, or `None` (skip) when there is none outside CI.
+fn server(test: &str) -> Option<String> {
+    match std::env::var("ATTRIBD_CLICKHOUSE_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            assert!(!ci(), "CI=true but ATTRIBD_CLICKHOUSE_URL is not set");
+            eprintln!("SKIPPED {test}: set ATTRIBD_CLICKHOUSE_URL to a ClickHouse HTTP endpoint");
+            None
+        }
+    }
+}
+
+/// A database name nobody else uses.
+fn fresh_db(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "attribd_test_{tag}_{}_{}",
+        std::process::id(),
+        nanos % 1_000_000_000
+    )
+}
+
+/// Runs a query over HTTP (the same way a data engineer's tool would) and returns TSV lines.
+fn query(url: &str, sql: &str) -> Vec<String> {
+    let out = Command::new("curl")
+        .args(["-sS", "--fail-with-body", url, "--data-binary", sql])
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "query failed: {sql}\n{text}");
+    text.lines().map(str::to_string).collect()
+}
+
+fn attribd_status(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_attribd"))
+        .args(args)
+        .envs(envs.iter().copied())
+        .env("ATTRIBD_LOG", "warn")
+        .output()
+        .expect("attribd runs")
+}
+
+fn migrate(url: &str, db: &str) -> String {
+    let o = attribd(&["migrate", "--clickhouse-url", url, "--database", db]);
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+/// `sum()` of every measure per bucket dimensions, from ClickHouse.
+fn clickhouse_sums(url: &str, db: &str) -> BTreeMap<String, Vec<String>> {
+    query(
+        url,
+        &format!(
+            "SELECT concat(tenant_id, '/', offer_id, '/', affiliate_id, '/', country, '/', currency) AS k, \
+             sum(clicks), sum(unique_clicks), sum(duplicate_clicks), sum(conversions), sum(approved), \
+             sum(pending), sum(rejected), toString(sum(revenue) * 1000000), sum(duplicate_conversions), sum(unattributed) \
+             FROM {db}.attribution_stats_minute GROUP BY k ORDER BY k FORMAT TSV"
+        ),
+    )
+    .into_iter()
+    .filter_map(|l| {
+        let mut f = l.split('\t').map(str::to_string);
+        let key = f.next()?;
+        let vals: Vec<String> = f
+            .map(|v| v.trim_end_matches(".000000").trim_end_matches(".0").to_string())
+            .collect();
+        vals.iter().any(|v| v != "0").then_some((key, vals))
+    })
+    .collect()
+}
+
+/// The same sums from the Parquet `stats_minute` table.
+fn parquet_sums(out: &Path) -> BTreeMap<String, Vec<String>> {
+    let measures = [
+        "clicks",
+        "unique_clicks",
+        "duplicate_clicks",
+        "conversions",
+        "approved",
+        "pending",
+        "rejected",
+        "revenue",
+        "duplicate_conversions",
+        "unattributed",
+    ];
+    let mut sums: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for r in rows(&read_table(out, "stats_minute")) {
+        let key = [
+            "tenant_id",
+            "offer_id",
+            "affiliate_id",
+            "country",
+            "currency",
+        ]
+        .map(|c| get(&r, c))
+        .join("/");
+        let s = sums.entry(key).or_insert_with(|| vec![0; 10]);
+        for (i, m) in measures.iter().enumerate() {
+            s[i] += int(&r, m);
+        }
+    }
+    sums.into_iter()
+        .filter(|(_, v)| v.iter().any(|x| *x != 0))
+        .map(|(k, v)| (k, v.iter().map(|x| x.to_string()).collect()))
+        .collect()
+}
+
+fn run_fixture(url: &str, db: &str, out: &Path) -> String {
+    let o = attribd(&[
+        "run",
+        "-q",
+        "--clicks",
+        fixture("clicks.ndjson").to_str().unwrap(),
+        "--conversions",
+        fixture("conversions.ndjson").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--clickhouse-url",
+        url,
+        "--clickhouse-database",
+        db,
+    ]);
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+#[test]
+fn fixture_into_clickhouse_equals_known_answers_and_parquet_and_replay_adds_nothing() {
+    let Some(url) = server("fixture_into_clickhouse") else {
+        return;
+    };
+    let db = fresh_db("fixture");
+    assert!(migrate(&url, &db).contains("applied migrations [1, 2, 3]"));
+    let dir = tempfile::tempdir().unwrap();
+    let summary = run_fixture(&url, &db, dir.path());
+    assert!(
+        summary.contains("clickhouse: batches (skipped)               2 (0)"),
+        "{summary}"
+    );
+
+    let want: BTreeMap<String, Vec<String>> = [
+        ("t1/o1/a1/US/", "4 3 1 0 0 0 0 0 0 0"),
+        ("t1/o2/a2/DE/", "1 1 0 0 0 0 0 0 0 0"),
+        ("t1/o2/a2/FR/", "1 1 0 0 0 0 0 0 0 0"),
+        ("t2/o1/a1/US/", "1 1 0 0 0 0 0 0 0 0"),
+        ("t1/o1/a1/US/USD", "0 0 0 1 1 0 0 10500000 1 0"),
+        ("t1/o2/a2/DE/EUR", "0 0 0 1 1 0 0 20000000 0 0"),
+        ("t1/o2/a2/FR/USD", "0 0 0 1 0 1 0 0 0 0"),
+        ("t1////USD", "0 0 0 2 2 0 0 11000000 0 2"),
+        ("t2/o1/a1/US/USD", "0 0 0 2 2 0 0 15000000 0 0"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.split(' ').map(str::to_string).collect()))
+    .collect();
+    assert_eq!(clickhouse_sums(&url, &db), want);
+    assert_eq!(parquet_sums(dir.path()), want);
+
+    // Conversions: 10 versions, current state per (tenant, external_id) via FINAL.
+    assert_eq!(
+        query(&url, &format!("SELECT count() FROM {db}.conversions")),
+        ["10"]
+    );
+    let current = query(
+        &url,
+        &format!(
+            "SELECT tenant_id, external_id, version, status, attributed, ifNull(reason, '-'), toString(ts) \
+             FROM {db}.conversions FINAL ORDER BY tenant_id, external_id FORMAT TSV"
+        ),
+    );
+    assert_eq!(
+        current,
+        [
+            "t1\te1\t4\tapproved\t1\t-\t2026-11-01 10:10:00",
+            "t1\te3\t1\tapproved\t1\t-\t2026-11-01 10:13:00",
+            "t1\te5\t1\tapproved\t0\toutside_window\t2026-11-01 10:04:00",
+            "t1\te7\t1\tpending\t1\t-\t2026-11-01 10:21:00",
+            "t1\te8\t1\tapproved\t0\tunknown_click\t2026-11-01 10:22:00",
+            "t2\te1\t1\tapproved\t1\t-\t2026-11-01 10:11:00",
+            "t2\te9\t1\tapproved\t1\t-\t2026-11-01 10:25:00",
+        ]
+    );
+
+    // Replaying the same input: every batch is found committed, nothing is added.
+    let again = run_fixture(&url, &db, dir.path().join("again").as_path());
+    assert!(
+        again.contains("clickhouse: batches (skipped)               2 (2)"),
+        "{again}"
+    );
+    assert_eq!(clickhouse_sums(&url, &db), want);
+    assert_eq!(
+        query(&url, &format!("SELECT count() FROM {db}.conversions")),
+        ["10"]
+    );
+    query(&url, &format!("DROP DATABASE {db}"));
+}
+
+#[test]
+fn migrations_are_idempotent_and_bad_setups_are_refused_clearly() {
+    let Some(url) = server("migrations") else {
+        return;
+    };
+    let db = fresh_db("migrate");
+    assert!(migrate(&url, &db).contains("applied migrations"));
+    assert!(migrate(&url, &db).contains("is up to date"));
+    let tables = query(
+        &url,
+        &format!("SELECT name FROM system.tables WHERE database = '{db}' ORDER BY name"),
+    );
+    for t in [
+        "attribd_batches",
+        "attribd_migrations",
+        "attribution_stats_minute",
+        "conversions",
+    ] {
+        assert!(tables.contains(&t.to_string()), "{tables:?}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let clicks = fixture("clicks.ndjson");
+    let run = |db: &str, envs: &[(&str, &str)]| {
+        attribd_status(
+            &[
+                "run",
+                "-q",
+                "--clicks",
+                clicks.to_str().unwrap(),
+                "--out",
+                out,
+                "--clickhouse-url",
+                &url,
+                "--clickhouse-database",
+                db,
+            ],
+            envs,
+        )
+    };
+    // A database that does not exist.
+    let o = run("attribd_no_such_db", &[]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("database `attribd_no_such_db` does not exist")
+            && err.contains("attribd migrate"),
+        "{err}"
+    );
+    // Wrong credentials; the password never appears in the output.
+    let o = run(
+        &db,
+        &[
+            ("ATTRIBD_CLICKHOUSE_USER", "nobody"),
+            ("ATTRIBD_CLICKHOUSE_PASSWORD", "s3cret-pw"),
+        ],
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("refused the credentials"), "{err}");
+    assert!(!err.contains("s3cret-pw"));
+    // An incompatible existing table.
+    let bad = fresh_db("bad");
+    query(&url, &format!("CREATE DATABASE {bad}"));
+    query(
+        &url,
+        &format!(
+            "CREATE TABLE {bad}.conversions (tenant_id String, external_id String, amount Float64) ENGINE = MergeTree() ORDER BY tenant_id"
+        ),
+    );
+    let o = attribd_status(
+        &["migrate", "--clickhouse-url", &url, "--database", &bad],
+        &[],
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("`{bad}.conversions` is incompatible")),
+        "{err}"
+    );
+    // A URL with credentials in it is a configuration error (exit code 2).
+    let o = attribd_status(
+        &[
+            "migrate",
+            "--clickhouse-url",
+            "http://u:p@127.0.0.1:8123",
+            "--database",
+            "x",
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    query(&url, &format!("DROP DATABASE {db}"));
+    query(&url, &format!("DROP DATABASE {bad}"));
+}
+
+/// A pipeline reading one deterministic input with small, count-only ClickHouse flushes.
+fn write_pipeline(dir: &Path, url: &str, db: &str, input: &Path, out: &Path) -> std::path::PathBuf {
+    let p = dir.join(format!("{db}.toml"));
+    std::fs::write(
+        &p,
+        format!(
+            r#"[source]
+kind = "files"
+conversions = {input:?}
+[sink.parquet]
+out = {out:?}
+[sink.clickhouse]
+url = "{url}"
+database = "{db}"
+flush_rows = 40
+flush_interval = "1h"
+retry_initial = "100ms"
+retry_max = "1s"
+breaker_failures = 3
+breaker_cooldown = "1s"
+request_timeout = "5s"
+"#,
+            input = input.display().to_string(),
+            out = out.display().to_string()
+        ),
+    )
+    .unwrap();
+    p
+}
+
+/// Postbacks only (one stream, so the run is deterministic): 3 000 conversions with changes
+/// and duplicates spread over two days.
+fn postbacks(dir: &Path) -> std::path::PathBuf {
+    let pipeline = dir.join("gen.toml");
+    std::fs::write(
+        &pipeline,
+        "[source]\nkind = \"generator\"\n[source.generator]\nclicks = 3000\nconversion_rate = 1.0\nspan_hours = 48.0\nseed = 11\n",
+    )
+    .unwrap();
+    let input = dir.join("input");
+    attribd(&[
+        "gen",
+        "-p",
+        pipeline.to_str().unwrap(),
+        "--out",
+        input.to_str().unwrap(),
+    ]);
+    input.join("conversions.ndjson")
+}
+
+#[test]
+fn a_run_killed_mid_stream_and_replayed_counts_nothing_twice() {
+    let Some(url) = server("kill_and_replay") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let input = postbacks(dir.path());
+    // Reference: one uninterrupted run.
+    let reference = fresh_db("ref");
+    migrate(&url, &reference);
+    let p = write_pipeline(
+        dir.path(),
+        &url,
+        &reference,
+        &input,
+        &dir.path().join("out-ref"),
+    );
+    attribd(&["run", "-q", "-p", p.to_str().unwrap()]);
+    let want = clickhouse_sums(&url, &reference);
+    assert!(!want.is_empty());
+
+    // Interrupted: kill -9 once some batches are committed, then run the same command again.
+    let db = fresh_db("kill");
+    migrate(&url, &db);
+    let p = write_pipeline(dir.path(), &url, &db, &input, &dir.path().join("out-kill"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_attribd"))
+        .args(["run", "-q", "-p", p.to_str().unwrap()])
+        .env("ATTRIBD_LOG", "error")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let mut killed_after = 0u64;
+    while started.elapsed() < Duration::from_secs(60) {
+        let n: u64 = query(&url, &format!("SELECT count() FROM {db}.attribd_batches"))[0]
+            .parse()
+            .unwrap();
+        if n >= 3 {
+            let _ = child.kill();
+            killed_after = n;
+            break;
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = child.wait();
+    assert!(
+        killed_after >= 3,
+        "the run finished before it could be interrupted"
+    );
+    let partial = clickhouse_sums(&url, &db);
+    assert_ne!(partial, want, "the interrupted run stopped part-way");
+    let o = attribd(&["run", "-q", "-p", p.to_str().unwrap()]);
+    let summary = String::from_utf8_lossy(&o.stdout);
+    assert!(summary.contains("clickhouse: batches"), "{summary}");
+    assert_eq!(
+        clickhouse_sums(&url, &db),
+        want,
+        "after replay: equal to the uninterrupted run"
+    );
+    let batches = |d: &str| {
+        query(
+            &url,
+            &format!("SELECT count(), sum(rows) FROM {d}.attribd_batches FINAL FORMAT TSV"),
+        )
+    };
+    assert_eq!(batches(&db), batches(&reference));
+    query(&url, &format!("DROP DATABASE {db}"));
+    query(&url, &format!("DROP DATABASE {reference}"));
+}
+
+/// Starts a private server with `.ci/clickhouse-server.sh`; returns (url, pid file).
+fn private_server(dir: &Path, port: u16) -> Option<(String, std::path::PathBuf)> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/clickhouse-server.sh");
+    let o = Command::new(&script)
+        .arg(dir)
+        .arg(port.to_string())
+        .output()
+        .ok()?;
+    if !o.status.success() {
+        eprintln!("{}", String::from_utf8_lossy(&o.stderr));
+        return None;
+    }
+    Some((
+        String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        dir.join("server.pid"),
+    ))
+}
+
+fn stop_server(pid_file: &Path) {
+    let pid = std::fs::read_to_string(pid_file).unwrap_or_default();
+    let _ = Command::new("kill").arg("-9").arg(pid.trim()).status();
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+#[test]
+fn clickhouse_down_for_a_while_loses_nothing() {
+    let has_binary = Path::new("/usr/sbin/clickhouse-server").exists()
+        || Command::new("sh")
+            .args(["-c", "command -v clickhouse-server"])
+            .status()
+            .is_ok_and(|s| s.success());
+    if !has_binary {
+        assert!(!ci(), "CI=true but clickhouse-server is not installed");
+        eprintln!("SKIPPED clickhouse_down_for_a_while: clickhouse-server binary not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = 18_000 + (std::process::id() % 1000) as u16;
+    let server_dir = dir.path().join("server");
+    let Some((url, pid)) = private_server(&server_dir, port) else {
+        panic!("could not start a private clickhouse-server");
+    };
+    let input = postbacks(dir.path());
+    let db = fresh_db("outage");
+    migrate(&url, &db);
+    let out = dir.path().join("out");
+    let p = write_pipeline(dir.path(), &url, &db, &input, &out);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_attribd"))
+        .args(["run", "-q", "-p", p.to_str().unwrap()])
+        .env("ATTRIBD_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Let it commit a few batches, then take the server away for three seconds.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(60) {
+        let n: u64 = query(&url, &format!("SELECT count() FROM {db}.attribd_batches"))[0]
+            .parse()
+            .unwrap();
+        if n >= 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    stop_server(&pid);
+    std::thread::sleep(Duration::from_secs(3));
+    if child.try_wait().unwrap().is_some() {
+        let o = child.wait_with_output().unwrap();
+        panic!(
+            "attribd should wait for ClickHouse, but it exited ({}): {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let (url2, pid2) = private_server(&server_dir, port).expect("server restarts");
+    assert_eq!(url2, url);
+    let o = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{log}");
+    assert!(
+        log.contains("ClickHouse insert failed"),
+        "the outage was noticed: {log}"
+    );
+    let summary = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        !summary.contains("clickhouse: failed attempts                     0"),
+        "{summary}"
+    );
+    // Nothing lost, nothing doubled: ClickHouse equals the Parquet aggregates of the same run.
+    assert_eq!(clickhouse_sums(&url, &db), parquet_sums(&out));
+    stop_server(&pid2);
+}
