@@ -14,6 +14,7 @@ use crate::event::decode::DecodeLimits;
 use crate::event::time::parse_rfc3339_ms;
 use crate::sink::clickhouse::ClickHouseConfig;
 use crate::sink::parquet::ParquetConfig;
+use crate::source::fluvio::FluvioSourceConfig;
 use crate::source::generator::GeneratorConfig;
 use crate::state::EngineConfig;
 
@@ -48,6 +49,8 @@ pub enum SourceKind {
     Generator,
     /// NDJSON files or stdin (`clicks`, `conversions`).
     Files,
+    /// Fluvio topics (`[source.fluvio]`).
+    Fluvio,
 }
 
 /// `[source]`: where events come from.
@@ -64,6 +67,9 @@ pub struct SourceConfig {
     /// Knobs of the built-in generator; `kind = "generator"`.
     #[serde(default)]
     pub generator: GeneratorConfig,
+    /// Cluster, topics and partitions; `kind = "fluvio"`.
+    #[serde(default)]
+    pub fluvio: FluvioSourceConfig,
 }
 
 /// `[semantics]`: the windows of dedup and attribution.
@@ -223,6 +229,21 @@ impl PipelineConfig {
                     );
                 }
             }
+            SourceKind::Fluvio => {
+                let f = &self.source.fluvio;
+                if f.endpoint.is_empty() {
+                    bad("source.fluvio.endpoint", "must be host:port".into());
+                }
+                if f.clicks_topic.is_empty() || f.conversions_topic.is_empty() {
+                    bad(
+                        "source.fluvio.clicks_topic",
+                        "topic names must not be empty".into(),
+                    );
+                }
+                if f.consumer.is_empty() {
+                    bad("source.fluvio.consumer", "must not be empty".into());
+                }
+            }
             SourceKind::Generator => {
                 let g = &self.source.generator;
                 let rates = [
@@ -359,7 +380,34 @@ impl PipelineConfig {
             out,
             clickhouse_url,
             clickhouse_database,
+            fluvio_endpoint,
+            fluvio_clicks_topic,
+            fluvio_conversions_topic,
+            fluvio_partitions,
+            exit_when_idle,
         } = o;
+        if let Some(p) = fluvio_partitions {
+            self.source.fluvio.partitions = p;
+        }
+        if fluvio_endpoint.is_some()
+            || fluvio_clicks_topic.is_some()
+            || fluvio_conversions_topic.is_some()
+        {
+            self.source.kind = SourceKind::Fluvio;
+            let f = &mut self.source.fluvio;
+            if let Some(e) = fluvio_endpoint {
+                f.endpoint = e;
+            }
+            if let Some(t) = fluvio_clicks_topic {
+                f.clicks_topic = t;
+            }
+            if let Some(t) = fluvio_conversions_topic {
+                f.conversions_topic = t;
+            }
+        }
+        if exit_when_idle.is_some() {
+            self.source.fluvio.exit_when_idle = exit_when_idle;
+        }
         if clickhouse_url.is_some() || clickhouse_database.is_some() {
             let ch = self
                 .sink
@@ -400,6 +448,11 @@ pub struct Overrides {
     pub out: Option<PathBuf>,
     pub clickhouse_url: Option<String>,
     pub clickhouse_database: Option<String>,
+    pub fluvio_endpoint: Option<String>,
+    pub fluvio_clicks_topic: Option<String>,
+    pub fluvio_conversions_topic: Option<String>,
+    pub fluvio_partitions: Option<Vec<u32>>,
+    pub exit_when_idle: Option<Duration>,
 }
 
 /// Best effort: the dotted key a TOML error points at, from the error's span.

@@ -48,9 +48,39 @@ enum Command {
         /// Database of the ClickHouse sink (default: attribd).
         #[arg(long)]
         clickhouse_database: Option<String>,
+        /// Read from this Fluvio cluster (SC `host:port`); switches to the Fluvio source.
+        #[arg(long)]
+        fluvio_endpoint: Option<String>,
+        /// Fluvio topic of clicks (default: clicks).
+        #[arg(long)]
+        fluvio_clicks_topic: Option<String>,
+        /// Fluvio topic of conversions (default: conversions).
+        #[arg(long)]
+        fluvio_conversions_topic: Option<String>,
+        /// Fluvio partitions this instance owns, e.g. `0,1` (default: all).
+        #[arg(long, value_delimiter = ',')]
+        fluvio_partitions: Option<Vec<u32>>,
+        /// Stop, with everything flushed and committed, after no new record for this long
+        /// (e.g. `10s`; Fluvio backfills and tests).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        exit_when_idle: Option<std::time::Duration>,
         /// No progress line.
         #[arg(long, short)]
         quiet: bool,
+    },
+    /// Load an NDJSON file into a Fluvio topic, each record keyed by its click_id.
+    Produce {
+        /// Topic to write to (clicks or conversions).
+        #[arg(long)]
+        topic: String,
+        /// NDJSON file (.gz/.zst by extension) or `-` for stdin.
+        file: String,
+        /// Fluvio SC endpoint.
+        #[arg(long, default_value = "127.0.0.1:9003")]
+        endpoint: String,
+        /// Create the topic with this many partitions if it does not exist.
+        #[arg(long)]
+        create_partitions: Option<u32>,
     },
     /// Create the ClickHouse database and tables (numbered migrations; harmless to repeat).
     Migrate {
@@ -104,6 +134,11 @@ fn main() -> ExitCode {
         out: None,
         clickhouse_url: None,
         clickhouse_database: None,
+        fluvio_endpoint: None,
+        fluvio_clicks_topic: None,
+        fluvio_conversions_topic: None,
+        fluvio_partitions: None,
+        exit_when_idle: None,
         quiet: false,
     });
     match dispatch(command) {
@@ -128,6 +163,11 @@ fn dispatch(command: Command) -> Result<()> {
             out,
             clickhouse_url,
             clickhouse_database,
+            fluvio_endpoint,
+            fluvio_clicks_topic,
+            fluvio_conversions_topic,
+            fluvio_partitions,
+            exit_when_idle,
             quiet,
         } => {
             let mut cfg = PipelineConfig::load_or_default(pipeline.as_deref())?;
@@ -137,6 +177,11 @@ fn dispatch(command: Command) -> Result<()> {
                 out,
                 clickhouse_url,
                 clickhouse_database,
+                fluvio_endpoint,
+                fluvio_clicks_topic,
+                fluvio_conversions_topic,
+                fluvio_partitions,
+                exit_when_idle,
             })?;
             tracing::info!(pipeline = %cfg.name, out = %cfg.sink.parquet.out.display(), "starting");
             let report = run(&cfg, RunOptions { progress: !quiet })?;
@@ -194,6 +239,19 @@ fn dispatch(command: Command) -> Result<()> {
             } else {
                 println!("database `{}`: applied migrations {applied:?}", ch.database);
             }
+            Ok(())
+        }
+        Command::Produce {
+            topic,
+            file,
+            endpoint,
+            create_partitions,
+        } => {
+            if let Some(p) = create_partitions {
+                attribd::source::fluvio::ensure_topic(&endpoint, &topic, p)?;
+            }
+            let n = attribd::source::fluvio::produce(&endpoint, &topic, &file)?;
+            println!("produced {n} records to {topic}");
             Ok(())
         }
         Command::Check { pipeline } => {

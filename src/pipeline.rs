@@ -17,7 +17,7 @@
 //! watermark is lower, so the streams advance together in event time.
 
 use std::io::IsTerminal;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,7 @@ use crate::sink::clickhouse::{ClickHouseSink, ClickHouseTotals};
 use crate::sink::{SinkTotals, Sinks};
 use crate::source::RawBatch;
 use crate::source::file::{Input, read_batches};
+use crate::source::fluvio::{FluvioLog, PartitionReader, run_topic};
 use crate::source::generator::generate;
 use crate::state::{Counters, Engine, StateSizes};
 
@@ -81,7 +82,42 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
     let (rest_sink_tx, rest_sink_rx) = bounded::<SinkBatch>(CHANNEL_BATCHES * 2);
 
     let mut sources = Vec::new();
+    // Fluvio readers come back here when their threads end; offsets are committed only after
+    // every sink closed successfully, i.e. once the outputs are durable.
+    let fluvio_readers: Arc<Mutex<Vec<PartitionReader<FluvioLog>>>> = Arc::default();
     match cfg.source.kind {
+        SourceKind::Fluvio => {
+            let f = &cfg.source.fluvio;
+            for (topic, tx) in [
+                (f.clicks_topic.clone(), click_raw_tx),
+                (f.conversions_topic.clone(), conv_raw_tx),
+            ] {
+                let partitions = if f.partitions.is_empty() {
+                    FluvioLog::partitions(f, &topic)?
+                } else {
+                    f.partitions.clone()
+                };
+                let readers = partitions
+                    .iter()
+                    .map(|&p| {
+                        Ok(PartitionReader::new(
+                            &topic,
+                            p,
+                            FluvioLog::open(f, &topic, p)?,
+                        ))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                tracing::info!(%topic, ?partitions, "reading Fluvio partitions");
+                let (idle, done) = (f.exit_when_idle, fluvio_readers.clone());
+                sources.push(spawn("source-fluvio", move || {
+                    let readers = run_topic(readers, idle, |b| tx.send(b).is_ok())?;
+                    done.lock()
+                        .map_err(|_| anyhow!("reader list poisoned"))?
+                        .extend(readers);
+                    Ok(())
+                })?);
+            }
+        }
         SourceKind::Generator => {
             let gen_cfg = cfg.source.generator.clone();
             sources.push(spawn("source-generator", move || {
@@ -110,6 +146,7 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
     let source_name = |s: &Option<String>| -> Arc<str> {
         match cfg.source.kind {
             SourceKind::Generator => Arc::from("generator"),
+            SourceKind::Fluvio => Arc::from(format!("fluvio:{}", cfg.source.fluvio.endpoint)),
             SourceKind::Files => Arc::from(
                 s.as_deref()
                     .map(|p| Input::parse(p).name())

@@ -6,6 +6,7 @@
 //! blocks them, which is the backpressure that keeps memory bounded.
 
 pub mod file;
+pub mod fluvio;
 pub mod generator;
 
 use crate::event::Position;
