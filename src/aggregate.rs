@@ -32,6 +32,13 @@ impl Aggregator {
         self.open_buckets
     }
 
+    /// Every open bucket as `(minute, dims, measures)` (for snapshots).
+    pub fn buckets(&self) -> impl Iterator<Item = (i64, u32, &Measures)> {
+        self.open
+            .iter()
+            .flat_map(|(m, b)| b.iter().map(move |(d, x)| (*m, *d, x)))
+    }
+
     /// Emits and forgets every bucket whose minute is before `minute_ms`.
     pub fn flush_before(
         &mut self,

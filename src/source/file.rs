@@ -92,6 +92,10 @@ pub fn read_batches(
             },
         );
         offset += n as u64;
+        batch.end = Position {
+            line: line_no,
+            offset,
+        };
         if batch.len() >= BATCH_LINES || batch.data.len() >= (1 << 20) {
             let full = std::mem::replace(&mut batch, RawBatch::with_capacity(1 << 20, BATCH_LINES));
             if !emit(full) {

@@ -131,6 +131,10 @@ impl<L: PartitionLog> PartitionReader<L> {
             );
             self.emitted = Some(self.emitted.map_or(r.offset, |e| e.max(r.offset)));
         }
+        batch.end = Position {
+            line: self.emitted.map_or(0, |e| e as u64 + 1),
+            offset: self.emitted.map_or(0, |e| e as u64 + 1),
+        };
         self.last_record = Instant::now();
         Ok(Some(batch))
     }

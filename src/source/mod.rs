@@ -20,6 +20,9 @@ pub const BATCH_LINES: usize = 4096;
 pub struct RawBatch {
     pub data: Vec<u8>,
     pub records: Vec<RawRecord>,
+    /// Where the stream stands after this batch (lines and bytes consumed so far): what a
+    /// checkpoint records, and where a restored run resumes.
+    pub end: Position,
 }
 
 /// One line inside a [`RawBatch`] (without its newline).
@@ -35,9 +38,11 @@ impl RawBatch {
         RawBatch {
             data: Vec::with_capacity(bytes),
             records: Vec::with_capacity(lines),
+            end: Position::default(),
         }
     }
 
+    /// Appends a line; the batch's `end` moves past it (`offset` assumes a newline follows).
     pub fn push_line(&mut self, line: &[u8], position: Position) {
         let start = self.data.len() as u32;
         self.data.extend_from_slice(line);
@@ -46,6 +51,10 @@ impl RawBatch {
             end: self.data.len() as u32,
             position,
         });
+        self.end = Position {
+            line: position.line,
+            offset: position.offset + line.len() as u64 + 1,
+        };
     }
 
     pub fn line(&self, rec: &RawRecord) -> &[u8] {

@@ -92,6 +92,36 @@ impl ExtrasTable {
     pub fn is_empty(&self) -> bool {
         self.by_hash.is_empty()
     }
+
+    /// Live entries as `(id, hash, extras, last used)`.
+    pub fn entries(&self) -> impl Iterator<Item = (u32, u64, &Extras, i64)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(id, s)| s.as_ref().map(|(h, e, t)| (id as u32, *h, e, *t)))
+    }
+
+    /// Puts an entry back under its old id (restore).
+    pub fn restore(&mut self, id: u32, hash: u64, extras: Extras, last_used_ms: i64) {
+        let id_usize = id as usize;
+        if self.slots.len() <= id_usize {
+            self.slots.resize_with(id_usize + 1, || None);
+        }
+        self.slots[id_usize] = Some((hash, extras, last_used_ms));
+        self.by_hash.insert(hash, id);
+    }
+
+    /// Rebuilds the free list after [`Self::restore`] calls.
+    pub fn finish_restore(&mut self) {
+        self.free = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.is_none())
+            .map(|(i, _)| i as u32)
+            .rev()
+            .collect();
+    }
 }
 
 /// The index itself: a sharded lock-free-read map so metrics and snapshots can read it while
@@ -125,6 +155,13 @@ impl ClickIndex {
 
     pub fn get(&self, key: u64) -> Option<IndexedClick> {
         self.map.get(&key).map(|e| *e)
+    }
+
+    /// Every indexed click (for snapshots).
+    pub fn for_each(&self, mut f: impl FnMut(u64, IndexedClick)) {
+        for e in self.map.iter() {
+            f(*e.key(), *e.value());
+        }
     }
 
     /// Evicts clicks older than `horizon_ms` and the extras only they used.

@@ -30,7 +30,7 @@ impl Attribution {
         }
     }
 
-    fn from_bits(v: u64) -> Attribution {
+    pub fn from_bits(v: u64) -> Attribution {
         match v {
             0 => Attribution::Attributed,
             1 => Attribution::UnknownClick,
@@ -76,6 +76,21 @@ impl ConvEntry {
         e.set_status(status);
         e.packed |= PENDING_BIT;
         e
+    }
+
+    /// The packed word, for snapshots.
+    pub fn packed(&self) -> u64 {
+        self.packed
+    }
+
+    /// Rebuilds an entry from its snapshot parts.
+    pub fn from_parts(packed: u64, amount_micros: i64, dims: u32, click_delay_s: u32) -> ConvEntry {
+        ConvEntry {
+            packed,
+            amount_micros,
+            dims,
+            click_delay_s,
+        }
     }
 
     pub fn ts_ms(&self) -> i64 {
@@ -135,6 +150,13 @@ impl DedupMap {
 
     pub fn put(&self, key: u64, entry: ConvEntry) {
         self.map.insert(key, entry);
+    }
+
+    /// Every entry (for snapshots).
+    pub fn for_each(&self, mut f: impl FnMut(u64, ConvEntry)) {
+        for e in self.map.iter() {
+            f(*e.key(), *e.value());
+        }
     }
 
     /// Forgets conversions older than `horizon_ms` (the dedup window has passed).

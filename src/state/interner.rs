@@ -57,6 +57,11 @@ impl Interner {
     pub fn is_empty(&self) -> bool {
         self.strings.len() <= 1
     }
+
+    /// All strings in id order (for snapshots; interning them again in order restores the ids).
+    pub fn all(&self) -> &[Arc<str>] {
+        &self.strings
+    }
 }
 
 /// The dimensions of an aggregate bucket, as interned ids.
@@ -89,6 +94,11 @@ impl DimsTable {
 
     pub fn get(&self, id: u32) -> Dims {
         self.dims[id as usize]
+    }
+
+    /// All tuples in id order.
+    pub fn all(&self) -> &[Dims] {
+        &self.dims
     }
 
     pub fn len(&self) -> usize {

@@ -18,6 +18,7 @@ pub mod dedup;
 pub mod interner;
 pub mod keys;
 pub mod pending;
+pub mod snapshot;
 pub mod unique;
 
 use std::collections::{BTreeMap, HashMap};

@@ -96,6 +96,14 @@ impl PendingBuffer {
         out
     }
 
+    /// Everything waiting, in release order (for snapshots; inserting in this order restores).
+    pub fn all(&self) -> Vec<&PendingConversion> {
+        self.by_release
+            .iter()
+            .filter_map(|(_, id)| self.slots[*id as usize].as_ref())
+            .collect()
+    }
+
     pub fn len(&self) -> usize {
         self.by_dedup.len()
     }

@@ -505,3 +505,94 @@ fn state_older_than_the_windows_is_evicted() {
     e.on_clicks(batch, &mut sink);
     assert_eq!(e.counters().duplicate_clicks, 0);
 }
+
+#[test]
+fn snapshot_and_restore_continue_exactly_like_an_uninterrupted_run() {
+    let clicks: Vec<String> = (0..60)
+        .map(|i| {
+            click(
+                &format!("c{i}"),
+                T0 + i * MIN,
+                &format!("o{}", i % 4),
+                Some("7.7.7.7"),
+            )
+        })
+        .collect();
+    let convs: Vec<String> = (0..60)
+        .flat_map(|i| {
+            let ts = T0 + i * MIN - 30_000; // before its click: waits in the pending buffer
+            let mut v = vec![conv(
+                &format!("c{i}"),
+                &format!("e{i}"),
+                "t",
+                "pending",
+                ts,
+                "2",
+            )];
+            if i % 2 == 0 {
+                v.push(conv(
+                    &format!("c{i}"),
+                    &format!("e{i}"),
+                    "t",
+                    "approved",
+                    ts,
+                    "2",
+                ));
+            }
+            v
+        })
+        .collect();
+    let feed = |e: &mut Engine, out: &mut Out, c: &[String], v: &[String]| {
+        let mut b = SinkBatch::default();
+        e.on_conversions(decoder().decode_conversions(&raw(v)).0, &mut b);
+        e.on_clicks(decoder().decode_clicks(&raw(c)).0, &mut b);
+        out.take(b);
+    };
+    let cfg = EngineConfig::default();
+    let summarise = |out: &Out| {
+        let mut rows: Vec<String> = out
+            .conversions
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}/{}/{:?}/{:?}/{}",
+                    r.external_id, r.version, r.status, r.attribution, r.offer_id
+                )
+            })
+            .collect();
+        rows.sort();
+        (rows, out.by_offer(), out.clicks.len())
+    };
+    // Uninterrupted.
+    let mut whole = Engine::new(cfg);
+    let mut want = Out::default();
+    feed(&mut whole, &mut want, &clicks[..30], &convs[..60]);
+    feed(&mut whole, &mut want, &clicks[30..], &convs[60..]);
+    let mut b = SinkBatch::default();
+    whole.finish(&mut b);
+    want.take(b);
+    // Interrupted after the first half: snapshot, serialize, restore, continue.
+    let mut first = Engine::new(cfg);
+    let mut got = Out::default();
+    feed(&mut first, &mut got, &clicks[..30], &convs[..60]);
+    assert!(
+        first.sizes().pending > 0,
+        "the snapshot includes waiting conversions"
+    );
+    let snap = crate::checkpoint::Snapshot {
+        epoch: 1,
+        engine: first.snapshot(),
+        ..Default::default()
+    };
+    let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&snap).unwrap();
+    let view = crate::checkpoint::view(&bytes).unwrap();
+    let mut second = Engine::restore(cfg, &view.engine);
+    assert_eq!(second.counters(), first.counters());
+    assert_eq!(second.sizes(), first.sizes());
+    feed(&mut second, &mut got, &clicks[30..], &convs[60..]);
+    let mut b = SinkBatch::default();
+    second.finish(&mut b);
+    got.take(b);
+    assert_eq!(summarise(&got), summarise(&want));
+    assert_eq!(second.counters(), whole.counters());
+}

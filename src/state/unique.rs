@@ -23,6 +23,11 @@ impl UniqueClicks {
         self.days = self.days.split_off(&day);
     }
 
+    /// Visitor sets per day (for snapshots).
+    pub fn days(&self) -> impl Iterator<Item = (i64, &HashSet<u64, BuildIdentity>)> {
+        self.days.iter().map(|(d, s)| (*d, s))
+    }
+
     pub fn len(&self) -> usize {
         self.days.values().map(|s| s.len()).sum()
     }

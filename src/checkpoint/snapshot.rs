@@ -1,0 +1,119 @@
+//! The snapshot: everything the state stage knows, as plain rkyv-serializable data.
+//!
+//! The live structures (sharded maps, interners with `Arc<str>`) are converted to flat vectors
+//! here and rebuilt on restore; the big vectors (click index, dedup map) are read straight from
+//! the archived bytes without an intermediate copy.
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+/// Bump when the layout below changes; older or newer snapshots are refused with a clear error.
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    pub epoch: u64,
+    /// Lines and bytes consumed per stream (clicks, conversions) when the snapshot was taken.
+    pub positions: [StreamPos; 2],
+    pub engine: EngineSnap,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamPos {
+    pub lines: u64,
+    pub bytes: u64,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct EngineSnap {
+    pub strings: Vec<String>,
+    pub dims: Vec<[u32; 5]>,
+    pub dims_by_hash: Vec<(u64, u32)>,
+    pub clicks: Vec<ClickSnap>,
+    pub extras: Vec<ExtrasSnap>,
+    pub unique: Vec<(i64, Vec<u64>)>,
+    pub dedup: Vec<DedupSnap>,
+    pub pending: Vec<PendingSnap>,
+    pub buckets: Vec<BucketSnap>,
+    pub click_wm: i64,
+    pub conv_wm: i64,
+    pub clicks_closed: bool,
+    pub convs_closed: bool,
+    pub last_sweep_ms: i64,
+    pub counters: CountersSnap,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClickSnap {
+    pub key: u64,
+    pub ts_ms: i64,
+    pub dims: u32,
+    pub extras: u32,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExtrasSnap {
+    pub id: u32,
+    pub hash: u64,
+    pub last_used_ms: i64,
+    pub device: Option<String>,
+    pub subs: [Option<String>; 5],
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DedupSnap {
+    pub key: u64,
+    pub packed: u64,
+    pub amount_micros: i64,
+    pub dims: u32,
+    pub click_delay_s: u32,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConvRowSnap {
+    pub tenant_id: String,
+    pub external_id: String,
+    pub version: u32,
+    pub status: u8,
+    pub previous_status: Option<u8>,
+    pub click_id: String,
+    pub ts_ms: i64,
+    pub amount_micros: i64,
+    pub currency: String,
+    pub product_id: Option<String>,
+    pub order_id: Option<String>,
+    pub customer_id: Option<String>,
+    pub metadata: Option<String>,
+    pub attribution: u8,
+    pub offer_id: String,
+    pub affiliate_id: String,
+    pub country: String,
+    pub device: Option<String>,
+    pub subs: [Option<String>; 5],
+    pub click_ts_ms: Option<i64>,
+    pub seconds_to_convert: Option<i64>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct PendingSnap {
+    pub first: ConvRowSnap,
+    pub click_key: u64,
+    pub dedup_key: u64,
+    pub release_ms: i64,
+    pub follow_ups: Vec<ConvRowSnap>,
+    pub duplicates: u32,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BucketSnap {
+    pub minute_ms: i64,
+    pub dims: u32,
+    /// clicks, unique, duplicate clicks, conversions, approved, pending, rejected, revenue,
+    /// duplicate conversions, unattributed.
+    pub measures: [i64; 10],
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct CountersSnap {
+    pub values: Vec<i64>,
+    pub dead_letters: Vec<(String, u64)>,
+}

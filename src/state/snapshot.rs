@@ -1,0 +1,329 @@
+//! Conversion of the [`Engine`] to and from its checkpoint form
+//! ([`crate::checkpoint::snapshot::EngineSnap`]).
+
+use std::sync::Arc;
+
+use super::Engine;
+use super::click_index::{Extras, IndexedClick};
+use super::dedup::{Attribution, ConvEntry};
+use super::interner::Dims;
+use super::pending::PendingConversion;
+use crate::checkpoint::snapshot::{
+    ArchivedEngineSnap, BucketSnap, ClickSnap, ConvRowSnap, CountersSnap, DedupSnap, EngineSnap,
+    ExtrasSnap, PendingSnap,
+};
+use crate::event::Status;
+use crate::rows::{ConversionRow, Measures};
+
+fn measures_to(m: &Measures) -> [i64; 10] {
+    [
+        m.clicks,
+        m.unique_clicks,
+        m.duplicate_clicks,
+        m.conversions,
+        m.approved,
+        m.pending,
+        m.rejected,
+        m.revenue_micros,
+        m.duplicate_conversions,
+        m.unattributed,
+    ]
+}
+
+fn measures_from(v: [i64; 10]) -> Measures {
+    Measures {
+        clicks: v[0],
+        unique_clicks: v[1],
+        duplicate_clicks: v[2],
+        conversions: v[3],
+        approved: v[4],
+        pending: v[5],
+        rejected: v[6],
+        revenue_micros: v[7],
+        duplicate_conversions: v[8],
+        unattributed: v[9],
+    }
+}
+
+fn row_to(r: &ConversionRow) -> ConvRowSnap {
+    let s = |x: &Option<Arc<str>>| x.as_deref().map(str::to_string);
+    let b = |x: &Option<Box<str>>| x.as_deref().map(str::to_string);
+    ConvRowSnap {
+        tenant_id: r.tenant_id.to_string(),
+        external_id: r.external_id.to_string(),
+        version: r.version,
+        status: r.status as u8,
+        previous_status: r.previous_status.map(|p| p as u8),
+        click_id: r.click_id.to_string(),
+        ts_ms: r.ts_ms,
+        amount_micros: r.amount_micros,
+        currency: r.currency.to_string(),
+        product_id: b(&r.product_id),
+        order_id: b(&r.order_id),
+        customer_id: b(&r.customer_id),
+        metadata: b(&r.metadata),
+        attribution: r.attribution as u8,
+        offer_id: r.offer_id.to_string(),
+        affiliate_id: r.affiliate_id.to_string(),
+        country: r.country.to_string(),
+        device: s(&r.device),
+        subs: r.subs.clone().map(|x| x.as_deref().map(str::to_string)),
+        click_ts_ms: r.click_ts_ms,
+        seconds_to_convert: r.seconds_to_convert,
+    }
+}
+
+impl Engine {
+    fn row_from_snap(&mut self, r: ConvRowSnap) -> ConversionRow {
+        let arc = |s: Option<String>| s.map(Arc::<str>::from);
+        let boxed = |s: Option<String>| s.map(String::into_boxed_str);
+        ConversionRow {
+            tenant_id: self.strings.intern_arc(&r.tenant_id),
+            external_id: r.external_id.into_boxed_str(),
+            version: r.version,
+            status: Status::from_u8(r.status),
+            previous_status: r.previous_status.map(Status::from_u8),
+            click_id: r.click_id.into_boxed_str(),
+            ts_ms: r.ts_ms,
+            amount_micros: r.amount_micros,
+            currency: self.strings.intern_arc(&r.currency),
+            product_id: boxed(r.product_id),
+            order_id: boxed(r.order_id),
+            customer_id: boxed(r.customer_id),
+            metadata: boxed(r.metadata),
+            attribution: Attribution::from_bits(r.attribution as u64),
+            offer_id: self.strings.intern_arc(&r.offer_id),
+            affiliate_id: self.strings.intern_arc(&r.affiliate_id),
+            country: self.strings.intern_arc(&r.country),
+            device: arc(r.device),
+            subs: r.subs.map(arc),
+            click_ts_ms: r.click_ts_ms,
+            seconds_to_convert: r.seconds_to_convert,
+        }
+    }
+
+    /// Everything the engine knows, as checkpoint data.
+    pub fn snapshot(&self) -> EngineSnap {
+        let mut clicks = Vec::with_capacity(self.clicks.len());
+        self.clicks.for_each(|key, c| {
+            clicks.push(ClickSnap {
+                key,
+                ts_ms: c.ts_ms,
+                dims: c.dims,
+                extras: c.extras,
+            })
+        });
+        let mut dedup = Vec::with_capacity(self.dedup.len());
+        self.dedup.for_each(|key, e| {
+            dedup.push(DedupSnap {
+                key,
+                packed: e.packed(),
+                amount_micros: e.amount_micros,
+                dims: e.dims,
+                click_delay_s: e.click_delay_s,
+            })
+        });
+        let c = &self.counters;
+        EngineSnap {
+            strings: self.strings.all().iter().map(|s| s.to_string()).collect(),
+            dims: self
+                .dims
+                .all()
+                .iter()
+                .map(|d| [d.tenant, d.offer, d.affiliate, d.country, d.currency])
+                .collect(),
+            dims_by_hash: self.dims_by_hash.iter().map(|(h, d)| (*h, *d)).collect(),
+            clicks,
+            extras: self
+                .clicks
+                .extras
+                .entries()
+                .map(|(id, hash, e, last)| ExtrasSnap {
+                    id,
+                    hash,
+                    last_used_ms: last,
+                    device: e.device.as_deref().map(str::to_string),
+                    subs: e.subs.clone().map(|x| x.as_deref().map(str::to_string)),
+                })
+                .collect(),
+            unique: self
+                .unique
+                .days()
+                .map(|(d, set)| (d, set.iter().copied().collect()))
+                .collect(),
+            dedup,
+            pending: self
+                .pending
+                .all()
+                .into_iter()
+                .map(|p| PendingSnap {
+                    first: row_to(&p.first),
+                    click_key: p.click_key,
+                    dedup_key: p.dedup_key,
+                    release_ms: p.release_ms,
+                    follow_ups: p.follow_ups.iter().map(row_to).collect(),
+                    duplicates: p.duplicates,
+                })
+                .collect(),
+            buckets: self
+                .agg
+                .buckets()
+                .map(|(minute_ms, dims, m)| BucketSnap {
+                    minute_ms,
+                    dims,
+                    measures: measures_to(m),
+                })
+                .collect(),
+            click_wm: self.click_wm,
+            conv_wm: self.conv_wm,
+            clicks_closed: self.clicks_closed,
+            convs_closed: self.convs_closed,
+            last_sweep_ms: self.last_sweep_ms,
+            counters: CountersSnap {
+                values: vec![
+                    c.click_records as i64,
+                    c.conversion_records as i64,
+                    c.clicks as i64,
+                    c.unique_clicks as i64,
+                    c.duplicate_clicks as i64,
+                    c.conversions as i64,
+                    c.approved,
+                    c.pending,
+                    c.rejected,
+                    c.revenue_micros,
+                    c.status_changes as i64,
+                    c.duplicate_conversions as i64,
+                    c.refused_changes as i64,
+                    c.attributed as i64,
+                    c.unknown_click as i64,
+                    c.outside_window as i64,
+                ],
+                dead_letters: c
+                    .dead_letters
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), *v))
+                    .collect(),
+            },
+        }
+    }
+
+    /// Rebuilds an engine from an archived snapshot, reading the big vectors in place.
+    pub fn restore(cfg: super::EngineConfig, snap: &ArchivedEngineSnap) -> Engine {
+        let mut e = Engine::new(cfg);
+        for s in snap.strings.iter() {
+            e.strings.intern(s.as_str());
+        }
+        for d in snap.dims.iter() {
+            e.dims.intern(Dims {
+                tenant: d[0].to_native(),
+                offer: d[1].to_native(),
+                affiliate: d[2].to_native(),
+                country: d[3].to_native(),
+                currency: d[4].to_native(),
+            });
+        }
+        for t in snap.dims_by_hash.iter() {
+            e.dims_by_hash.insert(t.0.to_native(), t.1.to_native());
+        }
+        for c in snap.clicks.iter() {
+            e.clicks.insert_if_new(
+                c.key.to_native(),
+                IndexedClick {
+                    ts_ms: c.ts_ms.to_native(),
+                    dims: c.dims.to_native(),
+                    extras: c.extras.to_native(),
+                },
+            );
+        }
+        for x in snap.extras.iter() {
+            let opt = |s: &rkyv::option::ArchivedOption<rkyv::string::ArchivedString>| {
+                s.as_ref().map(|s| Arc::<str>::from(s.as_str()))
+            };
+            e.clicks.extras.restore(
+                x.id.to_native(),
+                x.hash.to_native(),
+                Extras {
+                    device: opt(&x.device),
+                    subs: std::array::from_fn(|i| opt(&x.subs[i])),
+                },
+                x.last_used_ms.to_native(),
+            );
+        }
+        e.clicks.extras.finish_restore();
+        for day in snap.unique.iter() {
+            let d = day.0.to_native();
+            for v in day.1.iter() {
+                e.unique.first_visit(d, v.to_native());
+            }
+        }
+        for d in snap.dedup.iter() {
+            e.dedup.put(
+                d.key.to_native(),
+                ConvEntry::from_parts(
+                    d.packed.to_native(),
+                    d.amount_micros.to_native(),
+                    d.dims.to_native(),
+                    d.click_delay_s.to_native(),
+                ),
+            );
+        }
+        for p in snap.pending.iter() {
+            let p: PendingSnap = match rkyv::deserialize::<PendingSnap, rkyv::rancor::Error>(p) {
+                Ok(p) => p,
+                Err(_) => continue,
+            };
+            let first = e.row_from_snap(p.first);
+            let follow_ups = p
+                .follow_ups
+                .into_iter()
+                .map(|r| e.row_from_snap(r))
+                .collect();
+            e.pending.insert(PendingConversion {
+                first,
+                click_key: p.click_key,
+                dedup_key: p.dedup_key,
+                release_ms: p.release_ms,
+                follow_ups,
+                duplicates: p.duplicates,
+            });
+        }
+        for b in snap.buckets.iter() {
+            let m = measures_from(b.measures.map(|x| x.to_native()));
+            e.agg
+                .update(b.minute_ms.to_native(), b.dims.to_native(), |x| x.add(&m));
+        }
+        e.click_wm = snap.click_wm.to_native();
+        e.conv_wm = snap.conv_wm.to_native();
+        e.clicks_closed = snap.clicks_closed;
+        e.convs_closed = snap.convs_closed;
+        e.last_sweep_ms = snap.last_sweep_ms.to_native();
+        let v: Vec<i64> = snap.counters.values.iter().map(|x| x.to_native()).collect();
+        let get = |i: usize| v.get(i).copied().unwrap_or(0);
+        let c = &mut e.counters;
+        c.click_records = get(0) as u64;
+        c.conversion_records = get(1) as u64;
+        c.clicks = get(2) as u64;
+        c.unique_clicks = get(3) as u64;
+        c.duplicate_clicks = get(4) as u64;
+        c.conversions = get(5) as u64;
+        c.approved = get(6);
+        c.pending = get(7);
+        c.rejected = get(8);
+        c.revenue_micros = get(9);
+        c.status_changes = get(10) as u64;
+        c.duplicate_conversions = get(11) as u64;
+        c.refused_changes = get(12) as u64;
+        c.attributed = get(13) as u64;
+        c.unknown_click = get(14) as u64;
+        c.outside_window = get(15) as u64;
+        for t in snap.counters.dead_letters.iter() {
+            if let Some(r) = crate::event::DeadReason::ALL
+                .iter()
+                .find(|r| r.as_str() == t.0.as_str())
+            {
+                c.dead_letters.insert(r.as_str(), t.1.to_native());
+            }
+        }
+        e
+    }
+}
