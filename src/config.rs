@@ -36,6 +36,31 @@ pub struct PipelineConfig {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub sink: SinkConfig,
+    #[serde(default)]
+    pub checkpoint: CheckpointConfig,
+}
+
+/// `[checkpoint]`: how often the state and positions are saved (see `src/checkpoint/`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointConfig {
+    /// Where snapshots live; default `OUT/_state`.
+    pub state_dir: Option<PathBuf>,
+    /// Take a checkpoint at least this often…
+    #[serde(with = "humantime_serde")]
+    pub every: Duration,
+    /// …and after this many input records.
+    pub every_events: u64,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig {
+            state_dir: None,
+            every: Duration::from_secs(10),
+            every_events: 2_000_000,
+        }
+    }
 }
 
 fn default_name() -> String {
@@ -346,12 +371,26 @@ impl PipelineConfig {
         if pq.out.as_os_str().is_empty() {
             bad("sink.parquet.out", "must not be empty".into());
         }
+        if self.checkpoint.every.is_zero() || self.checkpoint.every_events == 0 {
+            bad(
+                "checkpoint.every",
+                "checkpoint.every and checkpoint.every_events must be above zero".into(),
+            );
+        }
         if let Some(ch) = &self.sink.clickhouse {
             for (key, problem) in ch.validate() {
                 bad(&format!("sink.clickhouse.{key}"), problem);
             }
         }
         p
+    }
+
+    /// The state directory: `checkpoint.state_dir`, or `_state` inside the output directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.checkpoint
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| self.sink.parquet.out.join("_state"))
     }
 
     pub fn engine(&self) -> EngineConfig {

@@ -5,6 +5,9 @@ use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
@@ -64,6 +67,9 @@ enum Command {
         /// (e.g. `10s`; Fluvio backfills and tests).
         #[arg(long, value_parser = humantime::parse_duration)]
         exit_when_idle: Option<std::time::Duration>,
+        /// Start over: delete the pipeline's checkpoints and outputs instead of resuming.
+        #[arg(long)]
+        fresh: bool,
         /// No progress line.
         #[arg(long, short)]
         quiet: bool,
@@ -139,6 +145,7 @@ fn main() -> ExitCode {
         fluvio_conversions_topic: None,
         fluvio_partitions: None,
         exit_when_idle: None,
+        fresh: false,
         quiet: false,
     });
     match dispatch(command) {
@@ -168,6 +175,7 @@ fn dispatch(command: Command) -> Result<()> {
             fluvio_conversions_topic,
             fluvio_partitions,
             exit_when_idle,
+            fresh,
             quiet,
         } => {
             let mut cfg = PipelineConfig::load_or_default(pipeline.as_deref())?;
@@ -184,7 +192,20 @@ fn dispatch(command: Command) -> Result<()> {
                 exit_when_idle,
             })?;
             tracing::info!(pipeline = %cfg.name, out = %cfg.sink.parquet.out.display(), "starting");
-            let report = run(&cfg, RunOptions { progress: !quiet })?;
+            // SIGTERM / SIGINT: stop reading, checkpoint, exit 0.
+            let stop = Arc::new(AtomicBool::new(false));
+            for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+                signal_hook::flag::register(sig, stop.clone())
+                    .context("installing the signal handler")?;
+            }
+            let report = run(
+                &cfg,
+                RunOptions {
+                    progress: !quiet,
+                    fresh,
+                    stop,
+                },
+            )?;
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             println!("attribd run `{}` finished:", cfg.name);
             print!("{}", attribd::report::summary(&report, cores));

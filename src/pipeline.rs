@@ -13,20 +13,25 @@
 //!
 //! Every channel is bounded: when the sink is slow the state stage blocks on it, the decoders
 //! block on the state stage, and the sources block on the decoders — memory stays flat and
-//! nothing is dropped. The state stage merges the two decoded streams preferring the one whose
-//! watermark is lower, so the streams advance together in event time.
+//! nothing is dropped. The state stage merges the two decoded streams deterministically (the
+//! batch that starts earlier in event time first), so the streams advance together in event
+//! time and a replay from a checkpoint repeats the crashed run exactly; every
+//! `checkpoint.every` it sends a barrier through the sinks and, once they report the outputs
+//! durable, writes a snapshot (see `checkpoint`).
 
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
-use crossbeam_channel::{Receiver, Sender, bounded, select};
+use crossbeam_channel::{Receiver, Sender, bounded};
 
+use crate::checkpoint;
 use crate::config::{PipelineConfig, SourceKind};
 use crate::event::decode::Decoder;
-use crate::event::{ClickBatch, ConversionBatch, DeadLetter, Stream};
+use crate::event::{ClickBatch, ConversionBatch, DeadLetter, Position, Stream};
 use crate::rows::{ConversionRow, SinkBatch, StatsRow};
 use crate::sink::clickhouse::{ClickHouseSink, ClickHouseTotals};
 use crate::sink::{SinkTotals, Sinks};
@@ -39,16 +44,31 @@ use crate::state::{Counters, Engine, StateSizes};
 /// Batches in flight per channel.
 const CHANNEL_BATCHES: usize = 4;
 
-enum Decoded {
-    Clicks(ClickBatch, Vec<DeadLetter>),
-    Conversions(ConversionBatch, Vec<DeadLetter>),
+/// A decoded batch with where its stream stands after it.
+struct Decoded {
+    kind: DecodedKind,
+    dead: Vec<DeadLetter>,
+    /// Position of the stream after this batch.
+    end: Position,
+    /// Merge key: the batch's earliest event time (`i64::MIN` for an empty batch, which is
+    /// taken at once).
+    first_ts: i64,
+}
+
+enum DecodedKind {
+    Clicks(ClickBatch),
+    Conversions(ConversionBatch),
 }
 
 /// How `run` reports while it works.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     /// Print a progress line to stderr every second.
     pub progress: bool,
+    /// Ignore (and delete) the previous run's state and outputs.
+    pub fresh: bool,
+    /// Set on SIGTERM / SIGINT: stop reading, checkpoint, exit.
+    pub stop: Arc<AtomicBool>,
 }
 
 /// What a finished run did.
@@ -59,6 +79,13 @@ pub struct RunReport {
     pub sinks: SinkTotals,
     /// Present when the pipeline has a ClickHouse sink.
     pub clickhouse: Option<ClickHouseTotals>,
+    /// Checkpoint the run resumed from, if any.
+    pub resumed_from: Option<u64>,
+    /// Checkpoints written, and the last one's size.
+    pub checkpoints: u64,
+    pub last_checkpoint_bytes: u64,
+    /// Stopped by a signal before the input ended.
+    pub interrupted: bool,
     pub elapsed: Duration,
 }
 
@@ -68,23 +95,80 @@ impl RunReport {
     }
 }
 
-/// Runs `cfg` until its inputs end; returns the totals once every output is durable.
+/// Messages to a sink thread.
+enum SinkMsg {
+    Batch(SinkBatch),
+    /// Make everything so far durable, then name outputs after the given epoch; ack when done.
+    Barrier(u64, Sender<Result<()>>),
+}
+
+/// Messages to the ClickHouse thread.
+enum ClickHouseMsg {
+    Rows(Vec<ConversionRow>, Vec<StatsRow>),
+    Barrier(u64, Sender<Result<()>>),
+}
+
+/// Runs `cfg` until its inputs end (or a stop signal); returns the totals once every output
+/// is durable and the final checkpoint is written.
 pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
     let started = Instant::now();
-    let run_id = format!("{:x}", crate::event::time::now_ms());
     let limits = cfg.decode_limits();
+    let state_dir = cfg.state_dir();
+    let out = &cfg.sink.parquet.out;
+
+    if opts.fresh {
+        let _ = std::fs::remove_dir_all(&state_dir);
+        for t in crate::sink::TABLE_DIRS {
+            let _ = std::fs::remove_dir_all(out.join(t));
+        }
+    }
+    // Restore the latest checkpoint; what a crashed run wrote after it is written again.
+    let restored = checkpoint::load_latest(&state_dir)?;
+    let (mut engine, last_epoch, resume) = match &restored {
+        Some((epoch, bytes)) => {
+            let snap = checkpoint::view(bytes)?;
+            let engine = Engine::restore(cfg.engine(), &snap.engine);
+            let resume = [0, 1].map(|i| snap.positions[i].lines.to_native());
+            tracing::info!(
+                epoch,
+                clicks_line = resume[0],
+                conversions_line = resume[1],
+                "resuming from checkpoint"
+            );
+            (engine, *epoch, resume)
+        }
+        None => (Engine::new(cfg.engine()), 0, [0, 0]),
+    };
+    drop(restored);
+    let discarded = crate::sink::discard_after(out, last_epoch)?;
+    if discarded > 0 {
+        tracing::info!(
+            files = discarded,
+            epoch = last_epoch,
+            "removed outputs written after the checkpoint; they are written again"
+        );
+    }
+    let epoch = last_epoch + 1;
 
     let (click_raw_tx, click_raw_rx) = bounded::<RawBatch>(CHANNEL_BATCHES);
     let (conv_raw_tx, conv_raw_rx) = bounded::<RawBatch>(CHANNEL_BATCHES);
     let (click_tx, click_rx) = bounded::<Decoded>(CHANNEL_BATCHES);
     let (conv_tx, conv_rx) = bounded::<Decoded>(CHANNEL_BATCHES);
-    let (click_sink_tx, click_sink_rx) = bounded::<SinkBatch>(CHANNEL_BATCHES * 2);
-    let (rest_sink_tx, rest_sink_rx) = bounded::<SinkBatch>(CHANNEL_BATCHES * 2);
+    let (click_sink_tx, click_sink_rx) = bounded::<SinkMsg>(CHANNEL_BATCHES * 2);
+    let (rest_sink_tx, rest_sink_rx) = bounded::<SinkMsg>(CHANNEL_BATCHES * 2);
 
     let mut sources = Vec::new();
     // Fluvio readers come back here when their threads end; offsets are committed only after
     // every sink closed successfully, i.e. once the outputs are durable.
     let fluvio_readers: Arc<Mutex<Vec<PartitionReader<FluvioLog>>>> = Arc::default();
+    // Batches a restored run already processed are read again but not sent on.
+    let skip = |tx: &Sender<RawBatch>, b: RawBatch, upto: u64| {
+        if b.end.line <= upto && upto > 0 {
+            true
+        } else {
+            tx.send(b).is_ok()
+        }
+    };
     match cfg.source.kind {
         SourceKind::Fluvio => {
             let f = &cfg.source.fluvio;
@@ -121,21 +205,25 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
         SourceKind::Generator => {
             let gen_cfg = cfg.source.generator.clone();
             sources.push(spawn("source-generator", move || {
-                generator_source(&gen_cfg, click_raw_tx, conv_raw_tx)
+                generator_source(&gen_cfg, click_raw_tx, conv_raw_tx, resume)
             })?);
         }
         SourceKind::Files => {
-            for (path, tx) in [
+            for (i, (path, tx)) in [
                 (cfg.source.clicks.clone(), click_raw_tx),
                 (cfg.source.conversions.clone(), conv_raw_tx),
-            ] {
+            ]
+            .into_iter()
+            .enumerate()
+            {
                 // Without a path the sender is dropped here and that stream is simply empty.
                 if let Some(path) = path {
                     let input = Input::parse(&path);
                     // Open before spawning so a missing file fails the run at once.
                     let reader = input.open()?;
+                    let upto = resume[i];
                     sources.push(spawn("source-file", move || {
-                        read_batches(reader, |b| tx.send(b).is_ok())
+                        read_batches(reader, |b| skip(&tx, b, upto))
                             .map(|_| ())
                             .with_context(|| format!("reading {}", input.name()))
                     })?);
@@ -160,7 +248,14 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
         spawn("decode-clicks", move || {
             for raw in click_raw_rx {
                 let (b, dead) = click_decoder.decode_clicks(&raw);
-                if click_tx.send(Decoded::Clicks(b, dead)).is_err() {
+                let first_ts = b.clicks.iter().map(|c| c.ts_ms).min().unwrap_or(i64::MIN);
+                let msg = Decoded {
+                    kind: DecodedKind::Clicks(b),
+                    dead,
+                    end: raw.end,
+                    first_ts,
+                };
+                if click_tx.send(msg).is_err() {
                     break;
                 }
             }
@@ -169,7 +264,19 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
         spawn("decode-conversions", move || {
             for raw in conv_raw_rx {
                 let (b, dead) = conv_decoder.decode_conversions(&raw);
-                if conv_tx.send(Decoded::Conversions(b, dead)).is_err() {
+                let first_ts = b
+                    .conversions
+                    .iter()
+                    .map(|c| c.ts_ms)
+                    .min()
+                    .unwrap_or(i64::MIN);
+                let msg = Decoded {
+                    kind: DecodedKind::Conversions(b),
+                    dead,
+                    end: raw.end,
+                    first_ts,
+                };
+                if conv_tx.send(msg).is_err() {
                     break;
                 }
             }
@@ -182,18 +289,25 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
     let (ch_tx, clickhouse) = match &cfg.sink.clickhouse {
         Some(ch_cfg) => {
             let mut sink = ClickHouseSink::connect(ch_cfg)?;
-            let (tx, rx) = bounded::<ClickHouseRows>(CHANNEL_BATCHES * 2);
-            let tick = (ch_cfg.flush_interval / 2).max(Duration::from_millis(50));
+            sink.set_epoch(epoch);
+            let (tx, rx) = bounded::<ClickHouseMsg>(CHANNEL_BATCHES * 2);
             let handle = thread::Builder::new()
                 .name("sink-clickhouse".into())
                 .spawn(move || -> Result<ClickHouseTotals> {
-                    loop {
-                        match rx.recv_timeout(tick) {
-                            Ok((conversions, stats)) => sink.write(conversions, stats)?,
-                            Err(crossbeam_channel::RecvTimeoutError::Timeout) => sink.tick()?,
-                            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                    for msg in rx {
+                        match msg {
+                            ClickHouseMsg::Rows(conversions, stats) => {
+                                sink.write(conversions, stats)?
+                            }
+                            ClickHouseMsg::Barrier(next, ack) => {
+                                let r = sink.barrier(next);
+                                let failed = r.is_err();
+                                let _ = ack.send(r);
+                                if failed {
+                                    anyhow::bail!("ClickHouse sink failed at a checkpoint");
+                                }
+                            }
                         }
-                        sink.tick()?;
                     }
                     sink.close()
                 })
@@ -208,20 +322,36 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
     ]
     .into_iter()
     .map(|(name, rx, forward)| {
-        let (parquet_cfg, run_id) = (cfg.sink.parquet.clone(), run_id.clone());
+        let parquet_cfg = cfg.sink.parquet.clone();
         thread::Builder::new()
             .name(name.into())
-            .spawn(move || sink_loop(&parquet_cfg, &run_id, rx, forward))
+            .spawn(move || sink_loop(&parquet_cfg, epoch, rx, forward))
             .with_context(|| format!("spawning thread {name}"))
     })
     .collect::<Result<Vec<_>>>()?;
 
-    let mut engine = Engine::new(cfg.engine());
     let sink_tx = SinkSenders {
         clicks: click_sink_tx,
         rest: rest_sink_tx,
+        with_clickhouse: clickhouse.is_some(),
     };
-    let state_result = merge_loop(&mut engine, click_rx, conv_rx, &sink_tx, opts, started);
+    let mut merge = Merge {
+        engine: &mut engine,
+        sinks: &sink_tx,
+        state_dir: &state_dir,
+        epoch,
+        positions: resume.map(|l| Position { line: l, offset: 0 }),
+        every: cfg.checkpoint.every,
+        every_events: cfg.checkpoint.every_events,
+        events_since: 0,
+        last_checkpoint: Instant::now(),
+        checkpoints: 0,
+        last_bytes: 0,
+        interrupted: false,
+    };
+    let state_result = merge.run(click_rx, conv_rx, &opts, started);
+    let (checkpoints, last_bytes, interrupted) =
+        (merge.checkpoints, merge.last_bytes, merge.interrupted);
     drop(sink_tx);
     let mut totals = SinkTotals::default();
     let mut first_error = None;
@@ -245,40 +375,65 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
         return Err(e);
     }
     state_result?;
-    for h in sources.into_iter().chain(decoders) {
-        h.join()
-            .map_err(|_| anyhow!("a source thread panicked"))??;
+    if !interrupted {
+        for h in sources.into_iter().chain(decoders) {
+            h.join()
+                .map_err(|_| anyhow!("a source thread panicked"))??;
+        }
+    }
+    // Every sink closed without error: the outputs are durable, so the positions can move on.
+    let mut readers = fluvio_readers
+        .lock()
+        .map_err(|_| anyhow!("reader list poisoned"))?;
+    for r in readers.iter_mut() {
+        r.commit_emitted()?;
+        tracing::info!(topic = %r.topic, partition = r.partition, offset = ?r.committed(), "committed Fluvio offset");
     }
     Ok(RunReport {
         counters: engine.counters().clone(),
         sizes: engine.sizes(),
         sinks: totals,
         clickhouse,
+        resumed_from: (last_epoch > 0).then_some(last_epoch),
+        checkpoints,
+        last_checkpoint_bytes: last_bytes,
+        interrupted,
         elapsed: started.elapsed(),
     })
 }
 
-/// Conversion and aggregate rows on their way to ClickHouse.
-type ClickHouseRows = (Vec<ConversionRow>, Vec<StatsRow>);
-
-/// One sink thread: writes what it receives, rolls files by age when idle, closes at the end;
-/// with `forward`, hands conversion and aggregate rows on to the ClickHouse thread.
+/// One sink thread: writes what it receives, rolls files by age when idle, closes everything
+/// at a checkpoint barrier and at the end; with `forward`, hands conversion and aggregate rows
+/// (and barriers) on to the ClickHouse thread.
 fn sink_loop(
     cfg: &crate::sink::parquet::ParquetConfig,
-    run_id: &str,
-    rx: Receiver<SinkBatch>,
-    forward: Option<Sender<ClickHouseRows>>,
+    epoch: u64,
+    rx: Receiver<SinkMsg>,
+    forward: Option<Sender<ClickHouseMsg>>,
 ) -> Result<SinkTotals> {
-    let mut sinks = Sinks::new(cfg, run_id)?;
+    let mut sinks = Sinks::new(cfg, epoch)?;
+    let stopped = || anyhow!("the ClickHouse sink stopped; see its error");
     loop {
         match rx.recv_timeout(Duration::from_secs(1)) {
-            Ok(batch) => {
+            Ok(SinkMsg::Batch(batch)) => {
                 sinks.write(&batch)?;
                 if let Some(tx) = &forward
                     && !(batch.conversions.is_empty() && batch.stats.is_empty())
                 {
-                    tx.send((batch.conversions, batch.stats))
-                        .map_err(|_| anyhow!("the ClickHouse sink stopped; see its error"))?;
+                    tx.send(ClickHouseMsg::Rows(batch.conversions, batch.stats))
+                        .map_err(|_| stopped())?;
+                }
+            }
+            Ok(SinkMsg::Barrier(next, ack)) => {
+                let r = sinks.barrier(next);
+                let failed = r.is_err();
+                let _ = ack.send(r);
+                if failed {
+                    anyhow::bail!("a sink failed at a checkpoint");
+                }
+                if let Some(tx) = &forward {
+                    tx.send(ClickHouseMsg::Barrier(next, ack))
+                        .map_err(|_| stopped())?;
                 }
             }
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => sinks.tick()?,
@@ -288,10 +443,11 @@ fn sink_loop(
     sinks.close()
 }
 
-/// The state stage's side of the two sink threads.
+/// The state stage's side of the sink threads.
 struct SinkSenders {
-    clicks: Sender<SinkBatch>,
-    rest: Sender<SinkBatch>,
+    clicks: Sender<SinkMsg>,
+    rest: Sender<SinkMsg>,
+    with_clickhouse: bool,
 }
 
 impl SinkSenders {
@@ -305,10 +461,10 @@ impl SinkSenders {
         let stopped = || anyhow!("a sink stopped; see its error");
         if !clicks.is_empty() {
             self.clicks
-                .send(SinkBatch {
+                .send(SinkMsg::Batch(SinkBatch {
                     clicks,
                     ..SinkBatch::default()
-                })
+                }))
                 .map_err(|_| stopped())?;
         }
         let rest = SinkBatch {
@@ -318,7 +474,26 @@ impl SinkSenders {
             ..SinkBatch::default()
         };
         if !rest.is_empty() {
-            self.rest.send(rest).map_err(|_| stopped())?;
+            self.rest
+                .send(SinkMsg::Batch(rest))
+                .map_err(|_| stopped())?;
+        }
+        Ok(())
+    }
+
+    /// Sends a barrier to every sink and waits until all outputs so far are durable.
+    fn barrier(&self, next_epoch: u64) -> Result<()> {
+        let (ack_tx, ack_rx) = bounded::<Result<()>>(4);
+        let stopped = || anyhow!("a sink stopped; see its error");
+        self.clicks
+            .send(SinkMsg::Barrier(next_epoch, ack_tx.clone()))
+            .map_err(|_| stopped())?;
+        self.rest
+            .send(SinkMsg::Barrier(next_epoch, ack_tx))
+            .map_err(|_| stopped())?;
+        let expected = 2 + usize::from(self.with_clickhouse);
+        for _ in 0..expected {
+            ack_rx.recv().map_err(|_| stopped())??;
         }
         Ok(())
     }
@@ -334,19 +509,33 @@ fn spawn(
         .with_context(|| format!("spawning thread {name}"))
 }
 
-/// Runs the generator, cutting its output into raw batches per stream.
+/// Runs the generator, cutting its output into raw batches per stream. The two streams are
+/// cut in lockstep — every click batch is followed by the conversions generated meanwhile,
+/// even none — so the state stage, which waits for the head of both streams, never waits for
+/// a batch the generator cannot produce. Batches up to `resume` lines are not sent.
 fn generator_source(
     cfg: &crate::source::generator::GeneratorConfig,
     clicks: Sender<RawBatch>,
     conversions: Sender<RawBatch>,
+    resume: [u64; 2],
 ) -> Result<()> {
-    use crate::event::Position;
     use crate::source::BATCH_LINES;
     let mut bufs = [RawBatch::default(), RawBatch::default()];
     let mut lines = [0u64, 0u64];
     let mut offsets = [0u64, 0u64];
     let txs = [&clicks, &conversions];
     let mut open = true;
+    let send = |i: usize, b: RawBatch, lines: &[u64; 2], offsets: &[u64; 2]| -> bool {
+        let mut b = b;
+        b.end = Position {
+            line: lines[i],
+            offset: offsets[i],
+        };
+        if resume[i] > 0 && b.end.line <= resume[i] {
+            return true;
+        }
+        txs[i].send(b).is_ok()
+    };
     generate(cfg, |stream, line| {
         let i = usize::from(stream == Stream::Conversions);
         lines[i] += 1;
@@ -360,100 +549,159 @@ fn generator_source(
         offsets[i] += line.len() as u64 + 1;
         if bufs[i].len() >= BATCH_LINES {
             let full = std::mem::take(&mut bufs[i]);
-            open = txs[i].send(full).is_ok();
+            open = send(i, full, &lines, &offsets);
+            if i == 0 && open {
+                let partial = std::mem::take(&mut bufs[1]);
+                open = send(1, partial, &lines, &offsets);
+            }
         }
         open
     })?;
     for (i, b) in bufs.into_iter().enumerate() {
         if !b.is_empty() {
-            let _ = txs[i].send(b);
+            send(i, b, &lines, &offsets);
         }
     }
     Ok(())
 }
 
-/// The state stage: merges the two decoded streams (lower watermark first) into the engine.
-fn merge_loop(
-    engine: &mut Engine,
-    clicks: Receiver<Decoded>,
-    conversions: Receiver<Decoded>,
-    sink: &SinkSenders,
-    opts: RunOptions,
-    started: Instant,
-) -> Result<()> {
-    let never = crossbeam_channel::never::<Decoded>();
-    let mut clicks_open = true;
-    let mut convs_open = true;
-    let mut last_progress = Instant::now();
-    let progress = opts.progress;
-    let tty = std::io::stderr().is_terminal();
-    while clicks_open || convs_open {
-        let prefer_clicks = match (
-            engine.watermark(Stream::Clicks),
-            engine.watermark(Stream::Conversions),
-        ) {
-            (Some(c), Some(v)) => c <= v,
-            (None, _) => true,
-            (Some(_), None) => false,
-        };
-        let first = if prefer_clicks { &clicks } else { &conversions };
-        let first_open = if prefer_clicks {
-            clicks_open
-        } else {
-            convs_open
-        };
-        let msg = match first_open.then(|| first.try_recv()) {
-            Some(Ok(m)) => Some(m),
-            _ => {
-                let c = if clicks_open { &clicks } else { &never };
-                let v = if convs_open { &conversions } else { &never };
-                select! {
-                    recv(c) -> m => match m {
-                        Ok(m) => Some(m),
-                        Err(_) => {
-                            clicks_open = false;
-                            engine.close_stream(Stream::Clicks);
-                            None
+/// The state stage: merges the two decoded streams deterministically into the engine and
+/// takes checkpoints.
+struct Merge<'a> {
+    engine: &'a mut Engine,
+    sinks: &'a SinkSenders,
+    state_dir: &'a std::path::Path,
+    /// Epoch of the outputs being written now.
+    epoch: u64,
+    /// Lines consumed per stream (the restore point of the next checkpoint).
+    positions: [Position; 2],
+    every: Duration,
+    every_events: u64,
+    events_since: u64,
+    last_checkpoint: Instant,
+    checkpoints: u64,
+    last_bytes: u64,
+    interrupted: bool,
+}
+
+impl Merge<'_> {
+    /// Takes from the stream whose next batch starts earlier in event time, waiting for the
+    /// head of both open streams first: the processing order is then a function of the inputs
+    /// alone, so a replay from a checkpoint does exactly what the crashed run did.
+    fn run(
+        &mut self,
+        clicks: Receiver<Decoded>,
+        conversions: Receiver<Decoded>,
+        opts: &RunOptions,
+        started: Instant,
+    ) -> Result<()> {
+        let rxs = [&clicks, &conversions];
+        let mut open = [true, true];
+        let mut heads: [Option<Decoded>; 2] = [None, None];
+        let mut last_progress = Instant::now();
+        let tty = std::io::stderr().is_terminal();
+        loop {
+            if opts.stop.load(Ordering::Relaxed) {
+                self.interrupted = true;
+                tracing::info!("stop requested: checkpointing and exiting");
+                self.checkpoint()?;
+                return Ok(());
+            }
+            for i in 0..2 {
+                if open[i] && heads[i].is_none() {
+                    match rxs[i].recv_timeout(Duration::from_millis(200)) {
+                        Ok(m) => heads[i] = Some(m),
+                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                        Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                            open[i] = false;
+                            self.engine.close_stream(if i == 0 {
+                                Stream::Clicks
+                            } else {
+                                Stream::Conversions
+                            });
                         }
-                    },
-                    recv(v) -> m => match m {
-                        Ok(m) => Some(m),
-                        Err(_) => {
-                            convs_open = false;
-                            engine.close_stream(Stream::Conversions);
-                            None
-                        }
-                    },
-                    default(Duration::from_millis(200)) => None,
+                    }
                 }
             }
-        };
-        if let Some(msg) = msg {
-            let mut out = SinkBatch::default();
-            match msg {
-                Decoded::Clicks(b, dead) => {
-                    engine.on_dead_letters(dead, &mut out);
-                    engine.on_clicks(b, &mut out);
+            if !open[0] && !open[1] && heads.iter().all(Option::is_none) {
+                break;
+            }
+            // Wait until every open stream has a head (a timeout only loops back here).
+            let waiting = (0..2).any(|i| open[i] && heads[i].is_none());
+            if !waiting {
+                let pick = match (&heads[0], &heads[1]) {
+                    (Some(c), Some(v)) => usize::from(v.first_ts < c.first_ts),
+                    (Some(_), None) => 0,
+                    (None, Some(_)) => 1,
+                    (None, None) => continue,
+                };
+                if let Some(msg) = heads[pick].take() {
+                    self.process(pick, msg)?;
                 }
-                Decoded::Conversions(b, dead) => {
-                    engine.on_dead_letters(dead, &mut out);
-                    engine.on_conversions(b, &mut out);
+                if self.events_since >= self.every_events
+                    || self.last_checkpoint.elapsed() >= self.every
+                {
+                    self.checkpoint()?;
                 }
             }
-            sink.send(out)?;
+            if opts.progress && last_progress.elapsed() >= Duration::from_secs(1) {
+                last_progress = Instant::now();
+                print_progress(self.engine, started, tty);
+            }
         }
-        if progress && last_progress.elapsed() >= Duration::from_secs(1) {
-            last_progress = Instant::now();
-            print_progress(engine, started, tty);
+        let mut out = SinkBatch::default();
+        self.engine.finish(&mut out);
+        self.sinks.send(out)?;
+        self.checkpoint()?;
+        if opts.progress && tty {
+            eprintln!();
         }
+        Ok(())
     }
-    let mut out = SinkBatch::default();
-    engine.finish(&mut out);
-    sink.send(out)?;
-    if progress && tty {
-        eprintln!();
+
+    fn process(&mut self, stream: usize, msg: Decoded) -> Result<()> {
+        let mut out = SinkBatch::default();
+        let n = msg.dead.len();
+        self.engine.on_dead_letters(msg.dead, &mut out);
+        let n = n + match msg.kind {
+            DecodedKind::Clicks(b) => {
+                let k = b.clicks.len();
+                self.engine.on_clicks(b, &mut out);
+                k
+            }
+            DecodedKind::Conversions(b) => {
+                let k = b.conversions.len();
+                self.engine.on_conversions(b, &mut out);
+                k
+            }
+        };
+        self.events_since += n as u64;
+        if msg.end.line > 0 {
+            self.positions[stream] = msg.end;
+        }
+        self.sinks.send(out)
     }
-    Ok(())
+
+    /// Outputs durable → snapshot of the state and positions → the next epoch begins.
+    fn checkpoint(&mut self) -> Result<()> {
+        let t = Instant::now();
+        self.sinks.barrier(self.epoch + 1)?;
+        let snap = checkpoint::Snapshot {
+            epoch: self.epoch,
+            positions: self.positions.map(|p| checkpoint::StreamPos {
+                lines: p.line,
+                bytes: p.offset,
+            }),
+            engine: self.engine.snapshot(),
+        };
+        self.last_bytes = checkpoint::write(self.state_dir, &snap)?;
+        tracing::debug!(epoch = self.epoch, bytes = self.last_bytes, took = ?t.elapsed(), "checkpoint written");
+        self.checkpoints += 1;
+        self.epoch += 1;
+        self.events_since = 0;
+        self.last_checkpoint = Instant::now();
+        Ok(())
+    }
 }
 
 fn print_progress(engine: &Engine, started: Instant, tty: bool) {

@@ -65,6 +65,13 @@ pub fn summary(r: &RunReport, cores: usize) -> String {
         );
         row("clickhouse: failed attempts", ch.failures.to_string());
     }
+    if let Some(epoch) = r.resumed_from {
+        row("resumed from checkpoint", epoch.to_string());
+    }
+    row("checkpoints written", r.checkpoints.to_string());
+    if r.interrupted {
+        row("stopped by signal", "yes (resumes on next run)".to_string());
+    }
     row("state: indexed clicks", r.sizes.indexed_clicks.to_string());
     row("state: dedup keys", r.sizes.dedup_keys.to_string());
     row("elapsed", format!("{:.2}s", r.elapsed.as_secs_f64()));

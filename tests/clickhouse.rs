@@ -326,7 +326,6 @@ out = {out:?}
 url = "{url}"
 database = "{db}"
 flush_rows = 40
-flush_interval = "1h"
 retry_initial = "100ms"
 retry_max = "1s"
 breaker_failures = 3

@@ -2,7 +2,7 @@
 //!
 //! NDJSON, one object per record: `reason`, `detail`, `stream`, `source`, `line`, `offset` and
 //! either `raw` (the original line, when it is valid UTF-8) or `raw_base64`. Written to
-//! `OUT/dead_letters/part-<run>-<seq>.ndjson` under a dot-prefixed temporary name, renamed when
+//! `OUT/dead_letters/part-e<epoch>-<seq>.ndjson` under a dot-prefixed temporary name, renamed when
 //! the file is closed.
 
 use std::fs::{self, File};
@@ -88,6 +88,12 @@ impl DeadLetterWriter {
             self.close()?;
         }
         Ok(())
+    }
+
+    /// Starts naming files for `epoch`.
+    pub fn set_epoch(&mut self, epoch: u64) {
+        self.run_id = super::parquet::epoch_tag(epoch);
+        self.seq = 0;
     }
 
     /// Flushes, fsyncs and renames the open file.

@@ -8,6 +8,37 @@ pub mod clickhouse;
 pub mod deadletter;
 pub mod parquet;
 
+/// The output directories of a pipeline under `OUT`.
+pub const TABLE_DIRS: [&str; 4] = ["clicks", "conversions", "stats_minute", "dead_letters"];
+
+/// Deletes output files of epochs after `epoch` and leftover temporary files: what a crashed
+/// run wrote after its last checkpoint, which the replay writes again. Returns how many.
+pub fn discard_after(out: &std::path::Path, epoch: u64) -> Result<usize> {
+    let mut removed = 0;
+    let mut stack: Vec<std::path::PathBuf> = TABLE_DIRS.iter().map(|t| out.join(t)).collect();
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let name = e.file_name().to_string_lossy().to_string();
+            let ours = parquet::epoch_of(&name);
+            let leftover = name.ends_with(".tmp") && ours.is_some();
+            if leftover || ours.is_some_and(|f| f > epoch) {
+                std::fs::remove_file(&path)
+                    .map_err(|err| anyhow::anyhow!("removing {}: {err}", path.display()))?;
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
+}
+
 use anyhow::Result;
 
 use crate::rows::SinkBatch;
@@ -45,13 +76,15 @@ pub struct Sinks {
 }
 
 impl Sinks {
-    pub fn new(cfg: &ParquetConfig, run_id: &str) -> Result<Sinks> {
+    /// Sinks writing files of `epoch`.
+    pub fn new(cfg: &ParquetConfig, epoch: u64) -> Result<Sinks> {
         let out = &cfg.out;
+        let tag = parquet::epoch_tag(epoch);
         Ok(Sinks {
-            clicks: PartitionedTable::new(out, "clicks", run_id, cfg)?,
-            conversions: PartitionedTable::new(out, "conversions", run_id, cfg)?,
-            stats: PartitionedTable::new(out, "stats_minute", run_id, cfg)?,
-            dead: DeadLetterWriter::new(out, run_id),
+            clicks: PartitionedTable::new(out, "clicks", &tag, cfg)?,
+            conversions: PartitionedTable::new(out, "conversions", &tag, cfg)?,
+            stats: PartitionedTable::new(out, "stats_minute", &tag, cfg)?,
+            dead: DeadLetterWriter::new(out, &tag),
         })
     }
 
@@ -77,6 +110,20 @@ impl Sinks {
         for d in &batch.dead_letters {
             self.dead.write(d)?;
         }
+        Ok(())
+    }
+
+    /// A checkpoint barrier: closes every file (the outputs so far are durable) and names the
+    /// files that follow after `next_epoch`.
+    pub fn barrier(&mut self, next_epoch: u64) -> Result<()> {
+        self.clicks.close_all()?;
+        self.conversions.close_all()?;
+        self.stats.close_all()?;
+        self.dead.close()?;
+        self.clicks.set_epoch(next_epoch);
+        self.conversions.set_epoch(next_epoch);
+        self.stats.set_epoch(next_epoch);
+        self.dead.set_epoch(next_epoch);
         Ok(())
     }
 

@@ -3,7 +3,9 @@
 //! Sits after the Parquet sink on the "rest" sink thread's output: it receives the same
 //! conversion rows and aggregate deltas, buffers them (aggregate rows of the same bucket are
 //! added up first, so ClickHouse gets rows per minute × dimensions, not per event) and flushes
-//! one INSERT per table when a buffer reaches `flush_rows` or `flush_interval` has passed.
+//! one INSERT per table when a buffer reaches `flush_rows` and at every checkpoint (so the
+//! checkpoint interval is the age bound). Flush points depend only on the input, never on the
+//! clock, so a replay after a crash forms the same batches with the same ids.
 //!
 //! Exactly once: every flush gets a batch id (table, flush number, hash of the rows), written
 //! in each row's `batch_id` column; a materialized view on the table records the id in
@@ -45,11 +47,9 @@ pub struct ClickHouseConfig {
     pub user: String,
     /// File whose content (trailing newline removed) is the password.
     pub password_file: Option<PathBuf>,
-    /// Flush a table's buffer once it holds this many rows.
+    /// Flush a table's buffer once it holds this many rows (buffers are also flushed at every
+    /// checkpoint, `checkpoint.every`).
     pub flush_rows: usize,
-    /// Flush buffers at least this often.
-    #[serde(with = "humantime_serde")]
-    pub flush_interval: Duration,
     /// First retry delay; doubles per failure (with ±50 % jitter) up to `retry_max`.
     #[serde(with = "humantime_serde")]
     pub retry_initial: Duration,
@@ -77,7 +77,6 @@ impl Default for ClickHouseConfig {
             user: "default".to_string(),
             password_file: None,
             flush_rows: 50_000,
-            flush_interval: Duration::from_secs(1),
             retry_initial: Duration::from_millis(200),
             retry_max: Duration::from_secs(30),
             breaker_failures: 5,
@@ -244,10 +243,10 @@ pub struct ClickHouseSink {
     rt: tokio::runtime::Runtime,
     stats: HashMap<StatsKey, StatsRow>,
     conversions: Vec<ConversionRow>,
-    /// Flush numbers per table; part of the batch id.
+    /// Checkpoint epoch and flush numbers per table within it; parts of the batch id.
+    epoch: u64,
     stats_seq: u64,
     conversions_seq: u64,
-    last_flush: Instant,
     breaker: Breaker,
     pub totals: ClickHouseTotals,
 }
@@ -274,9 +273,9 @@ impl ClickHouseSink {
             rt,
             stats: HashMap::new(),
             conversions: Vec::new(),
+            epoch: 1,
             stats_seq: 0,
             conversions_seq: 0,
-            last_flush: Instant::now(),
             breaker: Breaker {
                 consecutive_failures: 0,
                 open_until: None,
@@ -307,19 +306,23 @@ impl ClickHouseSink {
         Ok(())
     }
 
-    /// Flushes by age; called periodically.
-    pub fn tick(&mut self) -> Result<()> {
-        if self.last_flush.elapsed() >= self.cfg.flush_interval {
-            self.flush()?;
-        }
+    /// Names batches of `epoch` from now on (a restored run continues after its checkpoint).
+    pub fn set_epoch(&mut self, epoch: u64) {
+        self.epoch = epoch;
+        self.stats_seq = 0;
+        self.conversions_seq = 0;
+    }
+
+    /// A checkpoint barrier: everything buffered is committed, then batches of `next_epoch`.
+    pub fn barrier(&mut self, next_epoch: u64) -> Result<()> {
+        self.flush()?;
+        self.set_epoch(next_epoch);
         Ok(())
     }
 
     pub fn flush(&mut self) -> Result<()> {
         self.flush_stats()?;
-        self.flush_conversions()?;
-        self.last_flush = Instant::now();
-        Ok(())
+        self.flush_conversions()
     }
 
     fn flush_stats(&mut self) -> Result<()> {
@@ -389,7 +392,12 @@ impl ClickHouseSink {
             }
         }
         self.stats_seq += 1;
-        let id = batch_id("attribution_stats_minute", self.stats_seq, h.digest());
+        let id = batch_id(
+            "attribution_stats_minute",
+            self.epoch,
+            self.stats_seq,
+            h.digest(),
+        );
         let skipped = self.commit(
             &id,
             "attribution_stats_minute",
@@ -432,7 +440,7 @@ impl ClickHouseSink {
             h.update(&r.version.to_le_bytes());
         }
         self.conversions_seq += 1;
-        let id = batch_id("conversions", self.conversions_seq, h.digest());
+        let id = batch_id("conversions", self.epoch, self.conversions_seq, h.digest());
         let skipped = self.commit(&id, "conversions", rows.len(), |client, id| async move {
             let mut ins = client.insert::<ConversionIngest<'_>>("conversions").await?;
             for r in rows {
@@ -546,9 +554,10 @@ impl ClickHouseSink {
     }
 }
 
-/// `table-000042-1f2e…`: deterministic for the same rows at the same flush number.
-pub fn batch_id(table: &str, seq: u64, content: u64) -> String {
-    format!("{table}-{seq:010}-{content:016x}")
+/// `table-e00000007-000042-1f2e…`: deterministic for the same rows at the same flush of the
+/// same checkpoint epoch.
+pub fn batch_id(table: &str, epoch: u64, seq: u64, content: u64) -> String {
+    format!("{table}-e{epoch:08}-{seq:06}-{content:016x}")
 }
 
 async fn is_committed(client: &Client, table: &str, id: &str) -> Result<bool> {

@@ -1,7 +1,9 @@
 //! The Parquet sink: Hive-partitioned, zstd-compressed files of clicks, conversion versions and
 //! minute aggregates.
 //!
-//! Layout: `OUT/<table>/dt=YYYY-MM-DD/hour=HH/part-<run>-<seq>.parquet`. Rows are appended to
+//! Layout: `OUT/<table>/dt=YYYY-MM-DD/hour=HH/part-e<epoch>-<seq>.parquet`, where the epoch is
+//! the checkpoint the file belongs to (files of epochs after the restored checkpoint are
+//! deleted on restart and written again, so a replay replaces instead of duplicating). Rows are appended to
 //! Arrow builders per partition, written as record batches, and a file is rolled (closed,
 //! fsynced, renamed from its dot-prefixed temporary name) by rows, bytes or age. Readers that glob
 //! `*.parquet` therefore only ever see complete files.
@@ -242,6 +244,12 @@ impl<B: RowBuilder> PartitionedTable<B> {
         }
     }
 
+    /// Starts naming files for `epoch` (after a checkpoint); sequence numbers restart.
+    pub fn set_epoch(&mut self, epoch: u64) {
+        self.run_id = epoch_tag(epoch);
+        self.next_seq = 0;
+    }
+
     /// Writes everything buffered and closes every file: after this all rows are durable.
     pub fn close_all(&mut self) -> Result<()> {
         let mut hours: Vec<i64> = self.partitions.keys().copied().collect();
@@ -253,6 +261,17 @@ impl<B: RowBuilder> PartitionedTable<B> {
         self.partitions.clear();
         Ok(())
     }
+}
+
+/// The file-name tag of an epoch: `e00000042`.
+pub fn epoch_tag(epoch: u64) -> String {
+    format!("e{epoch:08}")
+}
+
+/// The epoch of an output file named by this sink (`part-e00000042-000001.parquet`).
+pub fn epoch_of(file_name: &str) -> Option<u64> {
+    let rest = file_name.trim_start_matches('.').strip_prefix("part-e")?;
+    rest.get(..8)?.parse().ok()
 }
 
 fn open_file(
