@@ -34,15 +34,16 @@ fn pipeline(
     p
 }
 
-/// Everything a run wrote, in a comparable form.
-fn outputs(
-    out: &Path,
-) -> (
+/// Click rows, conversion rows, aggregate sums per bucket, dead letters per position.
+type Outputs = (
     Vec<String>,
     Vec<String>,
     BTreeMap<String, Vec<i64>>,
     BTreeMap<String, u64>,
-) {
+);
+
+/// Everything a run wrote, in a comparable form.
+fn outputs(out: &Path) -> Outputs {
     let mut clicks: Vec<String> = rows(&read_table(out, "clicks"))
         .iter()
         .map(|r| format!("{}/{}", get(r, "click_id"), get(r, "is_unique")))
