@@ -57,8 +57,8 @@ impl Default for CheckpointConfig {
     fn default() -> Self {
         CheckpointConfig {
             state_dir: None,
-            every: Duration::from_secs(10),
-            every_events: 2_000_000,
+            every: Duration::from_secs(30),
+            every_events: 5_000_000,
         }
     }
 }

@@ -19,6 +19,7 @@
 //! `checkpoint.every` it sends a barrier through the sinks and, once they report the outputs
 //! durable, writes a snapshot (see `checkpoint`).
 
+use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -50,6 +51,8 @@ struct Decoded {
     dead: Vec<DeadLetter>,
     /// Position of the stream after this batch.
     end: Position,
+    /// Fluvio partition of the batch (then `end.line` is that partition's next offset).
+    partition: Option<u32>,
     /// Merge key: the batch's earliest event time (`i64::MIN` for an empty batch, which is
     /// taken at once).
     first_ts: i64,
@@ -124,11 +127,15 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
     }
     // Restore the latest checkpoint; what a crashed run wrote after it is written again.
     let restored = checkpoint::load_latest(&state_dir)?;
+    let mut partition_offsets: HashMap<(usize, u32), u64> = HashMap::new();
     let (mut engine, last_epoch, resume) = match &restored {
         Some((epoch, bytes)) => {
             let snap = checkpoint::view(bytes)?;
             let engine = Engine::restore(cfg.engine(), &snap.engine);
             let resume = [0, 1].map(|i| snap.positions[i].lines.to_native());
+            for t in snap.partition_offsets.iter() {
+                partition_offsets.insert((usize::from(t.0), t.1.to_native()), t.2.to_native());
+            }
             tracing::info!(
                 epoch,
                 clicks_line = resume[0],
@@ -172,10 +179,13 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
     match cfg.source.kind {
         SourceKind::Fluvio => {
             let f = &cfg.source.fluvio;
-            for (topic, tx) in [
+            for (stream, (topic, tx)) in [
                 (f.clicks_topic.clone(), click_raw_tx),
                 (f.conversions_topic.clone(), conv_raw_tx),
-            ] {
+            ]
+            .into_iter()
+            .enumerate()
+            {
                 let partitions = if f.partitions.is_empty() {
                     FluvioLog::partitions(f, &topic)?
                 } else {
@@ -187,7 +197,12 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
                         Ok(PartitionReader::new(
                             &topic,
                             p,
-                            FluvioLog::open(f, &topic, p)?,
+                            FluvioLog::open(
+                                f,
+                                &topic,
+                                p,
+                                partition_offsets.get(&(stream, p)).map(|&o| o as i64),
+                            )?,
                         ))
                     })
                     .collect::<Result<Vec<_>>>()?;
@@ -253,6 +268,7 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
                     kind: DecodedKind::Clicks(b),
                     dead,
                     end: raw.end,
+                    partition: raw.partition,
                     first_ts,
                 };
                 if click_tx.send(msg).is_err() {
@@ -274,6 +290,7 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
                     kind: DecodedKind::Conversions(b),
                     dead,
                     end: raw.end,
+                    partition: raw.partition,
                     first_ts,
                 };
                 if conv_tx.send(msg).is_err() {
@@ -341,6 +358,7 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
         state_dir: &state_dir,
         epoch,
         positions: resume.map(|l| Position { line: l, offset: 0 }),
+        partition_offsets,
         every: cfg.checkpoint.every,
         every_events: cfg.checkpoint.every_events,
         events_since: 0,
@@ -575,6 +593,8 @@ struct Merge<'a> {
     epoch: u64,
     /// Lines consumed per stream (the restore point of the next checkpoint).
     positions: [Position; 2],
+    /// Fluvio: next offset per (stream, partition) consumed.
+    partition_offsets: HashMap<(usize, u32), u64>,
     every: Duration,
     every_events: u64,
     events_since: u64,
@@ -676,8 +696,12 @@ impl Merge<'_> {
             }
         };
         self.events_since += n as u64;
-        if msg.end.line > 0 {
-            self.positions[stream] = msg.end;
+        match msg.partition {
+            Some(p) => {
+                self.partition_offsets.insert((stream, p), msg.end.line);
+            }
+            None if msg.end.line > 0 => self.positions[stream] = msg.end,
+            None => {}
         }
         self.sinks.send(out)
     }
@@ -692,6 +716,11 @@ impl Merge<'_> {
                 lines: p.line,
                 bytes: p.offset,
             }),
+            partition_offsets: self
+                .partition_offsets
+                .iter()
+                .map(|(&(s, p), &o)| (s as u8, p, o))
+                .collect(),
             engine: self.engine.snapshot(),
         };
         self.last_bytes = checkpoint::write(self.state_dir, &snap)?;

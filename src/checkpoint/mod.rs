@@ -86,12 +86,14 @@ pub fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
 /// The payload of a snapshot file after checking magic, format version, length and checksum.
 /// An unknown format version is a hard error; damage is reported as such.
 pub fn read(path: &Path) -> Result<rkyv::util::AlignedVec> {
-    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    if bytes.len() < HEADER || &bytes[..8] != MAGIC {
+    use std::io::Read;
+    let mut file = File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut header = [0u8; HEADER];
+    if file.read_exact(&mut header).is_err() || &header[..8] != MAGIC {
         bail!("{} is not an attribd snapshot (bad header)", path.display());
     }
-    let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or_default());
-    let long = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or_default());
+    let word = |at: usize| u32::from_le_bytes(header[at..at + 4].try_into().unwrap_or_default());
+    let long = |at: usize| u64::from_le_bytes(header[at..at + 8].try_into().unwrap_or_default());
     let version = word(8);
     if version != FORMAT_VERSION {
         return Err(UnknownFormat {
@@ -102,20 +104,23 @@ pub fn read(path: &Path) -> Result<rkyv::util::AlignedVec> {
     }
     let len = long(16) as usize;
     let sum = long(24);
-    let payload = &bytes[HEADER..];
-    if payload.len() != len {
+    let on_disk = file.metadata().map(|m| m.len() as usize).unwrap_or(0);
+    if on_disk != HEADER + len {
         bail!(
             "{} is truncated: {} of {len} payload bytes",
             path.display(),
-            payload.len()
+            on_disk.saturating_sub(HEADER)
         );
     }
-    if xxh3_64(payload) != sum {
+    // Read straight into aligned memory: rkyv reads the archive in place from there.
+    let mut payload = rkyv::util::AlignedVec::<16>::with_capacity(len);
+    payload.resize(len, 0);
+    file.read_exact(&mut payload)
+        .with_context(|| format!("reading {}", path.display()))?;
+    if xxh3_64(&payload) != sum {
         bail!("{} is corrupt: checksum mismatch", path.display());
     }
-    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(len);
-    aligned.extend_from_slice(payload);
-    Ok(aligned)
+    Ok(payload)
 }
 
 /// A snapshot written by another (older or newer) format.

@@ -14,6 +14,9 @@ pub struct Snapshot {
     pub epoch: u64,
     /// Lines and bytes consumed per stream (clicks, conversions) when the snapshot was taken.
     pub positions: [StreamPos; 2],
+    /// Fluvio: next offset per (stream index, partition); stored with the checkpoint so a
+    /// restored run reads exactly what comes after it.
+    pub partition_offsets: Vec<(u8, u32, u64)>,
     pub engine: EngineSnap,
 }
 

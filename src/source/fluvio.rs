@@ -135,6 +135,7 @@ impl<L: PartitionLog> PartitionReader<L> {
             line: self.emitted.map_or(0, |e| e as u64 + 1),
             offset: self.emitted.map_or(0, |e| e as u64 + 1),
         };
+        batch.partition = Some(self.partition);
         self.last_record = Instant::now();
         Ok(Some(batch))
     }
@@ -228,16 +229,24 @@ pub struct FluvioLog {
 impl FluvioLog {
     /// Connects (retrying with backoff until the cluster answers) and opens the partition at
     /// the committed offset of `cfg.consumer`, or at `cfg.start` without one.
-    pub fn open(cfg: &FluvioSourceConfig, topic: &str, partition: u32) -> Result<FluvioLog> {
+    /// `resume_at` (the next offset recorded by a checkpoint) overrides both.
+    pub fn open(
+        cfg: &FluvioSourceConfig,
+        topic: &str,
+        partition: u32,
+        resume_at: Option<i64>,
+    ) -> Result<FluvioLog> {
         use fluvio::consumer::{ConsumerConfigExtBuilder, OffsetManagementStrategy};
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .context("starting the tokio runtime")?;
         let fluvio = rt.block_on(connect(cfg))?;
-        let start = match cfg.start {
-            StartFrom::Beginning => fluvio::Offset::beginning(),
-            StartFrom::End => fluvio::Offset::end(),
+        let start = match (resume_at, cfg.start) {
+            (Some(next), _) => fluvio::Offset::absolute(next)
+                .map_err(|e| anyhow::anyhow!("resume offset {next}: {e}"))?,
+            (None, StartFrom::Beginning) => fluvio::Offset::beginning(),
+            (None, StartFrom::End) => fluvio::Offset::end(),
         };
         let consumer_config = ConsumerConfigExtBuilder::default()
             .topic(topic.to_string())

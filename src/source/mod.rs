@@ -23,6 +23,8 @@ pub struct RawBatch {
     /// Where the stream stands after this batch (lines and bytes consumed so far): what a
     /// checkpoint records, and where a restored run resumes.
     pub end: Position,
+    /// The Fluvio partition the batch came from (then `end.line` is its next offset).
+    pub partition: Option<u32>,
 }
 
 /// One line inside a [`RawBatch`] (without its newline).
@@ -39,6 +41,7 @@ impl RawBatch {
             data: Vec::with_capacity(bytes),
             records: Vec::with_capacity(lines),
             end: Position::default(),
+            partition: None,
         }
     }
 

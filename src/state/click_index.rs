@@ -142,6 +142,19 @@ impl Default for ClickIndex {
 }
 
 impl ClickIndex {
+    /// An index with room for `n` clicks (restore: no rehashing while it fills).
+    pub fn with_capacity(n: usize) -> ClickIndex {
+        ClickIndex {
+            map: DashMap::with_capacity_and_hasher(n, BuildIdentity::default()),
+            extras: ExtrasTable::default(),
+        }
+    }
+
+    /// Inserts a click known to be new (restore).
+    pub fn insert(&self, key: u64, click: IndexedClick) {
+        self.map.insert(key, click);
+    }
+
     /// Inserts a click unless its id is already indexed; returns `false` for a duplicate.
     pub fn insert_if_new(&self, key: u64, click: IndexedClick) -> bool {
         match self.map.entry(key) {

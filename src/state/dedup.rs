@@ -144,6 +144,13 @@ impl Default for DedupMap {
 }
 
 impl DedupMap {
+    /// A map with room for `n` keys (restore).
+    pub fn with_capacity(n: usize) -> DedupMap {
+        DedupMap {
+            map: DashMap::with_capacity_and_hasher(n, BuildIdentity::default()),
+        }
+    }
+
     pub fn get(&self, key: u64) -> Option<ConvEntry> {
         self.map.get(&key).map(|e| *e)
     }

@@ -225,15 +225,42 @@ impl Engine {
         for t in snap.dims_by_hash.iter() {
             e.dims_by_hash.insert(t.0.to_native(), t.1.to_native());
         }
-        for c in snap.clicks.iter() {
-            e.clicks.insert_if_new(
-                c.key.to_native(),
-                IndexedClick {
-                    ts_ms: c.ts_ms.to_native(),
-                    dims: c.dims.to_native(),
-                    extras: c.extras.to_native(),
-                },
-            );
+        // The two big structures are rebuilt on two threads, straight from the archived bytes
+        // and into maps sized up front.
+        e.clicks = super::click_index::ClickIndex::with_capacity(snap.clicks.len());
+        e.dedup = super::dedup::DedupMap::with_capacity(snap.dedup.len());
+        let clicks = &e.clicks;
+        let unique_days: Vec<(
+            i64,
+            std::collections::HashSet<u64, super::keys::BuildIdentity>,
+        )> = std::thread::scope(|s| {
+            let days = s.spawn(|| {
+                snap.unique
+                    .iter()
+                    .map(|day| {
+                        let mut set = std::collections::HashSet::with_capacity_and_hasher(
+                            day.1.len(),
+                            super::keys::BuildIdentity::default(),
+                        );
+                        set.extend(day.1.iter().map(|v| v.to_native()));
+                        (day.0.to_native(), set)
+                    })
+                    .collect()
+            });
+            for c in snap.clicks.iter() {
+                clicks.insert(
+                    c.key.to_native(),
+                    IndexedClick {
+                        ts_ms: c.ts_ms.to_native(),
+                        dims: c.dims.to_native(),
+                        extras: c.extras.to_native(),
+                    },
+                );
+            }
+            days.join().unwrap_or_default()
+        });
+        for (day, set) in unique_days {
+            e.unique.restore_day(day, set);
         }
         for x in snap.extras.iter() {
             let opt = |s: &rkyv::option::ArchivedOption<rkyv::string::ArchivedString>| {
@@ -250,12 +277,6 @@ impl Engine {
             );
         }
         e.clicks.extras.finish_restore();
-        for day in snap.unique.iter() {
-            let d = day.0.to_native();
-            for v in day.1.iter() {
-                e.unique.first_visit(d, v.to_native());
-            }
-        }
         for d in snap.dedup.iter() {
             e.dedup.put(
                 d.key.to_native(),

@@ -18,6 +18,11 @@ impl UniqueClicks {
         self.days.entry(day).or_default().insert(visitor)
     }
 
+    /// Replaces a day's visitor set (restore).
+    pub fn restore_day(&mut self, day: i64, visitors: HashSet<u64, BuildIdentity>) {
+        self.days.insert(day, visitors);
+    }
+
     /// Forgets days before `day`.
     pub fn evict_before(&mut self, day: i64) {
         self.days = self.days.split_off(&day);
