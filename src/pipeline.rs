@@ -306,7 +306,7 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
     let (ch_tx, clickhouse) = match &cfg.sink.clickhouse {
         Some(ch_cfg) => {
             let mut sink = ClickHouseSink::connect(ch_cfg)?;
-            sink.set_epoch(epoch);
+            sink.start_at(epoch);
             let (tx, rx) = bounded::<ClickHouseMsg>(CHANNEL_BATCHES * 2);
             let handle = thread::Builder::new()
                 .name("sink-clickhouse".into())
@@ -366,6 +366,7 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
         checkpoints: 0,
         last_bytes: 0,
         interrupted: false,
+        idle_grace: (cfg.source.kind == SourceKind::Fluvio).then_some(Duration::from_secs(1)),
     };
     let state_result = merge.run(click_rx, conv_rx, &opts, started);
     let (checkpoints, last_bytes, interrupted) =
@@ -602,6 +603,8 @@ struct Merge<'a> {
     checkpoints: u64,
     last_bytes: u64,
     interrupted: bool,
+    /// Live sources only: how long to wait for a quiet stream before going on without it.
+    idle_grace: Option<Duration>,
 }
 
 impl Merge<'_> {
@@ -618,6 +621,7 @@ impl Merge<'_> {
         let rxs = [&clicks, &conversions];
         let mut open = [true, true];
         let mut heads: [Option<Decoded>; 2] = [None, None];
+        let mut headless_since: Option<Instant> = None;
         let mut last_progress = Instant::now();
         let tty = std::io::stderr().is_terminal();
         loop {
@@ -646,9 +650,16 @@ impl Merge<'_> {
             if !open[0] && !open[1] && heads.iter().all(Option::is_none) {
                 break;
             }
-            // Wait until every open stream has a head (a timeout only loops back here).
-            let waiting = (0..2).any(|i| open[i] && heads[i].is_none());
-            if !waiting {
+            // Wait until every open stream has a head (a timeout only loops back here). A live
+            // source (Fluvio) may go quiet on one topic: after `idle_grace` the other stream
+            // proceeds alone, trading determinism (only) for liveness.
+            let missing = (0..2).any(|i| open[i] && heads[i].is_none());
+            if !missing {
+                headless_since = None;
+            }
+            let since = *headless_since.get_or_insert_with(Instant::now);
+            let give_up = self.idle_grace.is_some_and(|g| since.elapsed() >= g);
+            if !missing || give_up {
                 let pick = match (&heads[0], &heads[1]) {
                     (Some(c), Some(v)) => usize::from(v.first_ts < c.first_ts),
                     (Some(_), None) => 0,

@@ -1,7 +1,8 @@
 -- Minute aggregates: one row = the delta of one bucket (minute × tenant × offer × affiliate ×
--- country × currency) from one flush. SummingMergeTree adds rows of the same bucket up in the
--- background, so always query with sum(): a status change days later is written as delta rows
--- (pending −1, approved +1) in the original conversion's minute.
+-- country × currency) from one attribd batch (the daemon pre-aggregates each batch). Always
+-- query with sum(): a status change days later is written as delta rows (pending −1,
+-- approved +1) in the original conversion's minute. batch_id closes the sorting key so rows of
+-- different batches stay apart and a batch can always be found (exactly-once inserts).
 -- Placeholders ({db}, {string}, {ttl_stats}, …) are filled by `attribd migrate` per server version.
 CREATE TABLE IF NOT EXISTS {db}.attribution_stats_minute
 (
@@ -21,10 +22,10 @@ CREATE TABLE IF NOT EXISTS {db}.attribution_stats_minute
     revenue Decimal(18, 6),
     duplicate_conversions Int64,
     unattributed Int64,
-    -- The attribd batch that wrote the row (after merges: one of the batches summed into it).
+    -- The attribd batch that wrote the row.
     batch_id String
 )
 ENGINE = SummingMergeTree()
 PARTITION BY toYYYYMM(minute)
-ORDER BY (tenant_id, minute, offer_id, affiliate_id, country, currency)
+ORDER BY (tenant_id, minute, offer_id, affiliate_id, country, currency, batch_id)
 {ttl_stats}

@@ -7,11 +7,13 @@
 //! checkpoint interval is the age bound). Flush points depend only on the input, never on the
 //! clock, so a replay after a crash forms the same batches with the same ids.
 //!
-//! Exactly once: every flush gets a batch id (table, flush number, hash of the rows), written
-//! in each row's `batch_id` column; a materialized view on the table records the id in
-//! `attribd_batches` once the block is in. Before inserting, and before every retry, the sink
-//! looks the id up, so a batch whose INSERT succeeded but whose answer was lost is never
-//! written twice. Failures are retried with exponential backoff and jitter behind a circuit
+//! Exactly once: every flush gets a batch id (checkpoint epoch, flush number, hash of the
+//! rows), written in each row's `batch_id` column — part of the aggregate table's sorting key,
+//! so rows of different batches are never merged and the id stays visible. Before every retry,
+//! and before every insert of a run's first epoch (which may replay what a crashed run already
+//! wrote), the sink looks the id up in the data itself, so a batch whose INSERT succeeded but
+//! whose answer was lost — or whose server crashed right after writing it — is never written
+//! twice. A materialized view also records each batch in `attribd_batches` for operators. Failures are retried with exponential backoff and jitter behind a circuit
 //! breaker; while it waits, the bounded channels slow the whole pipeline down — nothing is
 //! dropped.
 
@@ -245,6 +247,8 @@ pub struct ClickHouseSink {
     conversions: Vec<ConversionRow>,
     /// Checkpoint epoch and flush numbers per table within it; parts of the batch id.
     epoch: u64,
+    /// The run's first epoch: its batches are looked up before inserting.
+    verify_epoch: u64,
     stats_seq: u64,
     conversions_seq: u64,
     breaker: Breaker,
@@ -274,6 +278,7 @@ impl ClickHouseSink {
             stats: HashMap::new(),
             conversions: Vec::new(),
             epoch: 1,
+            verify_epoch: 1,
             stats_seq: 0,
             conversions_seq: 0,
             breaker: Breaker {
@@ -311,6 +316,12 @@ impl ClickHouseSink {
         self.epoch = epoch;
         self.stats_seq = 0;
         self.conversions_seq = 0;
+    }
+
+    /// The run starts at `epoch`: its batches may already be in (a replay) and are verified.
+    pub fn start_at(&mut self, epoch: u64) {
+        self.verify_epoch = epoch;
+        self.set_epoch(epoch);
     }
 
     /// A checkpoint barrier: everything buffered is committed, then batches of `next_epoch`.
@@ -398,10 +409,15 @@ impl ClickHouseSink {
             self.stats_seq,
             h.digest(),
         );
+        let range = (
+            rows.iter().map(|r| r.minute_ms / 1000).min().unwrap_or(0),
+            rows.iter().map(|r| r.minute_ms / 1000).max().unwrap_or(0),
+        );
         let skipped = self.commit(
             &id,
             "attribution_stats_minute",
             rows.len(),
+            range,
             |client, id| async move {
                 let mut ins = client
                     .insert::<StatsIngest<'_>>("attribution_stats_minute")
@@ -441,13 +457,23 @@ impl ClickHouseSink {
         }
         self.conversions_seq += 1;
         let id = batch_id("conversions", self.epoch, self.conversions_seq, h.digest());
-        let skipped = self.commit(&id, "conversions", rows.len(), |client, id| async move {
-            let mut ins = client.insert::<ConversionIngest<'_>>("conversions").await?;
-            for r in rows {
-                ins.write(&ConversionIngest::new(id, r)).await?;
-            }
-            ins.end().await
-        })?;
+        let range = (
+            rows.iter().map(|r| r.ts_ms).min().unwrap_or(0),
+            rows.iter().map(|r| r.ts_ms).max().unwrap_or(0),
+        );
+        let skipped = self.commit(
+            &id,
+            "conversions",
+            rows.len(),
+            range,
+            |client, id| async move {
+                let mut ins = client.insert::<ConversionIngest<'_>>("conversions").await?;
+                for r in rows {
+                    ins.write(&ConversionIngest::new(id, r)).await?;
+                }
+                ins.end().await
+            },
+        )?;
         if !skipped {
             self.totals.conversion_rows += rows.len() as u64;
         }
@@ -462,6 +488,7 @@ impl ClickHouseSink {
         id: &'a str,
         table: &str,
         rows: usize,
+        range: (i64, i64),
         insert: F,
     ) -> Result<bool>
     where
@@ -488,10 +515,15 @@ impl ClickHouseSink {
                 client
             };
             let timeout = self.cfg.request_timeout;
+            // Only a retry, or the first epoch of a run (which may replay what a crashed run
+            // already committed), can meet a batch that is already in; later first attempts
+            // cannot, and skip the lookup.
+            let check = attempt > 1 || self.epoch == self.verify_epoch;
             let outcome: Result<bool> = self.rt.block_on(async {
-                let committed = tokio::time::timeout(timeout, is_committed(&client, table, id))
-                    .await
-                    .map_err(|_| anyhow::anyhow!("timed out after {timeout:?}"))??;
+                let committed = check
+                    && tokio::time::timeout(timeout, is_committed(&client, table, id, range))
+                        .await
+                        .map_err(|_| anyhow::anyhow!("timed out after {timeout:?}"))??;
                 if committed {
                     return Ok(true);
                 }
@@ -560,10 +592,20 @@ pub fn batch_id(table: &str, epoch: u64, seq: u64, content: u64) -> String {
     format!("{table}-e{epoch:08}-{seq:06}-{content:016x}")
 }
 
-async fn is_committed(client: &Client, table: &str, id: &str) -> Result<bool> {
+/// Whether rows of batch `id` are in `table`, looked up in the data itself (the rows and their
+/// `batch_id` are written in one part, so this cannot disagree with what was inserted). `range`
+/// is the batch's time range, which prunes the lookup to the partitions it touches.
+async fn is_committed(client: &Client, table: &str, id: &str, range: (i64, i64)) -> Result<bool> {
+    let sql = if table == "conversions" {
+        "SELECT count() FROM conversions WHERE ts_ms >= ? AND ts_ms <= ? AND batch_id = ?"
+    } else {
+        "SELECT count() FROM attribution_stats_minute \
+         WHERE minute >= toDateTime(?) AND minute <= toDateTime(?) AND batch_id = ?"
+    };
     let n: u64 = client
-        .query("SELECT count() FROM attribd_batches WHERE table_name = ? AND batch_id = ?")
-        .bind(table)
+        .query(sql)
+        .bind(range.0)
+        .bind(range.1)
         .bind(id)
         .fetch_one()
         .await
