@@ -236,7 +236,8 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
                     let input = Input::parse(&path);
                     // Open before spawning so a missing file fails the run at once.
                     let reader = input.open()?;
-                    let upto = resume[i];
+                    // stdin cannot be re-read: a restored run takes it as it comes.
+                    let upto = if input == Input::Stdin { 0 } else { resume[i] };
                     sources.push(spawn("source-file", move || {
                         read_batches(reader, |b| skip(&tx, b, upto))
                             .map(|_| ())

@@ -20,7 +20,7 @@ fn pipeline(
 ) -> std::path::PathBuf {
     let p = dir.join(format!("{name}.toml"));
     let mut text = format!(
-        "[source]\nkind = \"files\"\nclicks = {:?}\nconversions = {:?}\n[sink.parquet]\nout = {:?}\n[checkpoint]\nevery = \"1h\"\nevery_events = 9000\n",
+        "[source]\nkind = \"files\"\nclicks = {:?}\nconversions = {:?}\n[sink.parquet]\nout = {:?}\n[checkpoint]\nevery = \"1h\"\nevery_events = 6000\n",
         input.join("clicks.ndjson").display().to_string(),
         input.join("conversions.ndjson").display().to_string(),
         dir.join(name).display().to_string(),
@@ -183,6 +183,17 @@ fn kill_9_at_random_moments_then_resume_equals_an_uninterrupted_run() {
     );
     let mut rng = rand::rngs::SmallRng::seed_from_u64(std::process::id() as u64);
     let mut kills = 0;
+    let state = dir.path().join("kill").join("_state");
+    let newest_checkpoint = |dir: &Path| -> Option<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .ok()?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|n| n.ends_with(".snap") && !n.starts_with('.'))
+            .collect();
+        names.sort();
+        names.pop()
+    };
     for _ in 0..5 {
         let mut child = Command::new(env!("CARGO_BIN_EXE_attribd"))
             .args(["run", "-q", "-p", crashed.to_str().unwrap()])
@@ -190,7 +201,17 @@ fn kill_9_at_random_moments_then_resume_equals_an_uninterrupted_run() {
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(rng.random_range(150..1200)));
+        // Let it write a new checkpoint (so every restart has progress to resume from), then
+        // kill it at a random moment of the next epoch.
+        let before = newest_checkpoint(&state);
+        let started = std::time::Instant::now();
+        while newest_checkpoint(&state) == before
+            && child.try_wait().unwrap().is_none()
+            && started.elapsed() < Duration::from_secs(60)
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..400)));
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap(); // SIGKILL
             kills += 1;
