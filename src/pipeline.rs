@@ -368,6 +368,8 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
         last_bytes: 0,
         interrupted: false,
         idle_grace: (cfg.source.kind == SourceKind::Fluvio).then_some(Duration::from_secs(1)),
+        alternate: cfg.source.kind == SourceKind::Generator,
+        turn: 0,
     };
     let state_result = merge.run(click_rx, conv_rx, &opts, started);
     let (checkpoints, last_bytes, interrupted) =
@@ -529,10 +531,10 @@ fn spawn(
         .with_context(|| format!("spawning thread {name}"))
 }
 
-/// Runs the generator, cutting its output into raw batches per stream. The two streams are
-/// cut in lockstep — every click batch is followed by the conversions generated meanwhile,
-/// even none — so the state stage, which waits for the head of both streams, never waits for
-/// a batch the generator cannot produce. Batches up to `resume` lines are not sent.
+/// Runs the generator, cutting its output into pairs of raw batches: a click batch, then the
+/// conversions generated meanwhile (possibly none). The state stage takes them in exactly that
+/// alternation, so neither side can starve the other and the order is the same on every run.
+/// Pairs whose click batch ends at or before `resume` are generated but not sent.
 fn generator_source(
     cfg: &crate::source::generator::GeneratorConfig,
     clicks: Sender<RawBatch>,
@@ -543,18 +545,21 @@ fn generator_source(
     let mut bufs = [RawBatch::default(), RawBatch::default()];
     let mut lines = [0u64, 0u64];
     let mut offsets = [0u64, 0u64];
-    let txs = [&clicks, &conversions];
     let mut open = true;
-    let send = |i: usize, b: RawBatch, lines: &[u64; 2], offsets: &[u64; 2]| -> bool {
-        let mut b = b;
-        b.end = Position {
-            line: lines[i],
-            offset: offsets[i],
+    let send_pair = |bufs: &mut [RawBatch; 2], lines: &[u64; 2], offsets: &[u64; 2]| {
+        let [mut c, mut v] = std::mem::take(bufs);
+        c.end = Position {
+            line: lines[0],
+            offset: offsets[0],
         };
-        if resume[i] > 0 && b.end.line <= resume[i] {
+        v.end = Position {
+            line: lines[1],
+            offset: offsets[1],
+        };
+        if resume[0] > 0 && c.end.line <= resume[0] {
             return true;
         }
-        txs[i].send(b).is_ok()
+        clicks.send(c).is_ok() && conversions.send(v).is_ok()
     };
     generate(cfg, |stream, line| {
         let i = usize::from(stream == Stream::Conversions);
@@ -567,20 +572,13 @@ fn generator_source(
             },
         );
         offsets[i] += line.len() as u64 + 1;
-        if bufs[i].len() >= BATCH_LINES {
-            let full = std::mem::take(&mut bufs[i]);
-            open = send(i, full, &lines, &offsets);
-            if i == 0 && open {
-                let partial = std::mem::take(&mut bufs[1]);
-                open = send(1, partial, &lines, &offsets);
-            }
+        if i == 0 && bufs[0].len() >= BATCH_LINES {
+            open = send_pair(&mut bufs, &lines, &offsets);
         }
         open
     })?;
-    for (i, b) in bufs.into_iter().enumerate() {
-        if !b.is_empty() {
-            send(i, b, &lines, &offsets);
-        }
+    if open && !(bufs[0].is_empty() && bufs[1].is_empty()) {
+        send_pair(&mut bufs, &lines, &offsets);
     }
     Ok(())
 }
@@ -606,6 +604,10 @@ struct Merge<'a> {
     interrupted: bool,
     /// Live sources only: how long to wait for a quiet stream before going on without it.
     idle_grace: Option<Duration>,
+    /// Paired input (the generator): take batches strictly alternately, starting with clicks.
+    alternate: bool,
+    /// Whose batch comes next in alternate mode.
+    turn: usize,
 }
 
 impl Merge<'_> {
@@ -660,18 +662,36 @@ impl Merge<'_> {
             }
             let since = *headless_since.get_or_insert_with(Instant::now);
             let give_up = self.idle_grace.is_some_and(|g| since.elapsed() >= g);
-            if !missing || give_up {
-                let pick = match (&heads[0], &heads[1]) {
-                    (Some(c), Some(v)) => usize::from(v.first_ts < c.first_ts),
-                    (Some(_), None) => 0,
-                    (None, Some(_)) => 1,
-                    (None, None) => continue,
-                };
+            let pick = if self.alternate {
+                // Paired source: clicks, conversions, clicks, … as produced.
+                let t = self.turn;
+                if heads[t].is_some() {
+                    Some(t)
+                } else if !open[t] && heads[1 - t].is_some() {
+                    Some(1 - t)
+                } else {
+                    None
+                }
+            } else if !missing || give_up {
+                match (&heads[0], &heads[1]) {
+                    (Some(c), Some(v)) => Some(usize::from(v.first_ts < c.first_ts)),
+                    (Some(_), None) => Some(0),
+                    (None, Some(_)) => Some(1),
+                    (None, None) => None,
+                }
+            } else {
+                None
+            };
+            if let Some(pick) = pick {
                 if let Some(msg) = heads[pick].take() {
                     self.process(pick, msg)?;
                 }
-                if self.events_since >= self.every_events
-                    || self.last_checkpoint.elapsed() >= self.every
+                self.turn = 1 - pick;
+                // With paired input, checkpoints fall between pairs only.
+                let between_pairs = !self.alternate || self.turn == 0 || !open[1];
+                if between_pairs
+                    && (self.events_since >= self.every_events
+                        || self.last_checkpoint.elapsed() >= self.every)
                 {
                     self.checkpoint()?;
                 }

@@ -362,7 +362,7 @@ fn generator_pipeline_and_gen_files_agree() {
     std::fs::write(
         &pipeline,
         format!(
-            "[source]\nkind = \"generator\"\n[source.generator]\nclicks = 20000\nseed = 7\n[sink.parquet]\nout = {:?}\n",
+            "[source]\nkind = \"generator\"\n[source.generator]\nclicks = 100000\nseed = 7\n[sink.parquet]\nout = {:?}\n",
             dir.path().join("direct").display().to_string()
         ),
     )
@@ -414,7 +414,7 @@ fn generator_pipeline_and_gen_files_agree() {
     };
     assert_eq!(counts(&direct), counts(&files));
     let clicks = rows(&read_table(&via_files, "clicks")).len();
-    assert!(clicks > 19_900 && clicks <= 20_000, "{clicks}");
+    assert!(clicks > 99_500 && clicks <= 100_000, "{clicks}");
 }
 
 #[test]
