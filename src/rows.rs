@@ -86,6 +86,38 @@ impl Measures {
         self.unattributed += o.unattributed;
     }
 
+    /// The measures in column order (`sink::parquet::schema::MEASURES`).
+    pub fn to_array(&self) -> [i64; 10] {
+        [
+            self.clicks,
+            self.unique_clicks,
+            self.duplicate_clicks,
+            self.conversions,
+            self.approved,
+            self.pending,
+            self.rejected,
+            self.revenue_micros,
+            self.duplicate_conversions,
+            self.unattributed,
+        ]
+    }
+
+    /// Inverse of [`Self::to_array`].
+    pub fn from_array(v: [i64; 10]) -> Measures {
+        Measures {
+            clicks: v[0],
+            unique_clicks: v[1],
+            duplicate_clicks: v[2],
+            conversions: v[3],
+            approved: v[4],
+            pending: v[5],
+            rejected: v[6],
+            revenue_micros: v[7],
+            duplicate_conversions: v[8],
+            unattributed: v[9],
+        }
+    }
+
     /// Adds `delta` to the counter of `status`.
     pub fn add_status(&mut self, status: Status, delta: i64) {
         match status {

@@ -93,36 +93,8 @@ fn clickhouse_sums(url: &str, db: &str) -> BTreeMap<String, Vec<String>> {
 
 /// The same sums from the Parquet `stats_minute` table.
 fn parquet_sums(out: &Path) -> BTreeMap<String, Vec<String>> {
-    let measures = [
-        "clicks",
-        "unique_clicks",
-        "duplicate_clicks",
-        "conversions",
-        "approved",
-        "pending",
-        "rejected",
-        "revenue",
-        "duplicate_conversions",
-        "unattributed",
-    ];
-    let mut sums: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-    for r in rows(&read_table(out, "stats_minute")) {
-        let key = [
-            "tenant_id",
-            "offer_id",
-            "affiliate_id",
-            "country",
-            "currency",
-        ]
-        .map(|c| get(&r, c))
-        .join("/");
-        let s = sums.entry(key).or_insert_with(|| vec![0; 10]);
-        for (i, m) in measures.iter().enumerate() {
-            s[i] += int(&r, m);
-        }
-    }
-    sums.into_iter()
-        .filter(|(_, v)| v.iter().any(|x| *x != 0))
+    stats_sums(out, &DIMS)
+        .into_iter()
         .map(|(k, v)| (k, v.iter().map(|x| x.to_string()).collect()))
         .collect()
 }
@@ -343,21 +315,11 @@ request_timeout = "5s"
 /// Postbacks only (one stream, so the run is deterministic): 3 000 conversions with changes
 /// and duplicates spread over two days.
 fn postbacks(dir: &Path) -> std::path::PathBuf {
-    let pipeline = dir.join("gen.toml");
-    std::fs::write(
-        &pipeline,
-        "[source]\nkind = \"generator\"\n[source.generator]\nclicks = 3000\nconversion_rate = 1.0\nspan_hours = 48.0\nseed = 11\n",
+    generate_input(
+        dir,
+        "clicks = 3000\nconversion_rate = 1.0\nspan_hours = 48.0\nseed = 11",
     )
-    .unwrap();
-    let input = dir.join("input");
-    attribd(&[
-        "gen",
-        "-p",
-        pipeline.to_str().unwrap(),
-        "--out",
-        input.to_str().unwrap(),
-    ]);
-    input.join("conversions.ndjson")
+    .join("conversions.ndjson")
 }
 
 #[test]

@@ -38,7 +38,7 @@ fn pipeline(
 type Outputs = (
     Vec<String>,
     Vec<String>,
-    BTreeMap<String, Vec<i64>>,
+    BTreeMap<String, [i64; 10]>,
     BTreeMap<String, u64>,
 );
 
@@ -67,36 +67,9 @@ fn outputs(out: &Path) -> Outputs {
         })
         .collect();
     convs.sort();
-    let measures = [
-        "clicks",
-        "unique_clicks",
-        "duplicate_clicks",
-        "conversions",
-        "approved",
-        "pending",
-        "rejected",
-        "revenue",
-        "duplicate_conversions",
-        "unattributed",
-    ];
-    let mut stats: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-    for r in rows(&read_table(out, "stats_minute")) {
-        let key = [
-            "minute",
-            "tenant_id",
-            "offer_id",
-            "affiliate_id",
-            "country",
-            "currency",
-        ]
-        .map(|c| get(&r, c))
-        .join("/");
-        let s = stats.entry(key).or_insert_with(|| vec![0; 10]);
-        for (i, m) in measures.iter().enumerate() {
-            s[i] += int(&r, m);
-        }
-    }
-    stats.retain(|_, v| v.iter().any(|x| *x != 0));
+    let mut key = vec!["minute"];
+    key.extend(DIMS);
+    let stats = stats_sums(out, &key);
     let mut dead: BTreeMap<String, u64> = BTreeMap::new();
     for f in files_under(&out.join("dead_letters")) {
         if f.extension().is_some_and(|e| e == "ndjson") {
@@ -130,20 +103,10 @@ fn clickhouse_sums(url: &str, db: &str) -> Vec<String> {
 #[test]
 fn kill_9_at_random_moments_then_resume_equals_an_uninterrupted_run() {
     let dir = tempfile::tempdir().unwrap();
-    let gen_cfg = dir.path().join("gen.toml");
-    std::fs::write(
-        &gen_cfg,
-        "[source]\nkind = \"generator\"\n[source.generator]\nclicks = 60000\nseed = 5\nspan_hours = 30.0\nmalformed_rate = 0.01\n",
-    )
-    .unwrap();
-    let input = dir.path().join("input");
-    attribd(&[
-        "gen",
-        "-p",
-        gen_cfg.to_str().unwrap(),
-        "--out",
-        input.to_str().unwrap(),
-    ]);
+    let input = generate_input(
+        dir.path(),
+        "clicks = 60000\nseed = 5\nspan_hours = 30.0\nmalformed_rate = 0.01",
+    );
 
     let ch = std::env::var("ATTRIBD_CLICKHOUSE_URL")
         .ok()
@@ -253,20 +216,7 @@ fn kill_9_at_random_moments_then_resume_equals_an_uninterrupted_run() {
 #[test]
 fn sigterm_checkpoints_and_the_next_run_finishes_the_job() {
     let dir = tempfile::tempdir().unwrap();
-    let gen_cfg = dir.path().join("gen.toml");
-    std::fs::write(
-        &gen_cfg,
-        "[source]\nkind = \"generator\"\n[source.generator]\nclicks = 60000\nseed = 9\n",
-    )
-    .unwrap();
-    let input = dir.path().join("input");
-    attribd(&[
-        "gen",
-        "-p",
-        gen_cfg.to_str().unwrap(),
-        "--out",
-        input.to_str().unwrap(),
-    ]);
+    let input = generate_input(dir.path(), "clicks = 60000\nseed = 9");
     let reference = pipeline(dir.path(), "ref", &input, None);
     attribd(&["run", "-q", "-p", reference.to_str().unwrap()]);
     let p = pipeline(dir.path(), "term", &input, None);

@@ -350,9 +350,11 @@ impl Decoder {
         }
     }
 
-    fn ts_field(&self, v: &Option<RawTs<'_>>, default_now: bool) -> Result<i64, Reject> {
+    /// `now` is the wall clock, read once per batch: the default conversion time and the
+    /// upper bound of accepted times.
+    fn ts_field(&self, v: &Option<RawTs<'_>>, default_now: bool, now: i64) -> Result<i64, Reject> {
         let ms = match v {
-            None if default_now => return Ok(now_ms()),
+            None if default_now => return Ok(now),
             None => {
                 return Err(reject(
                     DeadReason::MissingField,
@@ -375,7 +377,7 @@ impl Decoder {
                 ));
             }
         };
-        let latest = now_ms().saturating_add(self.limits.max_future_ms);
+        let latest = now.saturating_add(self.limits.max_future_ms);
         if ms < self.limits.min_ts_ms || ms > latest {
             return Err(reject(
                 DeadReason::TimestampOutOfRange,
@@ -421,7 +423,7 @@ impl Decoder {
         }
     }
 
-    fn decode_click_into(&self, line: &[u8], arena: &mut Arena) -> Result<Click, Reject> {
+    fn decode_click_into(&self, line: &[u8], now: i64, arena: &mut Arena) -> Result<Click, Reject> {
         let text = self.precheck(line)?;
         let fast = if self.fast_path {
             fast_click(text)
@@ -433,7 +435,7 @@ impl Decoder {
             None => serde_json::from_str(text).map_err(json_reject)?,
         };
         let click_id = id_field(&raw.click_id, "click_id")?;
-        let ts_ms = self.ts_field(&raw.ts, false)?;
+        let ts_ms = self.ts_field(&raw.ts, false, now)?;
         let offer_id = required(&raw.offer_id, "offer_id")?;
         let affiliate_id = required(&raw.affiliate_id, "affiliate_id")?;
         let country = country_field(&raw.country)?;
@@ -497,6 +499,7 @@ impl Decoder {
         &self,
         line: &[u8],
         pos: Position,
+        now: i64,
         arena: &mut Arena,
     ) -> Result<Conversion, Reject> {
         let text = self.precheck(line)?;
@@ -512,7 +515,7 @@ impl Decoder {
             )
         })?;
         let currency = currency_field(&raw.currency)?;
-        let ts_ms = self.ts_field(&raw.ts, true)?;
+        let ts_ms = self.ts_field(&raw.ts, true, now)?;
         let metadata = match raw.metadata {
             None => super::Span::NONE,
             Some(m) if m.get() == "null" => super::Span::NONE,
@@ -549,12 +552,13 @@ impl Decoder {
             clicks: Vec::with_capacity(batch.records.len()),
         };
         let mut dead = Vec::new();
+        let now = now_ms();
         for rec in &batch.records {
             let line = batch.line(rec);
             if is_blank(line) {
                 continue;
             }
-            match self.decode_click_into(line, &mut out.arena) {
+            match self.decode_click_into(line, now, &mut out.arena) {
                 Ok(c) => out.clicks.push(c),
                 Err(r) => dead.push(self.dead(Stream::Clicks, rec.position, line, r)),
             }
@@ -569,12 +573,13 @@ impl Decoder {
             conversions: Vec::with_capacity(batch.records.len()),
         };
         let mut dead = Vec::new();
+        let now = now_ms();
         for rec in &batch.records {
             let line = batch.line(rec);
             if is_blank(line) {
                 continue;
             }
-            match self.decode_conversion_into(line, rec.position, &mut out.arena) {
+            match self.decode_conversion_into(line, rec.position, now, &mut out.arena) {
                 Ok(c) => out.conversions.push(c),
                 Err(r) => dead.push(self.dead(Stream::Conversions, rec.position, line, r)),
             }

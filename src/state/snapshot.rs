@@ -15,36 +15,6 @@ use crate::checkpoint::snapshot::{
 use crate::event::Status;
 use crate::rows::{ConversionRow, Measures};
 
-fn measures_to(m: &Measures) -> [i64; 10] {
-    [
-        m.clicks,
-        m.unique_clicks,
-        m.duplicate_clicks,
-        m.conversions,
-        m.approved,
-        m.pending,
-        m.rejected,
-        m.revenue_micros,
-        m.duplicate_conversions,
-        m.unattributed,
-    ]
-}
-
-fn measures_from(v: [i64; 10]) -> Measures {
-    Measures {
-        clicks: v[0],
-        unique_clicks: v[1],
-        duplicate_clicks: v[2],
-        conversions: v[3],
-        approved: v[4],
-        pending: v[5],
-        rejected: v[6],
-        revenue_micros: v[7],
-        duplicate_conversions: v[8],
-        unattributed: v[9],
-    }
-}
-
 fn row_to(r: &ConversionRow) -> ConvRowSnap {
     let s = |x: &Option<Arc<str>>| x.as_deref().map(str::to_string);
     let b = |x: &Option<Box<str>>| x.as_deref().map(str::to_string);
@@ -171,7 +141,7 @@ impl Engine {
                 .map(|(minute_ms, dims, m)| BucketSnap {
                     minute_ms,
                     dims,
-                    measures: measures_to(m),
+                    measures: m.to_array(),
                 })
                 .collect(),
             click_wm: self.click_wm,
@@ -309,7 +279,7 @@ impl Engine {
             });
         }
         for b in snap.buckets.iter() {
-            let m = measures_from(b.measures.map(|x| x.to_native()));
+            let m = Measures::from_array(b.measures.map(|x| x.to_native()));
             e.agg
                 .update(b.minute_ms.to_native(), b.dims.to_native(), |x| x.add(&m));
         }

@@ -91,6 +91,22 @@ impl Out {
         out
     }
 
+    /// Every conversion version as `external_id/version/status/attribution/offer`, sorted.
+    fn version_lines(&self) -> Vec<String> {
+        let mut rows: Vec<String> = self
+            .conversions
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}/{}/{:?}/{:?}/{}",
+                    r.external_id, r.version, r.status, r.attribution, r.offer_id
+                )
+            })
+            .collect();
+        rows.sort();
+        rows
+    }
+
     fn versions(&self, tenant: &str, ext: &str) -> Vec<(u32, Status)> {
         let mut v: Vec<_> = self
             .conversions
@@ -381,20 +397,7 @@ fn result_does_not_depend_on_stream_interleaving() {
             v
         })
         .collect();
-    let summarise = |out: &Out| {
-        let mut rows: Vec<String> = out
-            .conversions
-            .iter()
-            .map(|r| {
-                format!(
-                    "{}/{}/{:?}/{:?}/{}",
-                    r.external_id, r.version, r.status, r.attribution, r.offer_id
-                )
-            })
-            .collect();
-        rows.sort();
-        (rows, out.by_offer())
-    };
+    let summarise = |out: &Out| (out.version_lines(), out.by_offer());
     let clicks_first = run(vec![
         Feed::Clicks(clicks.clone()),
         Feed::Convs(convs.clone()),
@@ -549,20 +552,7 @@ fn snapshot_and_restore_continue_exactly_like_an_uninterrupted_run() {
         out.take(b);
     };
     let cfg = EngineConfig::default();
-    let summarise = |out: &Out| {
-        let mut rows: Vec<String> = out
-            .conversions
-            .iter()
-            .map(|r| {
-                format!(
-                    "{}/{}/{:?}/{:?}/{}",
-                    r.external_id, r.version, r.status, r.attribution, r.offer_id
-                )
-            })
-            .collect();
-        rows.sort();
-        (rows, out.by_offer(), out.clicks.len())
-    };
+    let summarise = |out: &Out| (out.version_lines(), out.by_offer(), out.clicks.len());
     // Uninterrupted.
     let mut whole = Engine::new(cfg);
     let mut want = Out::default();

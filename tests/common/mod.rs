@@ -118,3 +118,48 @@ pub fn int(row: &Row, col: &str) -> i64 {
         .parse()
         .unwrap_or_else(|_| panic!("{col} is not an integer"))
 }
+
+/// The dimensions of an aggregate bucket, without the minute.
+pub const DIMS: [&str; 5] = [
+    "tenant_id",
+    "offer_id",
+    "affiliate_id",
+    "country",
+    "currency",
+];
+
+/// `sum()` of every measure of `OUT/stats_minute` per key (the `key` columns joined by `/`),
+/// measures in `MEASURES` order; buckets whose sums are all zero are left out.
+pub fn stats_sums(out: &Path, key: &[&str]) -> BTreeMap<String, [i64; 10]> {
+    let mut sums: BTreeMap<String, [i64; 10]> = BTreeMap::new();
+    for r in rows(&read_table(out, "stats_minute")) {
+        let k = key.iter().map(|c| get(&r, c)).collect::<Vec<_>>().join("/");
+        let s = sums.entry(k).or_default();
+        for (i, m) in attribd::sink::parquet::schema::MEASURES.iter().enumerate() {
+            s[i] += int(&r, m);
+        }
+    }
+    sums.retain(|_, v| v.iter().any(|x| *x != 0));
+    sums
+}
+
+/// Writes generated NDJSON into `dir/input` with `attribd gen`, the generator configured by
+/// `knobs` (lines of `[source.generator]`, e.g. `"clicks = 3000\nseed = 11"`); returns the
+/// directory holding `clicks.ndjson` and `conversions.ndjson`.
+pub fn generate_input(dir: &Path, knobs: &str) -> PathBuf {
+    let pipeline = dir.join("gen.toml");
+    std::fs::write(
+        &pipeline,
+        format!("[source]\nkind = \"generator\"\n[source.generator]\n{knobs}\n"),
+    )
+    .expect("writing the generator pipeline");
+    let input = dir.join("input");
+    attribd(&[
+        "gen",
+        "-p",
+        pipeline.to_str().expect("utf-8 path"),
+        "--out",
+        input.to_str().expect("utf-8 path"),
+    ]);
+    input
+}

@@ -386,19 +386,7 @@ impl ClickHouseSink {
                 h.update(s.as_bytes());
                 h.update(&[0x1f]);
             }
-            let m = &r.measures;
-            for v in [
-                m.clicks,
-                m.unique_clicks,
-                m.duplicate_clicks,
-                m.conversions,
-                m.approved,
-                m.pending,
-                m.rejected,
-                m.revenue_micros,
-                m.duplicate_conversions,
-                m.unattributed,
-            ] {
+            for v in r.measures.to_array() {
                 h.update(&v.to_le_bytes());
             }
         }
