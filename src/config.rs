@@ -479,18 +479,41 @@ impl PipelineConfig {
     }
 }
 
-/// Command-line overrides of `attribd run`.
-#[derive(Debug, Clone, Default)]
+/// Command-line overrides of `attribd run` (the flags are declared here, next to what they
+/// override).
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct Overrides {
+    /// Clicks NDJSON file (.gz/.zst by extension) or `-` for stdin; switches to file input.
+    #[arg(long)]
     pub clicks: Option<String>,
+    /// Conversions NDJSON file or `-`; switches to file input.
+    #[arg(long)]
     pub conversions: Option<String>,
+    /// Output directory for Parquet and dead letters.
+    #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Add a ClickHouse sink writing to this HTTP endpoint (credentials come from
+    /// ATTRIBD_CLICKHOUSE_USER / ATTRIBD_CLICKHOUSE_PASSWORD, never the command line).
+    #[arg(long)]
     pub clickhouse_url: Option<String>,
+    /// Database of the ClickHouse sink (default: attribd).
+    #[arg(long)]
     pub clickhouse_database: Option<String>,
+    /// Read from this Fluvio cluster (SC `host:port`); switches to the Fluvio source.
+    #[arg(long)]
     pub fluvio_endpoint: Option<String>,
+    /// Fluvio topic of clicks (default: clicks).
+    #[arg(long)]
     pub fluvio_clicks_topic: Option<String>,
+    /// Fluvio topic of conversions (default: conversions).
+    #[arg(long)]
     pub fluvio_conversions_topic: Option<String>,
+    /// Fluvio partitions this instance owns, e.g. `0,1` (default: all).
+    #[arg(long, value_delimiter = ',')]
     pub fluvio_partitions: Option<Vec<u32>>,
+    /// Stop, with everything flushed and committed, after no new record for this long
+    /// (e.g. `10s`; Fluvio backfills and tests).
+    #[arg(long, value_parser = humantime::parse_duration)]
     pub exit_when_idle: Option<Duration>,
 }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use attribd::config::{ConfigError, Overrides, PipelineConfig};
 use attribd::event::Stream;
@@ -28,52 +28,25 @@ struct Cli {
     command: Option<Command>,
 }
 
+#[derive(Args, Default)]
+struct RunArgs {
+    /// Pipeline file.
+    #[arg(long, short)]
+    pipeline: Option<PathBuf>,
+    #[command(flatten)]
+    overrides: Overrides,
+    /// Start over: delete the pipeline's checkpoints and outputs instead of resuming.
+    #[arg(long)]
+    fresh: bool,
+    /// No progress line.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a pipeline to the end of its input (default: pipelines/default.toml).
-    Run {
-        /// Pipeline file.
-        #[arg(long, short)]
-        pipeline: Option<PathBuf>,
-        /// Clicks NDJSON file (.gz/.zst by extension) or `-` for stdin; switches to file input.
-        #[arg(long)]
-        clicks: Option<String>,
-        /// Conversions NDJSON file or `-`; switches to file input.
-        #[arg(long)]
-        conversions: Option<String>,
-        /// Output directory for Parquet and dead letters.
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Add a ClickHouse sink writing to this HTTP endpoint (credentials come from
-        /// ATTRIBD_CLICKHOUSE_USER / ATTRIBD_CLICKHOUSE_PASSWORD, never the command line).
-        #[arg(long)]
-        clickhouse_url: Option<String>,
-        /// Database of the ClickHouse sink (default: attribd).
-        #[arg(long)]
-        clickhouse_database: Option<String>,
-        /// Read from this Fluvio cluster (SC `host:port`); switches to the Fluvio source.
-        #[arg(long)]
-        fluvio_endpoint: Option<String>,
-        /// Fluvio topic of clicks (default: clicks).
-        #[arg(long)]
-        fluvio_clicks_topic: Option<String>,
-        /// Fluvio topic of conversions (default: conversions).
-        #[arg(long)]
-        fluvio_conversions_topic: Option<String>,
-        /// Fluvio partitions this instance owns, e.g. `0,1` (default: all).
-        #[arg(long, value_delimiter = ',')]
-        fluvio_partitions: Option<Vec<u32>>,
-        /// Stop, with everything flushed and committed, after no new record for this long
-        /// (e.g. `10s`; Fluvio backfills and tests).
-        #[arg(long, value_parser = humantime::parse_duration)]
-        exit_when_idle: Option<std::time::Duration>,
-        /// Start over: delete the pipeline's checkpoints and outputs instead of resuming.
-        #[arg(long)]
-        fresh: bool,
-        /// No progress line.
-        #[arg(long, short)]
-        quiet: bool,
-    },
+    Run(RunArgs),
     /// Load an NDJSON file into a Fluvio topic, each record keyed by its click_id.
     Produce {
         /// Topic to write to (clicks or conversions).
@@ -133,21 +106,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let command = cli.command.unwrap_or(Command::Run {
-        pipeline: None,
-        clicks: None,
-        conversions: None,
-        out: None,
-        clickhouse_url: None,
-        clickhouse_database: None,
-        fluvio_endpoint: None,
-        fluvio_clicks_topic: None,
-        fluvio_conversions_topic: None,
-        fluvio_partitions: None,
-        exit_when_idle: None,
-        fresh: false,
-        quiet: false,
-    });
+    let command = cli
+        .command
+        .unwrap_or_else(|| Command::Run(RunArgs::default()));
     match dispatch(command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -163,34 +124,14 @@ fn main() -> ExitCode {
 
 fn dispatch(command: Command) -> Result<()> {
     match command {
-        Command::Run {
+        Command::Run(RunArgs {
             pipeline,
-            clicks,
-            conversions,
-            out,
-            clickhouse_url,
-            clickhouse_database,
-            fluvio_endpoint,
-            fluvio_clicks_topic,
-            fluvio_conversions_topic,
-            fluvio_partitions,
-            exit_when_idle,
+            overrides,
             fresh,
             quiet,
-        } => {
+        }) => {
             let mut cfg = PipelineConfig::load_or_default(pipeline.as_deref())?;
-            cfg.apply_overrides(Overrides {
-                clicks,
-                conversions,
-                out,
-                clickhouse_url,
-                clickhouse_database,
-                fluvio_endpoint,
-                fluvio_clicks_topic,
-                fluvio_conversions_topic,
-                fluvio_partitions,
-                exit_when_idle,
-            })?;
+            cfg.apply_overrides(overrides)?;
             tracing::info!(pipeline = %cfg.name, out = %cfg.sink.parquet.out.display(), "starting");
             // SIGTERM / SIGINT: stop reading, checkpoint, exit 0.
             let stop = Arc::new(AtomicBool::new(false));
