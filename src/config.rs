@@ -38,6 +38,50 @@ pub struct PipelineConfig {
     pub sink: SinkConfig,
     #[serde(default)]
     pub checkpoint: CheckpointConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// `[metrics]`: the operator's HTTP endpoint (`/metrics`, `/health`, `/ready`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `host:port` to listen on (port 0 picks a free one); `"off"` disables the endpoint.
+    /// Loopback by default: expose it deliberately.
+    pub addr: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            addr: "127.0.0.1:9464".to_string(),
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// The address to serve on, or `None` when switched off.
+    pub fn enabled_addr(&self) -> Option<&str> {
+        (self.addr != "off").then_some(self.addr.as_str())
+    }
+}
+
+/// `[log]`: how log lines are written (to stderr).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` (for people) or `json` (one object per line, for log shippers).
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// `[checkpoint]`: how often the state and positions are saved (see `src/checkpoint/`).
@@ -377,6 +421,14 @@ impl PipelineConfig {
                 "checkpoint.every and checkpoint.every_events must be above zero".into(),
             );
         }
+        if let Some(addr) = self.metrics.enabled_addr()
+            && addr.parse::<std::net::SocketAddr>().is_err()
+        {
+            bad(
+                "metrics.addr",
+                format!("must be ip:port (e.g. 127.0.0.1:9464) or \"off\", got {addr:?}"),
+            );
+        }
         if let Some(ch) = &self.sink.clickhouse {
             for (key, problem) in ch.validate() {
                 bad(&format!("sink.clickhouse.{key}"), problem);
@@ -424,7 +476,15 @@ impl PipelineConfig {
             fluvio_conversions_topic,
             fluvio_partitions,
             exit_when_idle,
+            metrics_addr,
+            log_format,
         } = o;
+        if let Some(addr) = metrics_addr {
+            self.metrics.addr = addr;
+        }
+        if let Some(f) = log_format {
+            self.log.format = f;
+        }
         if let Some(p) = fluvio_partitions {
             self.source.fluvio.partitions = p;
         }
@@ -515,6 +575,13 @@ pub struct Overrides {
     /// (e.g. `10s`; Fluvio backfills and tests).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub exit_when_idle: Option<Duration>,
+    /// Serve /metrics, /health and /ready on this `ip:port` (port 0: any free port; `off`:
+    /// no endpoint).
+    #[arg(long, env = "ATTRIBD_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
+    /// Log format: text or json (default: the pipeline's `[log] format`).
+    #[arg(long, env = "ATTRIBD_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
 }
 
 /// Best effort: the dotted key a TOML error points at, from the error's span.

@@ -19,3 +19,4 @@ pub mod rows;
 pub mod sink;
 pub mod source;
 pub mod state;
+pub mod telemetry;

@@ -11,7 +11,7 @@ use std::sync::atomic::AtomicBool;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use attribd::config::{ConfigError, Overrides, PipelineConfig};
+use attribd::config::{ConfigError, LogFormat, Overrides, PipelineConfig};
 use attribd::event::Stream;
 use attribd::pipeline::{RunOptions, run};
 use attribd::sink::clickhouse::ClickHouseConfig;
@@ -97,18 +97,34 @@ enum Command {
     },
 }
 
+/// Log lines go to stderr, filtered by `ATTRIBD_LOG` (default `info`); `json` writes one
+/// object per line with the event's fields, for log shippers.
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ATTRIBD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ATTRIBD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
     let command = cli
         .command
         .unwrap_or_else(|| Command::Run(RunArgs::default()));
+    // `run` takes the format from its pipeline (after loading it); the rest from the env.
+    if !matches!(command, Command::Run(_)) {
+        let format = match std::env::var("ATTRIBD_LOG_FORMAT").as_deref() {
+            Ok("json") => LogFormat::Json,
+            _ => LogFormat::Text,
+        };
+        init_logging(format);
+    }
     match dispatch(command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -132,6 +148,7 @@ fn dispatch(command: Command) -> Result<()> {
         }) => {
             let mut cfg = PipelineConfig::load_or_default(pipeline.as_deref())?;
             cfg.apply_overrides(overrides)?;
+            init_logging(cfg.log.format);
             tracing::info!(pipeline = %cfg.name, out = %cfg.sink.parquet.out.display(), "starting");
             // SIGTERM / SIGINT: stop reading, checkpoint, exit 0.
             let stop = Arc::new(AtomicBool::new(false));
@@ -145,6 +162,7 @@ fn dispatch(command: Command) -> Result<()> {
                     progress: !quiet,
                     fresh,
                     stop,
+                    metrics: None,
                 },
             )?;
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());

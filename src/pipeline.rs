@@ -41,6 +41,8 @@ use crate::source::file::{Input, read_batches};
 use crate::source::fluvio::{FluvioLog, PartitionReader, run_topic};
 use crate::source::generator::generate;
 use crate::state::{Counters, Engine, StateSizes};
+use crate::telemetry::{Metrics, Queue, SharedMetrics, SinkKind};
+use prometheus_client::metrics::gauge::Gauge;
 
 /// Batches in flight per channel.
 const CHANNEL_BATCHES: usize = 4;
@@ -56,6 +58,44 @@ struct Decoded {
     /// Merge key: the batch's earliest event time (`i64::MIN` for an empty batch, which is
     /// taken at once).
     first_ts: i64,
+    /// When the source read the batch's first line.
+    arrived: Option<Instant>,
+}
+
+impl Decoded {
+    fn records(&self) -> usize {
+        self.dead.len()
+            + match &self.kind {
+                DecodedKind::Clicks(b) => b.clicks.len(),
+                DecodedKind::Conversions(b) => b.conversions.len(),
+            }
+    }
+}
+
+/// The sending side of a bounded queue that keeps the queue's depth gauge, in records (the
+/// unit operators alert on), not batches.
+struct Metered<T> {
+    tx: Sender<T>,
+    depth: Gauge,
+}
+
+impl<T> Metered<T> {
+    fn new(tx: Sender<T>, metrics: &Metrics, queue: Queue) -> Metered<T> {
+        Metered {
+            tx,
+            depth: metrics.queue(queue).clone(),
+        }
+    }
+
+    /// Blocks while the queue is full (backpressure); false once the receiver is gone.
+    fn send(&self, msg: T, records: usize) -> bool {
+        self.depth.inc_by(records as i64);
+        let ok = self.tx.send(msg).is_ok();
+        if !ok {
+            self.depth.dec_by(records as i64);
+        }
+        ok
+    }
 }
 
 enum DecodedKind {
@@ -72,6 +112,8 @@ pub struct RunOptions {
     pub fresh: bool,
     /// Set on SIGTERM / SIGINT: stop reading, checkpoint, exit.
     pub stop: Arc<AtomicBool>,
+    /// Where the stages report; a fresh set when `None`. `[metrics] addr` serves it.
+    pub metrics: Option<SharedMetrics>,
 }
 
 /// What a finished run did.
@@ -115,6 +157,12 @@ enum ClickHouseMsg {
 /// is durable and the final checkpoint is written.
 pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
     let started = Instant::now();
+    let metrics = opts.metrics.clone().unwrap_or_default();
+    // Up before the (possibly long) restore, so /health answers and /ready says why not yet.
+    let _server = match cfg.metrics.enabled_addr() {
+        Some(addr) => Some(crate::telemetry::server::serve(addr, metrics.clone())?),
+        None => None,
+    };
     let limits = cfg.decode_limits();
     let state_dir = cfg.state_dir();
     let out = &cfg.sink.parquet.out;
@@ -169,13 +217,16 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
     // every sink closed successfully, i.e. once the outputs are durable.
     let fluvio_readers: Arc<Mutex<Vec<PartitionReader<FluvioLog>>>> = Arc::default();
     // Batches a restored run already processed are read again but not sent on.
-    let skip = |tx: &Sender<RawBatch>, b: RawBatch, upto: u64| {
+    let skip = |tx: &Metered<RawBatch>, b: RawBatch, upto: u64| {
         if b.end.line <= upto && upto > 0 {
             true
         } else {
-            tx.send(b).is_ok()
+            let n = b.len();
+            tx.send(b, n)
         }
     };
+    let click_raw_tx = Metered::new(click_raw_tx, &metrics, Queue::RawClicks);
+    let conv_raw_tx = Metered::new(conv_raw_tx, &metrics, Queue::RawConversions);
     match cfg.source.kind {
         SourceKind::Fluvio => {
             let f = &cfg.source.fluvio;
@@ -208,8 +259,17 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
                     .collect::<Result<Vec<_>>>()?;
                 tracing::info!(%topic, ?partitions, "reading Fluvio partitions");
                 let (idle, done) = (f.exit_when_idle, fluvio_readers.clone());
+                let m = metrics.clone();
                 sources.push(spawn("source-fluvio", move || {
-                    let readers = run_topic(readers, idle, |b| tx.send(b).is_ok())?;
+                    let readers = run_topic(
+                        readers,
+                        idle,
+                        |b| {
+                            let n = b.len();
+                            tx.send(b, n)
+                        },
+                        |topic, partition, lag| m.source_lag_records(topic, partition, lag),
+                    )?;
                     done.lock()
                         .map_err(|_| anyhow!("reader list poisoned"))?
                         .extend(readers);
@@ -238,10 +298,31 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
                     let reader = input.open()?;
                     // stdin cannot be re-read: a restored run takes it as it comes.
                     let upto = if input == Input::Stdin { 0 } else { resume[i] };
+                    // Bytes left to read, for plain files (compressed sizes do not compare).
+                    let size = match &input {
+                        Input::Path(p)
+                            if !matches!(
+                                p.extension().and_then(|e| e.to_str()),
+                                Some("gz" | "zst")
+                            ) =>
+                        {
+                            std::fs::metadata(p).ok().map(|m| m.len())
+                        }
+                        _ => None,
+                    };
+                    let (m, stream) = (metrics.clone(), ["clicks", "conversions"][i]);
                     sources.push(spawn("source-file", move || {
-                        read_batches(reader, |b| skip(&tx, b, upto))
-                            .map(|_| ())
-                            .with_context(|| format!("reading {}", input.name()))
+                        read_batches(reader, |b| {
+                            if let Some(size) = size {
+                                m.source_lag_bytes(
+                                    stream,
+                                    size.saturating_sub(b.end.offset) as i64,
+                                );
+                            }
+                            skip(&tx, b, upto)
+                        })
+                        .map(|_| ())
+                        .with_context(|| format!("reading {}", input.name()))
                     })?);
                 }
             }
@@ -258,11 +339,24 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
             ),
         }
     };
+    metrics
+        .health
+        .sources_connected
+        .store(true, Ordering::Relaxed);
     let click_decoder = Decoder::new(source_name(&cfg.source.clicks), limits.clone());
     let conv_decoder = Decoder::new(source_name(&cfg.source.conversions), limits);
+    let (click_tx, conv_tx) = (
+        Metered::new(click_tx, &metrics, Queue::DecodedClicks),
+        Metered::new(conv_tx, &metrics, Queue::DecodedConversions),
+    );
+    let (raw_click_depth, raw_conv_depth) = (
+        metrics.queue(Queue::RawClicks).clone(),
+        metrics.queue(Queue::RawConversions).clone(),
+    );
     let decoders = vec![
         spawn("decode-clicks", move || {
             for raw in click_raw_rx {
+                raw_click_depth.dec_by(raw.len() as i64);
                 let (b, dead) = click_decoder.decode_clicks(&raw);
                 let first_ts = b.clicks.iter().map(|c| c.ts_ms).min().unwrap_or(i64::MIN);
                 let msg = Decoded {
@@ -271,8 +365,10 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
                     end: raw.end,
                     partition: raw.partition,
                     first_ts,
+                    arrived: raw.arrived,
                 };
-                if click_tx.send(msg).is_err() {
+                let n = msg.records();
+                if !click_tx.send(msg, n) {
                     break;
                 }
             }
@@ -280,6 +376,7 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
         })?,
         spawn("decode-conversions", move || {
             for raw in conv_raw_rx {
+                raw_conv_depth.dec_by(raw.len() as i64);
                 let (b, dead) = conv_decoder.decode_conversions(&raw);
                 let first_ts = b
                     .conversions
@@ -293,8 +390,10 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
                     end: raw.end,
                     partition: raw.partition,
                     first_ts,
+                    arrived: raw.arrived,
                 };
-                if conv_tx.send(msg).is_err() {
+                let n = msg.records();
+                if !conv_tx.send(msg, n) {
                     break;
                 }
             }
@@ -308,14 +407,21 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
         Some(ch_cfg) => {
             let mut sink = ClickHouseSink::connect(ch_cfg)?;
             sink.start_at(epoch);
+            sink.set_metrics(metrics.clone());
             let (tx, rx) = bounded::<ClickHouseMsg>(CHANNEL_BATCHES * 2);
+            let depth = metrics.queue(Queue::SinkClickHouse).clone();
+            let m = metrics.clone();
             let handle = thread::Builder::new()
                 .name("sink-clickhouse".into())
                 .spawn(move || -> Result<ClickHouseTotals> {
                     for msg in rx {
                         match msg {
                             ClickHouseMsg::Rows(conversions, stats) => {
-                                sink.write(conversions, stats)?
+                                depth.dec_by((conversions.len() + stats.len()) as i64);
+                                if let Err(e) = sink.write(conversions, stats) {
+                                    m.health.sink_failed.store(true, Ordering::Relaxed);
+                                    return Err(e);
+                                }
                             }
                             ClickHouseMsg::Barrier(next, ack) => {
                                 let r = sink.barrier(next);
@@ -330,27 +436,37 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
                     sink.close()
                 })
                 .context("spawning the ClickHouse sink thread")?;
-            (Some(tx), Some(handle))
+            (
+                Some(Metered::new(tx, &metrics, Queue::SinkClickHouse)),
+                Some(handle),
+            )
         }
         None => (None, None),
     };
     let sinks = [
-        ("sink-clicks", click_sink_rx, None),
-        ("sink-rest", rest_sink_rx, ch_tx),
+        ("sink-clicks", click_sink_rx, Queue::SinkClicks, None),
+        ("sink-rest", rest_sink_rx, Queue::SinkRest, ch_tx),
     ]
     .into_iter()
-    .map(|(name, rx, forward)| {
+    .map(|(name, rx, queue, forward)| {
         let parquet_cfg = cfg.sink.parquet.clone();
+        let m = metrics.clone();
         thread::Builder::new()
             .name(name.into())
-            .spawn(move || sink_loop(&parquet_cfg, epoch, rx, forward))
+            .spawn(move || {
+                let r = sink_loop(&parquet_cfg, epoch, rx, forward, &m, queue);
+                if r.is_err() {
+                    m.health.sink_failed.store(true, Ordering::Relaxed);
+                }
+                r
+            })
             .with_context(|| format!("spawning thread {name}"))
     })
     .collect::<Result<Vec<_>>>()?;
 
     let sink_tx = SinkSenders {
-        clicks: click_sink_tx,
-        rest: rest_sink_tx,
+        clicks: Metered::new(click_sink_tx, &metrics, Queue::SinkClicks),
+        rest: Metered::new(rest_sink_tx, &metrics, Queue::SinkRest),
         with_clickhouse: clickhouse.is_some(),
     };
     let mut merge = Merge {
@@ -370,6 +486,9 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
         idle_grace: (cfg.source.kind == SourceKind::Fluvio).then_some(Duration::from_secs(1)),
         alternate: cfg.source.kind == SourceKind::Generator,
         turn: 0,
+        metrics: &metrics,
+        processed_latency: metrics.latency_handle("processed"),
+        awaiting_durable: Vec::new(),
     };
     let state_result = merge.run(click_rx, conv_rx, &opts, started);
     let (checkpoints, last_bytes, interrupted) =
@@ -431,19 +550,42 @@ fn sink_loop(
     cfg: &crate::sink::parquet::ParquetConfig,
     epoch: u64,
     rx: Receiver<SinkMsg>,
-    forward: Option<Sender<ClickHouseMsg>>,
+    forward: Option<Metered<ClickHouseMsg>>,
+    metrics: &Metrics,
+    queue: Queue,
 ) -> Result<SinkTotals> {
     let mut sinks = Sinks::new(cfg, epoch)?;
     let stopped = || anyhow!("the ClickHouse sink stopped; see its error");
+    let depth = metrics.queue(queue).clone();
+    let mut throttle = Throttle::new(cfg.throttle_rows_per_second);
     loop {
         match rx.recv_timeout(Duration::from_secs(1)) {
             Ok(SinkMsg::Batch(batch)) => {
-                sinks.write(&batch)?;
+                let rows = batch.rows();
+                depth.dec_by(rows as i64);
+                let written = sinks.write(&batch);
+                metrics.sink_write(SinkKind::Parquet, written.is_ok());
+                written?;
+                metrics.sink_rows(SinkKind::Parquet, "clicks", batch.click_rows() as u64);
+                metrics.sink_rows(
+                    SinkKind::Parquet,
+                    "conversions",
+                    batch.conversions.len() as u64,
+                );
+                metrics.sink_rows(SinkKind::Parquet, "stats_minute", batch.stats.len() as u64);
+                metrics.sink_rows(
+                    SinkKind::DeadLetters,
+                    "dead_letters",
+                    batch.dead_letters.len() as u64,
+                );
+                throttle.wait(rows as u64);
                 if let Some(tx) = &forward
                     && !(batch.conversions.is_empty() && batch.stats.is_empty())
                 {
-                    tx.send(ClickHouseMsg::Rows(batch.conversions, batch.stats))
-                        .map_err(|_| stopped())?;
+                    let n = batch.conversions.len() + batch.stats.len();
+                    if !tx.send(ClickHouseMsg::Rows(batch.conversions, batch.stats), n) {
+                        return Err(stopped());
+                    }
                 }
             }
             Ok(SinkMsg::Barrier(next, ack)) => {
@@ -453,9 +595,10 @@ fn sink_loop(
                 if failed {
                     anyhow::bail!("a sink failed at a checkpoint");
                 }
-                if let Some(tx) = &forward {
-                    tx.send(ClickHouseMsg::Barrier(next, ack))
-                        .map_err(|_| stopped())?;
+                if let Some(tx) = &forward
+                    && !tx.send(ClickHouseMsg::Barrier(next, ack), 0)
+                {
+                    return Err(stopped());
                 }
             }
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => sinks.tick()?,
@@ -465,10 +608,39 @@ fn sink_loop(
     sinks.close()
 }
 
+/// `sink.parquet.throttle_rows_per_second`: holds a sink thread to a row rate (to spare a
+/// shared disk — and to test that a slow sink slows the sources instead of filling memory).
+struct Throttle {
+    rate: u64,
+    start: Instant,
+    rows: u64,
+}
+
+impl Throttle {
+    fn new(rate: u64) -> Throttle {
+        Throttle {
+            rate,
+            start: Instant::now(),
+            rows: 0,
+        }
+    }
+
+    fn wait(&mut self, rows: u64) {
+        if self.rate == 0 {
+            return;
+        }
+        self.rows += rows;
+        let due = Duration::from_secs_f64(self.rows as f64 / self.rate as f64);
+        if let Some(ahead) = due.checked_sub(self.start.elapsed()) {
+            thread::sleep(ahead);
+        }
+    }
+}
+
 /// The state stage's side of the sink threads.
 struct SinkSenders {
-    clicks: Sender<SinkMsg>,
-    rest: Sender<SinkMsg>,
+    clicks: Metered<SinkMsg>,
+    rest: Metered<SinkMsg>,
     with_clickhouse: bool,
 }
 
@@ -482,12 +654,14 @@ impl SinkSenders {
         } = batch;
         let stopped = || anyhow!("a sink stopped; see its error");
         if !clicks.is_empty() {
-            self.clicks
-                .send(SinkMsg::Batch(SinkBatch {
-                    clicks,
-                    ..SinkBatch::default()
-                }))
-                .map_err(|_| stopped())?;
+            let batch = SinkBatch {
+                clicks,
+                ..SinkBatch::default()
+            };
+            let n = batch.rows();
+            if !self.clicks.send(SinkMsg::Batch(batch), n) {
+                return Err(stopped());
+            }
         }
         let rest = SinkBatch {
             conversions,
@@ -495,10 +669,9 @@ impl SinkSenders {
             dead_letters,
             ..SinkBatch::default()
         };
-        if !rest.is_empty() {
-            self.rest
-                .send(SinkMsg::Batch(rest))
-                .map_err(|_| stopped())?;
+        let n = rest.rows();
+        if n > 0 && !self.rest.send(SinkMsg::Batch(rest), n) {
+            return Err(stopped());
         }
         Ok(())
     }
@@ -507,12 +680,13 @@ impl SinkSenders {
     fn barrier(&self, next_epoch: u64) -> Result<()> {
         let (ack_tx, ack_rx) = bounded::<Result<()>>(4);
         let stopped = || anyhow!("a sink stopped; see its error");
-        self.clicks
-            .send(SinkMsg::Barrier(next_epoch, ack_tx.clone()))
-            .map_err(|_| stopped())?;
-        self.rest
-            .send(SinkMsg::Barrier(next_epoch, ack_tx))
-            .map_err(|_| stopped())?;
+        if !self
+            .clicks
+            .send(SinkMsg::Barrier(next_epoch, ack_tx.clone()), 0)
+            || !self.rest.send(SinkMsg::Barrier(next_epoch, ack_tx), 0)
+        {
+            return Err(stopped());
+        }
         let expected = 2 + usize::from(self.with_clickhouse);
         for _ in 0..expected {
             ack_rx.recv().map_err(|_| stopped())??;
@@ -537,8 +711,8 @@ fn spawn(
 /// Pairs whose click batch ends at or before `resume` are generated but not sent.
 fn generator_source(
     cfg: &crate::source::generator::GeneratorConfig,
-    clicks: Sender<RawBatch>,
-    conversions: Sender<RawBatch>,
+    clicks: Metered<RawBatch>,
+    conversions: Metered<RawBatch>,
     resume: [u64; 2],
 ) -> Result<()> {
     use crate::source::BATCH_LINES;
@@ -559,7 +733,8 @@ fn generator_source(
         if resume[0] > 0 && c.end.line <= resume[0] {
             return true;
         }
-        clicks.send(c).is_ok() && conversions.send(v).is_ok()
+        let (nc, nv) = (c.len(), v.len());
+        clicks.send(c, nc) && conversions.send(v, nv)
     };
     generate(cfg, |stream, line| {
         let i = usize::from(stream == Stream::Conversions);
@@ -608,6 +783,10 @@ struct Merge<'a> {
     alternate: bool,
     /// Whose batch comes next in alternate mode.
     turn: usize,
+    metrics: &'a Metrics,
+    processed_latency: prometheus_client::metrics::histogram::Histogram,
+    /// Arrival times of the batches since the last checkpoint: durable once it completes.
+    awaiting_durable: Vec<Instant>,
 }
 
 impl Merge<'_> {
@@ -622,6 +801,10 @@ impl Merge<'_> {
         started: Instant,
     ) -> Result<()> {
         let rxs = [&clicks, &conversions];
+        let depths = [
+            self.metrics.queue(Queue::DecodedClicks).clone(),
+            self.metrics.queue(Queue::DecodedConversions).clone(),
+        ];
         let mut open = [true, true];
         let mut heads: [Option<Decoded>; 2] = [None, None];
         let mut headless_since: Option<Instant> = None;
@@ -637,7 +820,10 @@ impl Merge<'_> {
             for i in 0..2 {
                 if open[i] && heads[i].is_none() {
                     match rxs[i].recv_timeout(Duration::from_millis(200)) {
-                        Ok(m) => heads[i] = Some(m),
+                        Ok(m) => {
+                            depths[i].dec_by(m.records() as i64);
+                            heads[i] = Some(m);
+                        }
                         Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
                         Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
                             open[i] = false;
@@ -705,6 +891,7 @@ impl Merge<'_> {
         self.engine.finish(&mut out);
         self.sinks.send(out)?;
         self.checkpoint()?;
+        self.publish();
         if opts.progress && tty {
             eprintln!();
         }
@@ -712,6 +899,7 @@ impl Merge<'_> {
     }
 
     fn process(&mut self, stream: usize, msg: Decoded) -> Result<()> {
+        let arrived = msg.arrived;
         let mut out = SinkBatch::default();
         let n = msg.dead.len();
         self.engine.on_dead_letters(msg.dead, &mut out);
@@ -735,7 +923,26 @@ impl Merge<'_> {
             None if msg.end.line > 0 => self.positions[stream] = msg.end,
             None => {}
         }
-        self.sinks.send(out)
+        self.sinks.send(out)?;
+        if let Some(t) = arrived {
+            self.processed_latency.observe(t.elapsed().as_secs_f64());
+            self.awaiting_durable.push(t);
+        }
+        self.publish();
+        Ok(())
+    }
+
+    fn publish(&self) {
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        self.metrics.publish_engine(
+            self.engine.counters(),
+            &self.engine.sizes(),
+            [
+                self.engine.watermark(Stream::Clicks),
+                self.engine.watermark(Stream::Conversions),
+            ],
+            now_ms,
+        );
     }
 
     /// Outputs durable → snapshot of the state and positions → the next epoch begins.
@@ -756,6 +963,11 @@ impl Merge<'_> {
             engine: self.engine.snapshot(),
         };
         self.last_bytes = checkpoint::write(self.state_dir, &snap)?;
+        self.metrics.checkpoint_done(t.elapsed(), self.last_bytes);
+        let durable = self.metrics.latency_handle("durable");
+        for arrived in self.awaiting_durable.drain(..) {
+            durable.observe(arrived.elapsed().as_secs_f64());
+        }
         tracing::debug!(epoch = self.epoch, bytes = self.last_bytes, took = ?t.elapsed(), "checkpoint written");
         self.checkpoints += 1;
         self.epoch += 1;

@@ -156,4 +156,13 @@ impl SinkBatch {
             && self.stats.is_empty()
             && self.dead_letters.is_empty()
     }
+
+    /// Rows of every table in the batch (queue depth accounting).
+    pub fn rows(&self) -> usize {
+        self.click_rows() + self.conversions.len() + self.stats.len() + self.dead_letters.len()
+    }
+
+    pub fn click_rows(&self) -> usize {
+        self.clicks.iter().map(|c| c.accepted.len()).sum()
+    }
 }

@@ -170,12 +170,15 @@ impl<L: PartitionLog> PartitionReader<L> {
 
 /// Reads every owned partition of `topic` round-robin, sending batches with `send`, until
 /// `send` refuses (pipeline stopping) or all partitions were idle for `exit_when_idle`.
-/// Returns the readers so the pipeline can commit once the outputs are durable.
+/// Returns the readers so the pipeline can commit once the outputs are durable. Every few
+/// seconds each partition's consumer lag goes to `on_lag(topic, partition, records)`.
 pub fn run_topic<L: PartitionLog>(
     mut readers: Vec<PartitionReader<L>>,
     exit_when_idle: Option<Duration>,
     mut send: impl FnMut(RawBatch) -> bool,
+    mut on_lag: impl FnMut(&str, u32, i64),
 ) -> Result<Vec<PartitionReader<L>>> {
+    let mut last_lag_log = Instant::now();
     let mut last_lag_report = Instant::now();
     loop {
         let mut any = false;
@@ -197,11 +200,18 @@ pub fn run_topic<L: PartitionLog>(
         if readers.is_empty() {
             return Ok(readers);
         }
-        if last_lag_report.elapsed() >= Duration::from_secs(10) {
+        if last_lag_report.elapsed() >= Duration::from_secs(2) {
             last_lag_report = Instant::now();
+            let log = last_lag_log.elapsed() >= Duration::from_secs(30);
+            if log {
+                last_lag_log = Instant::now();
+            }
             for r in readers.iter_mut() {
                 if let Some(lag) = r.lag() {
-                    tracing::info!(topic = %r.topic, partition = r.partition, lag, "consumer lag");
+                    on_lag(&r.topic, r.partition, lag);
+                    if log {
+                        tracing::info!(topic = %r.topic, partition = r.partition, lag, "consumer lag");
+                    }
                 }
             }
         }
@@ -556,17 +566,22 @@ mod tests {
             PartitionReader::new("clicks", 1, log(3)),
         ];
         let mut lines = 0;
-        let readers = run_topic(readers, Some(Duration::ZERO), |b| {
-            lines += b.len();
-            true
-        })
+        let readers = run_topic(
+            readers,
+            Some(Duration::ZERO),
+            |b| {
+                lines += b.len();
+                true
+            },
+            |_, _, _| {},
+        )
         .unwrap();
         assert_eq!(lines, 5003);
         let emitted: Vec<_> = readers.iter().map(|r| r.emitted).collect();
         assert_eq!(emitted, [Some(4999), Some(2)]);
         // A refused send (pipeline stopping) ends the loop at once.
         let readers = vec![PartitionReader::new("clicks", 0, log(9000))];
-        let readers = run_topic(readers, None, |_| false).unwrap();
+        let readers = run_topic(readers, None, |_| false, |_, _, _| {}).unwrap();
         assert_eq!(
             readers[0].emitted,
             Some(super::super::BATCH_LINES as i64 - 1)

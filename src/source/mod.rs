@@ -9,6 +9,8 @@ pub mod file;
 pub mod fluvio;
 pub mod generator;
 
+use std::time::Instant;
+
 use crate::event::Position;
 
 /// Lines per raw batch: big enough to amortise channel and allocation costs, small enough that a
@@ -25,6 +27,8 @@ pub struct RawBatch {
     pub end: Position,
     /// The Fluvio partition the batch came from (then `end.line` is its next offset).
     pub partition: Option<u32>,
+    /// When the batch's first line was read: the start of its latency measurement.
+    pub arrived: Option<Instant>,
 }
 
 /// One line inside a [`RawBatch`] (without its newline).
@@ -42,11 +46,15 @@ impl RawBatch {
             records: Vec::with_capacity(lines),
             end: Position::default(),
             partition: None,
+            arrived: None,
         }
     }
 
     /// Appends a line; the batch's `end` moves past it (`offset` assumes a newline follows).
     pub fn push_line(&mut self, line: &[u8], position: Position) {
+        if self.arrived.is_none() {
+            self.arrived = Some(Instant::now());
+        }
         let start = self.data.len() as u32;
         self.data.extend_from_slice(line);
         self.records.push(RawRecord {

@@ -253,6 +253,7 @@ pub struct ClickHouseSink {
     conversions_seq: u64,
     breaker: Breaker,
     pub totals: ClickHouseTotals,
+    metrics: Option<crate::telemetry::SharedMetrics>,
 }
 
 impl ClickHouseSink {
@@ -286,7 +287,13 @@ impl ClickHouseSink {
                 open_until: None,
             },
             totals: ClickHouseTotals::default(),
+            metrics: None,
         })
+    }
+
+    /// Report inserts, failures and the breaker state here.
+    pub fn set_metrics(&mut self, metrics: crate::telemetry::SharedMetrics) {
+        self.metrics = Some(metrics);
     }
 
     /// Buffers rows; flushes a table whose buffer is full (blocking while ClickHouse is down).
@@ -534,6 +541,14 @@ impl ClickHouseSink {
                     self.breaker.consecutive_failures = 0;
                     self.breaker.open_until = None;
                     self.totals.batches += 1;
+                    if let Some(m) = &self.metrics {
+                        use crate::telemetry::SinkKind;
+                        m.sink_write(SinkKind::ClickHouse, true);
+                        m.set_circuit_open(false);
+                        if !skipped {
+                            m.sink_rows(SinkKind::ClickHouse, table, rows as u64);
+                        }
+                    }
                     if skipped {
                         self.totals.batches_skipped += 1;
                         tracing::debug!(
@@ -546,12 +561,20 @@ impl ClickHouseSink {
                     return Ok(skipped);
                 }
                 Err(e) if is_permanent(&e) => {
+                    if let Some(m) = &self.metrics {
+                        m.sink_write(crate::telemetry::SinkKind::ClickHouse, false);
+                    }
                     return Err(e)
                         .with_context(|| format!("inserting into ClickHouse table {table}"));
                 }
                 Err(e) => {
                     self.totals.failures += 1;
                     self.breaker.consecutive_failures += 1;
+                    let opens = self.breaker.consecutive_failures >= self.cfg.breaker_failures;
+                    if let Some(m) = &self.metrics {
+                        m.sink_write(crate::telemetry::SinkKind::ClickHouse, false);
+                        m.set_circuit_open(opens);
+                    }
                     let jitter = rand::rng().random_range(0.5..1.5);
                     let wait = delay.mul_f64(jitter);
                     if self.breaker.consecutive_failures >= self.cfg.breaker_failures {

@@ -44,6 +44,9 @@ pub struct ParquetConfig {
     /// At most this many files open at once (late data spreads over many hours); the least
     /// recently written one is closed first.
     pub max_open_files: usize,
+    /// Hold each sink thread to at most this many rows per second (0 = no limit): spares a
+    /// disk shared with others; the sources slow down to match, nothing is dropped.
+    pub throttle_rows_per_second: u64,
 }
 
 impl Default for ParquetConfig {
@@ -55,6 +58,7 @@ impl Default for ParquetConfig {
             roll_age: Duration::from_secs(300),
             zstd_level: 3,
             max_open_files: 64,
+            throttle_rows_per_second: 0,
         }
     }
 }

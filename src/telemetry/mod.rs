@@ -1,0 +1,622 @@
+//! Operational telemetry: the Prometheus metrics every stage reports into, and the readiness
+//! flags behind `/ready`.
+//!
+//! It sits beside the data flow, not in it: stages update pre-created metric handles once per
+//! *batch* (never per record), and the HTTP server in [`server`] renders them on a scrape. The
+//! engine's own counters stay the source of truth for what was processed — they are
+//! checkpointed with the state — and are mirrored into Prometheus counters after each batch
+//! ([`Metrics::publish_engine`]), so a scrape never touches the state stage.
+//!
+//! All names carry the `attribd_` prefix; counters end in `_total`, durations are seconds, sizes
+//! are bytes, following the Prometheus naming conventions. `docs/operations.md` lists them with
+//! the queries and alert rules built on them.
+
+pub mod server;
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::event::DeadReason;
+use crate::state::{Counters, StateSizes};
+
+type Labels = [(&'static str, String); 1];
+type Labels2 = [(&'static str, String); 2];
+type GaugeF = Gauge<f64, AtomicU64>;
+
+/// The queues between stages, in flow order; `attribd_queue_depth_events{queue=…}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queue {
+    RawClicks,
+    RawConversions,
+    DecodedClicks,
+    DecodedConversions,
+    SinkClicks,
+    SinkRest,
+    SinkClickHouse,
+}
+
+impl Queue {
+    pub const ALL: [Queue; 7] = [
+        Queue::RawClicks,
+        Queue::RawConversions,
+        Queue::DecodedClicks,
+        Queue::DecodedConversions,
+        Queue::SinkClicks,
+        Queue::SinkRest,
+        Queue::SinkClickHouse,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Queue::RawClicks => "raw_clicks",
+            Queue::RawConversions => "raw_conversions",
+            Queue::DecodedClicks => "decoded_clicks",
+            Queue::DecodedConversions => "decoded_conversions",
+            Queue::SinkClicks => "sink_clicks",
+            Queue::SinkRest => "sink_rest",
+            Queue::SinkClickHouse => "sink_clickhouse",
+        }
+    }
+}
+
+/// Where a sink failure or row count is reported: `attribd_sink_*{sink=…}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkKind {
+    Parquet,
+    DeadLetters,
+    ClickHouse,
+}
+
+impl SinkKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SinkKind::Parquet => "parquet",
+            SinkKind::DeadLetters => "dead_letters",
+            SinkKind::ClickHouse => "clickhouse",
+        }
+    }
+}
+
+/// Engine counters mirrored as Prometheus counters (values are stored, not added: the engine
+/// counts, this only shows).
+struct EngineCounters {
+    records_in: [Counter; 2],
+    clicks: Counter,
+    unique_clicks: Counter,
+    duplicate_clicks: Counter,
+    conversions: Counter,
+    status_changes: Counter,
+    duplicate_conversions: Counter,
+    refused_changes: Counter,
+    attributed: Counter,
+    unknown_click: Counter,
+    outside_window: Counter,
+    dead_letters: Vec<(&'static str, Counter)>,
+    by_status: [Gauge; 3],
+    revenue: GaugeF,
+    state: [(&'static str, Gauge); 7],
+    watermark_lag: [GaugeF; 2],
+}
+
+/// Every metric of a running pipeline, plus its readiness flags. Cheap to share (`Arc`).
+pub struct Metrics {
+    registry: Registry,
+    engine: EngineCounters,
+    queues: Vec<Gauge>,
+    sink_rows: Family<Labels2, Counter>,
+    sink_writes: Family<Labels, Counter>,
+    sink_failures: Family<Labels, Counter>,
+    latency: Family<Labels, Histogram>,
+    source_lag_records: Family<Labels2, Gauge>,
+    source_lag_bytes: Family<Labels, Gauge>,
+    checkpoint_duration: Histogram,
+    checkpoint_bytes: Gauge,
+    checkpoint_last: GaugeF,
+    checkpoint_age: GaugeF,
+    circuit_open: Gauge,
+    last_checkpoint: Mutex<Option<Instant>>,
+    started: Instant,
+    pub health: Health,
+}
+
+/// What `/ready` checks.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Every source opened / connected.
+    pub sources_connected: AtomicBool,
+    /// Set once a sink failed; the pipeline is going down.
+    pub sink_failed: AtomicBool,
+    /// The ClickHouse circuit breaker is open (inserts are waiting).
+    pub circuit_open: AtomicBool,
+    /// Checkpoints written; 0 until the first.
+    pub checkpoints: AtomicI64,
+}
+
+impl Health {
+    /// Problems that make the pipeline not ready (empty = ready).
+    pub fn problems(&self) -> Vec<&'static str> {
+        let mut p = Vec::new();
+        if !self.sources_connected.load(Ordering::Relaxed) {
+            p.push("sources not connected");
+        }
+        if self.sink_failed.load(Ordering::Relaxed) {
+            p.push("a sink failed");
+        }
+        if self.circuit_open.load(Ordering::Relaxed) {
+            p.push("ClickHouse circuit breaker open");
+        }
+        p
+    }
+}
+
+fn label(k: &'static str, v: &str) -> Labels {
+    [(k, v.to_string())]
+}
+
+fn seconds(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("health", &self.health)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut r = Registry::with_prefix("attribd");
+        let c = |r: &mut Registry, name: &str, help: &str| {
+            let m = Counter::default();
+            r.register(name, help, m.clone());
+            m
+        };
+        let records_in: Family<Labels, Counter> = Family::default();
+        r.register(
+            "events_in",
+            "Input records read, valid or not, by stream",
+            records_in.clone(),
+        );
+        let unattributed: Family<Labels, Counter> = Family::default();
+        r.register(
+            "conversions_unattributed",
+            "Accepted conversions not attributed to a click, by reason",
+            unattributed.clone(),
+        );
+        let dead: Family<Labels, Counter> = Family::default();
+        r.register(
+            "dead_letters",
+            "Records written to the dead-letter output, by reason",
+            dead.clone(),
+        );
+        let by_status: Family<Labels, Gauge> = Family::default();
+        r.register(
+            "conversions_by_status",
+            "Accepted conversions by their current status (a status change moves one between statuses)",
+            by_status.clone(),
+        );
+        let revenue = GaugeF::default();
+        r.register(
+            "approved_revenue",
+            "Sum of amounts of conversions currently approved (mixed currencies; a trend, not money)",
+            revenue.clone(),
+        );
+        let state: Family<Labels, Gauge> = Family::default();
+        r.register(
+            "state_keys",
+            "Entries held in the in-memory state, by map",
+            state.clone(),
+        );
+        let watermark_lag: Family<Labels, GaugeF> = Family::default();
+        r.register(
+            "watermark_lag_seconds",
+            "Wall clock minus the highest event time seen, by stream (how far behind real time the input is)",
+            watermark_lag.clone(),
+        );
+        let engine = EngineCounters {
+            records_in: ["clicks", "conversions"]
+                .map(|s| records_in.get_or_create_owned(&label("stream", s))),
+            clicks: c(
+                &mut r,
+                "clicks",
+                "Valid clicks accepted (duplicates excluded)",
+            ),
+            unique_clicks: c(
+                &mut r,
+                "unique_clicks",
+                "Accepted clicks that were the first of their visitor (ip, offer) that UTC day",
+            ),
+            duplicate_clicks: c(
+                &mut r,
+                "duplicate_clicks",
+                "Clicks dropped because their click_id was already indexed",
+            ),
+            conversions: c(
+                &mut r,
+                "conversions",
+                "Accepted conversions (first postback of each external_id)",
+            ),
+            status_changes: c(
+                &mut r,
+                "conversion_status_changes",
+                "Postbacks that changed the status of a known conversion",
+            ),
+            duplicate_conversions: c(
+                &mut r,
+                "duplicate_conversions",
+                "Postbacks dropped as duplicates of a known conversion (same external_id, same status)",
+            ),
+            refused_changes: c(
+                &mut r,
+                "refused_status_changes",
+                "Postbacks refused because the status change is not allowed",
+            ),
+            attributed: c(
+                &mut r,
+                "conversions_attributed",
+                "Accepted conversions attributed to their click",
+            ),
+            unknown_click: unattributed.get_or_create_owned(&label("reason", "unknown_click")),
+            outside_window: unattributed.get_or_create_owned(&label("reason", "outside_window")),
+            dead_letters: DeadReason::ALL
+                .iter()
+                .map(|d| {
+                    (
+                        d.as_str(),
+                        dead.get_or_create_owned(&label("reason", d.as_str())),
+                    )
+                })
+                .collect(),
+            by_status: ["approved", "pending", "rejected"]
+                .map(|s| by_status.get_or_create_owned(&label("status", s))),
+            revenue,
+            state: [
+                "click_index",
+                "click_extras",
+                "dedup",
+                "pending",
+                "open_buckets",
+                "dims",
+                "interned_strings",
+            ]
+            .map(|m| (m, state.get_or_create_owned(&label("map", m)))),
+            watermark_lag: ["clicks", "conversions"]
+                .map(|s| watermark_lag.get_or_create_owned(&label("stream", s))),
+        };
+
+        let queue_family: Family<Labels, Gauge> = Family::default();
+        r.register(
+            "queue_depth_events",
+            "Records waiting in the bounded queue in front of a stage",
+            queue_family.clone(),
+        );
+        let queues = Queue::ALL
+            .iter()
+            .map(|q| queue_family.get_or_create_owned(&label("queue", q.as_str())))
+            .collect();
+        let sink_rows = Family::default();
+        r.register(
+            "sink_rows",
+            "Rows written by a sink, by sink and table",
+            Family::<Labels2, Counter>::clone(&sink_rows),
+        );
+        let sink_writes = Family::default();
+        r.register(
+            "sink_writes",
+            "Write attempts by sink (Parquet: record batches and files; ClickHouse: INSERTs incl. retries)",
+            Family::<Labels, Counter>::clone(&sink_writes),
+        );
+        let sink_failures = Family::default();
+        r.register(
+            "sink_failures",
+            "Failed write attempts by sink",
+            Family::<Labels, Counter>::clone(&sink_failures),
+        );
+        let latency = Family::<Labels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 18))
+        });
+        r.register(
+            "event_latency_seconds",
+            "Time from a batch's arrival at the source to: `processed` (deduplicated, attributed, handed to the sinks) and `durable` (in every sink and covered by a checkpoint); one observation per batch",
+            latency.clone(),
+        );
+        let source_lag_records = Family::default();
+        r.register(
+            "source_lag_records",
+            "Records behind the end of the log, by topic and partition (Fluvio)",
+            Family::<Labels2, Gauge>::clone(&source_lag_records),
+        );
+        let source_lag_bytes = Family::default();
+        r.register(
+            "source_lag_bytes",
+            "Bytes of the input file not yet read, by stream (plain files)",
+            Family::<Labels, Gauge>::clone(&source_lag_bytes),
+        );
+        let checkpoint_duration = Histogram::new(exponential_buckets(0.005, 2.0, 14));
+        r.register(
+            "checkpoint_duration_seconds",
+            "Time to take a checkpoint (sink barrier + snapshot write)",
+            checkpoint_duration.clone(),
+        );
+        let checkpoint_bytes = Gauge::default();
+        r.register(
+            "checkpoint_size_bytes",
+            "Size of the last snapshot file",
+            checkpoint_bytes.clone(),
+        );
+        let checkpoint_last = GaugeF::default();
+        r.register(
+            "checkpoint_last_success_timestamp_seconds",
+            "Unix time of the last successful checkpoint",
+            checkpoint_last.clone(),
+        );
+        let checkpoint_age = GaugeF::default();
+        r.register(
+            "checkpoint_age_seconds",
+            "Seconds since the last successful checkpoint (since start before the first)",
+            checkpoint_age.clone(),
+        );
+        let circuit_open = Gauge::default();
+        r.register(
+            "clickhouse_circuit_open",
+            "1 while the ClickHouse circuit breaker is open",
+            circuit_open.clone(),
+        );
+        let build: Family<Labels, Gauge> = Family::default();
+        r.register("build_info", "Version of the running binary", build.clone());
+        build
+            .get_or_create(&label("version", env!("CARGO_PKG_VERSION")))
+            .set(1);
+        Metrics {
+            registry: r,
+            engine,
+            queues,
+            sink_rows,
+            sink_writes,
+            sink_failures,
+            latency,
+            source_lag_records,
+            source_lag_bytes,
+            checkpoint_duration,
+            checkpoint_bytes,
+            checkpoint_last,
+            checkpoint_age,
+            circuit_open,
+            last_checkpoint: Mutex::new(None),
+            started: Instant::now(),
+            health: Health::default(),
+        }
+    }
+
+    /// Mirrors the engine's counters and state sizes (called by the state stage after each
+    /// batch; a few dozen relaxed stores).
+    pub fn publish_engine(
+        &self,
+        c: &Counters,
+        s: &StateSizes,
+        watermarks: [Option<i64>; 2],
+        now_ms: i64,
+    ) {
+        let e = &self.engine;
+        let set = |m: &Counter, v: u64| m.inner().store(v, Ordering::Relaxed);
+        set(&e.records_in[0], c.click_records);
+        set(&e.records_in[1], c.conversion_records);
+        set(&e.clicks, c.clicks);
+        set(&e.unique_clicks, c.unique_clicks);
+        set(&e.duplicate_clicks, c.duplicate_clicks);
+        set(&e.conversions, c.conversions);
+        set(&e.status_changes, c.status_changes);
+        set(&e.duplicate_conversions, c.duplicate_conversions);
+        set(&e.refused_changes, c.refused_changes);
+        set(&e.attributed, c.attributed);
+        set(&e.unknown_click, c.unknown_click);
+        set(&e.outside_window, c.outside_window);
+        for (reason, m) in &e.dead_letters {
+            set(m, c.dead_letters.get(reason).copied().unwrap_or(0));
+        }
+        e.by_status[0].set(c.approved);
+        e.by_status[1].set(c.pending);
+        e.by_status[2].set(c.rejected);
+        e.revenue.set(c.revenue_micros as f64 / 1e6);
+        let sizes = [
+            s.indexed_clicks,
+            s.click_extras,
+            s.dedup_keys,
+            s.pending,
+            s.open_buckets,
+            s.dims,
+            s.interned_strings,
+        ];
+        for ((_, g), v) in e.state.iter().zip(sizes) {
+            g.set(v as i64);
+        }
+        for (g, wm) in e.watermark_lag.iter().zip(watermarks) {
+            if let Some(wm) = wm {
+                g.set((now_ms - wm) as f64 / 1000.0);
+            }
+        }
+    }
+
+    /// Records now waiting in front of `q` (events, not batches).
+    pub fn queue(&self, q: Queue) -> &Gauge {
+        &self.queues[q as usize]
+    }
+
+    pub fn sink_rows(&self, sink: SinkKind, table: &str, rows: u64) {
+        if rows > 0 {
+            self.sink_rows
+                .get_or_create(&[("sink", sink.as_str().into()), ("table", table.into())])
+                .inc_by(rows);
+        }
+    }
+
+    pub fn sink_write(&self, sink: SinkKind, ok: bool) {
+        let l = label("sink", sink.as_str());
+        self.sink_writes.get_or_create(&l).inc();
+        if !ok {
+            self.sink_failures.get_or_create(&l).inc();
+        }
+    }
+
+    /// Latency of a batch that arrived at `arrived`, now `processed` or `durable`.
+    pub fn observe_latency(&self, stage: &'static str, arrived: Instant) {
+        self.latency
+            .get_or_create(&label("stage", stage))
+            .observe(seconds(arrived.elapsed()));
+    }
+
+    /// A histogram handle for repeated observations without a label lookup each.
+    pub fn latency_handle(&self, stage: &'static str) -> Histogram {
+        self.latency.get_or_create_owned(&label("stage", stage))
+    }
+
+    pub fn source_lag_records(&self, topic: &str, partition: u32, lag: i64) {
+        self.source_lag_records
+            .get_or_create(&[
+                ("topic", topic.into()),
+                ("partition", partition.to_string()),
+            ])
+            .set(lag);
+    }
+
+    pub fn source_lag_bytes(&self, stream: &str, lag: i64) {
+        self.source_lag_bytes
+            .get_or_create(&label("stream", stream))
+            .set(lag);
+    }
+
+    pub fn checkpoint_done(&self, took: Duration, bytes: u64) {
+        self.checkpoint_duration.observe(seconds(took));
+        self.checkpoint_bytes.set(bytes as i64);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        self.checkpoint_last.set(seconds(now));
+        if let Ok(mut last) = self.last_checkpoint.lock() {
+            *last = Some(Instant::now());
+        }
+        self.health.checkpoints.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn set_circuit_open(&self, open: bool) {
+        self.circuit_open.set(i64::from(open));
+        self.health.circuit_open.store(open, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition (OpenMetrics format) of every metric.
+    pub fn render(&self) -> String {
+        let since = self
+            .last_checkpoint
+            .lock()
+            .ok()
+            .and_then(|l| *l)
+            .unwrap_or(self.started);
+        self.checkpoint_age.set(seconds(since.elapsed()));
+        let mut out = String::with_capacity(16 * 1024);
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Shared handle the stages hold.
+pub type SharedMetrics = Arc<Metrics>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn engine_counters_render_under_their_names() {
+        let m = Metrics::new();
+        let mut c = Counters {
+            click_records: 10,
+            conversion_records: 4,
+            clicks: 8,
+            duplicate_clicks: 1,
+            conversions: 3,
+            unknown_click: 1,
+            approved: 2,
+            pending: 1,
+            ..Counters::default()
+        };
+        c.dead_letters.insert("invalid_json", 2);
+        let sizes = StateSizes {
+            indexed_clicks: 8,
+            dedup_keys: 3,
+            ..StateSizes::default()
+        };
+        m.publish_engine(&c, &sizes, [Some(1_000), None], 6_000);
+        m.sink_rows(SinkKind::Parquet, "clicks", 8);
+        m.sink_write(SinkKind::ClickHouse, false);
+        m.queue(Queue::SinkClicks).set(4096);
+        let text = m.render();
+        let v = |s: &str| value(&text, s).unwrap_or_else(|| panic!("{s} missing in\n{text}"));
+        assert_eq!(v(r#"attribd_events_in_total{stream="clicks"}"#), 10.0);
+        assert_eq!(v(r#"attribd_events_in_total{stream="conversions"}"#), 4.0);
+        assert_eq!(v("attribd_clicks_total"), 8.0);
+        assert_eq!(v("attribd_duplicate_clicks_total"), 1.0);
+        assert_eq!(
+            v(r#"attribd_conversions_unattributed_total{reason="unknown_click"}"#),
+            1.0
+        );
+        assert_eq!(
+            v(r#"attribd_dead_letters_total{reason="invalid_json"}"#),
+            2.0
+        );
+        assert_eq!(v(r#"attribd_dead_letters_total{reason="oversize"}"#), 0.0);
+        assert_eq!(
+            v(r#"attribd_conversions_by_status{status="approved"}"#),
+            2.0
+        );
+        assert_eq!(v(r#"attribd_state_keys{map="click_index"}"#), 8.0);
+        assert_eq!(v(r#"attribd_state_keys{map="dedup"}"#), 3.0);
+        assert_eq!(v(r#"attribd_watermark_lag_seconds{stream="clicks"}"#), 5.0);
+        assert_eq!(
+            v(r#"attribd_sink_rows_total{sink="parquet",table="clicks"}"#),
+            8.0
+        );
+        assert_eq!(v(r#"attribd_sink_failures_total{sink="clickhouse"}"#), 1.0);
+        assert_eq!(
+            v(r#"attribd_queue_depth_events{queue="sink_clicks"}"#),
+            4096.0
+        );
+        assert!(text.ends_with("# EOF\n"));
+
+        // Counters mirror the engine: a later publish shows the new totals, not sums.
+        c.clicks = 9;
+        m.publish_engine(&c, &sizes, [None, None], 0);
+        assert_eq!(value(&m.render(), "attribd_clicks_total"), Some(9.0));
+    }
+
+    #[test]
+    fn readiness_lists_what_is_wrong() {
+        let m = Metrics::new();
+        assert_eq!(m.health.problems(), vec!["sources not connected"]);
+        m.health.sources_connected.store(true, Ordering::Relaxed);
+        assert!(m.health.problems().is_empty());
+        m.set_circuit_open(true);
+        assert_eq!(m.health.problems(), vec!["ClickHouse circuit breaker open"]);
+    }
+}
