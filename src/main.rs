@@ -1,7 +1,5 @@
 //! The `attribd` command line: `run`, `gen`, `check`.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -12,10 +10,9 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use attribd::config::{ConfigError, LogFormat, Overrides, PipelineConfig};
-use attribd::event::Stream;
 use attribd::pipeline::{RunOptions, run};
 use attribd::sink::clickhouse::ClickHouseConfig;
-use attribd::source::generator::{GeneratorConfig, generate};
+use attribd::source::generator::GeneratorConfig;
 
 #[derive(Parser)]
 #[command(
@@ -187,7 +184,15 @@ fn dispatch(command: Command) -> Result<()> {
             if let Some(s) = seed {
                 g.seed = s;
             }
-            gen_files(&g, &out, &compress)
+            let counts = attribd::source::generator::write_files(&g, &out, &compress)?;
+            println!(
+                "wrote {} click lines and {} conversion lines ({} malformed) to {}",
+                counts.click_lines,
+                counts.conversion_lines,
+                counts.malformed,
+                out.display()
+            );
+            Ok(())
         }
         Command::Migrate {
             clickhouse_url,
@@ -247,60 +252,4 @@ fn dispatch(command: Command) -> Result<()> {
             Ok(())
         }
     }
-}
-
-fn gen_files(g: &GeneratorConfig, out: &std::path::Path, compress: &str) -> Result<()> {
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let ext = match compress {
-        "none" => "",
-        "gz" => ".gz",
-        "zst" => ".zst",
-        other => anyhow::bail!("--compress must be none, gz or zst, got {other:?}"),
-    };
-    let open = |name: &str| -> Result<Box<dyn Write>> {
-        let path = out.join(format!("{name}.ndjson{ext}"));
-        let f = BufWriter::with_capacity(
-            1 << 20,
-            File::create(&path).with_context(|| format!("creating {}", path.display()))?,
-        );
-        Ok(match compress {
-            "gz" => Box::new(flate2::write::GzEncoder::new(
-                f,
-                flate2::Compression::fast(),
-            )),
-            "zst" => Box::new(zstd::stream::write::Encoder::new(f, 3)?.auto_finish()),
-            _ => Box::new(f),
-        })
-    };
-    let mut clicks = open("clicks")?;
-    let mut convs = open("conversions")?;
-    let mut err = None;
-    let counts = generate(g, |stream, line| {
-        let w = match stream {
-            Stream::Clicks => &mut clicks,
-            Stream::Conversions => &mut convs,
-        };
-        match w.write_all(line).and_then(|_| w.write_all(b"\n")) {
-            Ok(()) => true,
-            Err(e) => {
-                err = Some(e);
-                false
-            }
-        }
-    })?;
-    if let Some(e) = err {
-        return Err(e).context("writing generated files");
-    }
-    clicks.flush()?;
-    convs.flush()?;
-    drop(clicks);
-    drop(convs);
-    println!(
-        "wrote {} click lines and {} conversion lines ({} malformed) to {}",
-        counts.click_lines,
-        counts.conversion_lines,
-        counts.malformed,
-        out.display()
-    );
-    Ok(())
 }

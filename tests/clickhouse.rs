@@ -55,7 +55,7 @@ fn query(url: &str, sql: &str) -> Vec<String> {
 }
 
 fn attribd_status(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_attribd"))
+    common::attribd_cmd()
         .args(args)
         .envs(envs.iter().copied())
         .env("ATTRIBD_LOG", "warn")
@@ -347,7 +347,7 @@ fn a_run_killed_mid_stream_and_replayed_counts_nothing_twice() {
     let db = fresh_db("kill");
     migrate(&url, &db);
     let p = write_pipeline(dir.path(), &url, &db, &input, &dir.path().join("out-kill"));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_attribd"))
+    let mut child = common::attribd_cmd()
         .args(["run", "-q", "-p", p.to_str().unwrap()])
         .env("ATTRIBD_LOG", "error")
         .stdout(Stdio::null())
@@ -442,7 +442,7 @@ fn clickhouse_down_for_a_while_loses_nothing() {
     migrate(&url, &db);
     let out = dir.path().join("out");
     let p = write_pipeline(dir.path(), &url, &db, &input, &out);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_attribd"))
+    let mut child = common::attribd_cmd()
         .args(["run", "-q", "-p", p.to_str().unwrap()])
         .env("ATTRIBD_LOG", "warn")
         .stdout(Stdio::piped())

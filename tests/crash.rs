@@ -158,7 +158,7 @@ fn kill_9_at_random_moments_then_resume_equals_an_uninterrupted_run() {
         names.pop()
     };
     for _ in 0..5 {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_attribd"))
+        let mut child = common::attribd_cmd()
             .args(["run", "-q", "-p", crashed.to_str().unwrap()])
             .env("ATTRIBD_LOG", "error")
             .stdout(Stdio::null())
@@ -220,7 +220,7 @@ fn sigterm_checkpoints_and_the_next_run_finishes_the_job() {
     let reference = pipeline(dir.path(), "ref", &input, None);
     attribd(&["run", "-q", "-p", reference.to_str().unwrap()]);
     let p = pipeline(dir.path(), "term", &input, None);
-    let child = Command::new(env!("CARGO_BIN_EXE_attribd"))
+    let child = common::attribd_cmd()
         .args(["run", "-q", "-p", p.to_str().unwrap()])
         .env("ATTRIBD_LOG", "error")
         .stdout(Stdio::piped())

@@ -304,7 +304,7 @@ fn compressed_inputs_and_stdin_give_the_same_answer() {
     assert_eq!(stats_by_dims(&out_packed), stats_by_dims(&out_plain));
 
     let out_stdin = dir.path().join("stdin");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_attribd"))
+    let mut child = common::attribd_cmd()
         .args([
             "run",
             "-q",
@@ -403,7 +403,7 @@ fn check_reports_file_key_and_problem_with_exit_code_2() {
         "[source]\nkind = \"generator\"\n[source.generator]\nconversion_rate = 2.0\n[sink.parquet]\nzstd_level = 99\n",
     )
     .unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_attribd"))
+    let o = common::attribd_cmd()
         .args(["check", "-p", bad.to_str().unwrap()])
         .output()
         .unwrap();
@@ -429,7 +429,7 @@ fn check_reports_file_key_and_problem_with_exit_code_2() {
     ]);
     assert!(String::from_utf8_lossy(&ok.stdout).contains("ok"));
     // `run` refuses a bad pipeline the same way.
-    let o = Command::new(env!("CARGO_BIN_EXE_attribd"))
+    let o = common::attribd_cmd()
         .args(["run", "-p", bad.to_str().unwrap()])
         .output()
         .unwrap();

@@ -17,9 +17,16 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// The `attribd` binary, its metrics endpoint on a free port (tests run many at once).
+pub fn attribd_cmd() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_attribd"));
+    c.env("ATTRIBD_METRICS_ADDR", "127.0.0.1:0");
+    c
+}
+
 /// Runs `attribd` with `args`; panics with its output when it fails.
 pub fn attribd(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_attribd"))
+    let out = attribd_cmd()
         .args(args)
         .env("ATTRIBD_LOG", "warn")
         .output()
