@@ -10,6 +10,7 @@
 //! See `DESIGN.md` for the contracts and `README.md` for how to run it.
 
 pub mod aggregate;
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod event;

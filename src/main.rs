@@ -87,6 +87,33 @@ enum Command {
         #[arg(long, default_value = "none")]
         compress: String,
     },
+    /// Measure this machine (end to end, per stage, memory per key, output sizes, checkpoint)
+    /// and write a capacity plan: report.json, report.md and SVG plots in --report-dir.
+    Bench {
+        /// Clicks to generate for the end-to-end and per-stage runs.
+        #[arg(long, default_value_t = 1_000_000)]
+        clicks: u64,
+        /// Keys to insert for the memory curve (hash tables grow by doubling, so the figure
+        /// per key depends on where N falls; 10 M matches `cargo bench --bench memory`).
+        #[arg(long, default_value_t = 10_000_000)]
+        keys: u64,
+        /// Indexed clicks in the checkpoint measurement (plus a tenth as dedup keys).
+        #[arg(long, default_value_t = 2_000_000)]
+        checkpoint_clicks: u64,
+        /// Also run end to end with a ClickHouse sink here (a scratch database is created and
+        /// dropped; credentials from ATTRIBD_CLICKHOUSE_USER / _PASSWORD).
+        #[arg(long)]
+        clickhouse_url: Option<String>,
+        /// Where report.json, report.md and the plots go.
+        #[arg(long, default_value = "./bench-report")]
+        report_dir: PathBuf,
+        /// Measure nothing: recompute the capacity table of this report.json with the
+        /// assumptions given.
+        #[arg(long)]
+        from: Option<PathBuf>,
+        #[command(flatten)]
+        assumptions: attribd::bench::capacity::Assumptions,
+    },
     /// Validate a pipeline file; exit code 2 and one line per problem when it is wrong.
     Check {
         #[arg(long, short)]
@@ -191,6 +218,41 @@ fn dispatch(command: Command) -> Result<()> {
                 counts.conversion_lines,
                 counts.malformed,
                 out.display()
+            );
+            Ok(())
+        }
+        Command::Bench {
+            clicks,
+            keys,
+            checkpoint_clicks,
+            clickhouse_url,
+            report_dir,
+            from,
+            assumptions,
+        } => {
+            let report = match from {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    let report: attribd::bench::BenchReport = serde_json::from_str(&text)
+                        .with_context(|| format!("{} is not a bench report", path.display()))?;
+                    let report = report.with_assumptions(assumptions);
+                    attribd::bench::write_report(&report, &report_dir)?;
+                    report
+                }
+                None => attribd::bench::run(&attribd::bench::BenchOptions {
+                    clicks,
+                    keys,
+                    checkpoint_clicks,
+                    clickhouse_url,
+                    report_dir: report_dir.clone(),
+                    assumptions,
+                })?,
+            };
+            print!("{}", attribd::bench::markdown(&report));
+            println!(
+                "\nwritten: {}/report.json, report.md, throughput-vs-cores.svg, memory-vs-keys.svg",
+                report_dir.display()
             );
             Ok(())
         }

@@ -195,6 +195,17 @@ pub fn block_on<T>(f: impl std::future::Future<Output = T>) -> Result<T> {
 }
 
 /// `attribd migrate`: creates the database and applies pending migrations.
+/// Drops `cfg.database` with everything in it (`attribd bench` cleans up its scratch database).
+pub fn drop_database(cfg: &ClickHouseConfig) -> Result<()> {
+    let creds = Credentials::load(cfg)?;
+    let c = client(cfg, &creds);
+    block_on(
+        c.query(&format!("DROP DATABASE IF EXISTS `{}`", cfg.database))
+            .execute(),
+    )??;
+    Ok(())
+}
+
 pub fn migrate(cfg: &ClickHouseConfig) -> Result<Vec<u32>> {
     let creds = Credentials::load(cfg)?;
     let c = client(cfg, &creds);

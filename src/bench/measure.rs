@@ -1,0 +1,417 @@
+//! The measurements behind `attribd bench`, each on this machine and in this process.
+//!
+//! * end to end: generated NDJSON files → the real pipeline → Parquet (and ClickHouse), with
+//!   every semantic on, restricted to 1, 2, … cores (CPU affinity) for the scaling curve;
+//! * per stage, one core each: decode clicks, decode postbacks, state, Parquet;
+//! * memory per key, from RSS growth while the click index and dedup map fill up;
+//! * checkpoint write and restore time for a state of a known size.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::snapshot::{ClickSnap, DedupSnap};
+use crate::checkpoint::{self, Snapshot};
+use crate::config::{PipelineConfig, SourceKind};
+use crate::event::Status;
+use crate::event::decode::{DecodeLimits, Decoder};
+use crate::pipeline::{RunOptions, run};
+use crate::rows::SinkBatch;
+use crate::sink::Sinks;
+use crate::sink::parquet::ParquetConfig;
+use crate::source::file::{Input, read_batches};
+use crate::state::click_index::{ClickIndex, IndexedClick};
+use crate::state::dedup::{Attribution, ConvEntry, DedupMap};
+use crate::state::keys::{click_key, conversion_key};
+use crate::state::{Engine, EngineConfig};
+
+/// Resident set size of this process, bytes.
+pub fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+/// Peak resident set size of this process so far, bytes.
+pub fn peak_rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// CPU model from /proc/cpuinfo.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+/// Restricts the calling thread (and the threads it spawns from now on) to CPUs `0..n`.
+pub fn use_cores(n: usize) -> Result<()> {
+    // SAFETY: cpu_set_t is plain data; CPU_ZERO/CPU_SET only write inside it, and
+    // sched_setaffinity reads it for the calling thread (pid 0).
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_ZERO(&mut set);
+        for cpu in 0..n {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            anyhow::bail!(
+                "sched_setaffinity to {n} cores: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// One end-to-end run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EndToEnd {
+    pub cores: usize,
+    pub events: u64,
+    pub seconds: f64,
+    pub events_per_second: f64,
+    pub click_rows: u64,
+    pub conversion_rows: u64,
+    pub stats_rows: u64,
+    pub peak_rss_bytes: u64,
+}
+
+/// Bytes on disk per output row, from an end-to-end run's files.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct OutputSizes {
+    pub parquet_bytes_per_click: f64,
+    pub parquet_bytes_per_conversion: f64,
+    pub parquet_bytes_per_stats_row: f64,
+    /// Aggregate rows per accepted click (depends on the data's dimension cardinality).
+    pub stats_rows_per_click: f64,
+    /// Conversion rows (versions) per input click.
+    pub conversion_rows_per_click: f64,
+}
+
+fn bytes_under(dir: &Path, ext: &str) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().and_then(|x| x.to_str()) == Some(ext) {
+                total += e.metadata().map_or(0, |m| m.len());
+            }
+        }
+    }
+    total
+}
+
+/// The pipeline over `input/{clicks,conversions}.ndjson` into `out`, on `cores` cores.
+pub fn end_to_end(
+    input: &Path,
+    out: &Path,
+    cores: usize,
+    clickhouse: Option<crate::sink::clickhouse::ClickHouseConfig>,
+) -> Result<(EndToEnd, OutputSizes)> {
+    let _ = std::fs::remove_dir_all(out);
+    let mut cfg = PipelineConfig::parse(crate::config::DEFAULT_PIPELINE, "(bench)")
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    cfg.source.kind = SourceKind::Files;
+    cfg.source.clicks = Some(input.join("clicks.ndjson").display().to_string());
+    cfg.source.conversions = Some(input.join("conversions.ndjson").display().to_string());
+    cfg.sink.parquet.out = out.to_path_buf();
+    cfg.sink.clickhouse = clickhouse;
+    cfg.metrics.addr = "off".into();
+    use_cores(cores)?;
+    let report = run(&cfg, RunOptions::default());
+    let all = std::thread::available_parallelism().map_or(1, |n| n.get());
+    use_cores(all.max(cores))?;
+    let report = report?;
+    let s = &report.sinks;
+    let e2e = EndToEnd {
+        cores,
+        events: report.counters.events_in(),
+        seconds: report.elapsed.as_secs_f64(),
+        events_per_second: report.events_per_second(),
+        click_rows: s.click_rows,
+        conversion_rows: s.conversion_rows,
+        stats_rows: s.stats_rows,
+        peak_rss_bytes: peak_rss_bytes(),
+    };
+    let per = |bytes: u64, rows: u64| bytes as f64 / rows.max(1) as f64;
+    let sizes = OutputSizes {
+        parquet_bytes_per_click: per(bytes_under(&out.join("clicks"), "parquet"), s.click_rows),
+        parquet_bytes_per_conversion: per(
+            bytes_under(&out.join("conversions"), "parquet"),
+            s.conversion_rows,
+        ),
+        parquet_bytes_per_stats_row: per(
+            bytes_under(&out.join("stats_minute"), "parquet"),
+            s.stats_rows,
+        ),
+        stats_rows_per_click: s.stats_rows as f64 / s.click_rows.max(1) as f64,
+        conversion_rows_per_click: s.conversion_rows as f64
+            / report.counters.click_records.max(1) as f64,
+    };
+    Ok((e2e, sizes))
+}
+
+/// Events/s of each stage alone on one core (input events through the stage per second).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StageRates {
+    pub decode_clicks: f64,
+    pub decode_conversions: f64,
+    pub state: f64,
+    pub parquet: f64,
+    /// Rows the Parquet stage wrote per second (all tables).
+    pub parquet_rows: f64,
+}
+
+pub fn stages(input: &Path, out: &Path) -> Result<StageRates> {
+    let read = |name: &str| -> Result<Vec<crate::source::RawBatch>> {
+        let mut v = Vec::new();
+        let path = input.join(name);
+        read_batches(Input::Path(path.clone()).open()?, |b| {
+            v.push(b);
+            true
+        })
+        .with_context(|| format!("reading {}", path.display()))?;
+        Ok(v)
+    };
+    let (clicks_raw, convs_raw) = (read("clicks.ndjson")?, read("conversions.ndjson")?);
+    let n = |v: &[crate::source::RawBatch]| v.iter().map(|b| b.len()).sum::<usize>() as f64;
+    let (n_clicks, n_convs) = (n(&clicks_raw), n(&convs_raw));
+    let decoder = Decoder::new(Arc::from("bench"), DecodeLimits::default());
+
+    let t = Instant::now();
+    let clicks: Vec<_> = clicks_raw
+        .iter()
+        .map(|b| decoder.decode_clicks(b))
+        .collect();
+    let decode_clicks = n_clicks / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let convs: Vec<_> = convs_raw
+        .iter()
+        .map(|b| decoder.decode_conversions(b))
+        .collect();
+    let decode_conversions = n_convs / t.elapsed().as_secs_f64();
+    drop((clicks_raw, convs_raw));
+
+    let mut engine = Engine::new(EngineConfig::default());
+    let mut outs = Vec::with_capacity(clicks.len() + convs.len() + 1);
+    let t = Instant::now();
+    for (b, dead) in clicks {
+        let mut o = SinkBatch::default();
+        engine.on_dead_letters(dead, &mut o);
+        engine.on_clicks(b, &mut o);
+        outs.push(o);
+    }
+    for (b, dead) in convs {
+        let mut o = SinkBatch::default();
+        engine.on_dead_letters(dead, &mut o);
+        engine.on_conversions(b, &mut o);
+        outs.push(o);
+    }
+    let mut last = SinkBatch::default();
+    engine.finish(&mut last);
+    outs.push(last);
+    let state = (n_clicks + n_convs) / t.elapsed().as_secs_f64();
+    drop(engine);
+
+    let _ = std::fs::remove_dir_all(out);
+    let cfg = ParquetConfig {
+        out: out.to_path_buf(),
+        ..ParquetConfig::default()
+    };
+    let rows: usize = outs.iter().map(SinkBatch::rows).sum();
+    let mut sinks = Sinks::new(&cfg, 1)?;
+    let t = Instant::now();
+    for o in &outs {
+        sinks.write(o)?;
+    }
+    sinks.close()?;
+    let secs = t.elapsed().as_secs_f64();
+    Ok(StageRates {
+        decode_clicks,
+        decode_conversions,
+        state,
+        parquet: (n_clicks + n_convs) / secs,
+        parquet_rows: rows as f64 / secs,
+    })
+}
+
+/// RSS after inserting `keys` entries, sampled along the way.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemoryCurve {
+    /// (keys, bytes of RSS growth) for the click index.
+    pub click_index: Vec<(u64, u64)>,
+    /// (keys, bytes of RSS growth) for the dedup map.
+    pub dedup: Vec<(u64, u64)>,
+    pub bytes_per_click: f64,
+    pub bytes_per_dedup_key: f64,
+}
+
+pub fn memory(keys: u64) -> MemoryCurve {
+    const STEPS: u64 = 8;
+    let mut click_index = Vec::new();
+    let before = rss_bytes();
+    let index = ClickIndex::default();
+    for i in 0..keys {
+        let key = click_key(&format!(
+            "{:016x}{:08x}",
+            i.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            i
+        ));
+        index.insert_if_new(
+            key,
+            IndexedClick {
+                ts_ms: 1_793_527_200_000 + i as i64,
+                dims: (i % 5000) as u32,
+                extras: (i % 400) as u32,
+            },
+        );
+        if (i + 1) % (keys / STEPS).max(1) == 0 {
+            click_index.push((i + 1, rss_bytes().saturating_sub(before)));
+        }
+    }
+    drop(index);
+    let mut dedup = Vec::new();
+    let before = rss_bytes();
+    let map = DedupMap::default();
+    for i in 0..keys {
+        let key = conversion_key("tenant-1", &format!("ord-{i}"));
+        let mut e = ConvEntry::new(1_793_527_200_000 + i as i64, Status::Approved, 12_340_000);
+        e.resolve(Attribution::Attributed, (i % 5000) as u32, 3600);
+        map.put(key, e);
+        if (i + 1) % (keys / STEPS).max(1) == 0 {
+            dedup.push((i + 1, rss_bytes().saturating_sub(before)));
+        }
+    }
+    drop(map);
+    let last = |v: &[(u64, u64)]| v.last().map_or(0.0, |&(k, b)| b as f64 / k.max(1) as f64);
+    MemoryCurve {
+        bytes_per_click: last(&click_index),
+        bytes_per_dedup_key: last(&dedup),
+        click_index,
+        dedup,
+    }
+}
+
+/// Checkpoint of a state with `clicks` indexed clicks and `clicks / 10` dedup keys.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointCost {
+    pub clicks: u64,
+    pub dedup_keys: u64,
+    pub bytes: u64,
+    pub write_seconds: f64,
+    pub restore_seconds: f64,
+    /// Write + restore seconds per million keys (clicks + dedup keys).
+    pub write_seconds_per_million_keys: f64,
+    pub restore_seconds_per_million_keys: f64,
+}
+
+pub fn checkpoint_cost(clicks: u64, dir: &Path) -> Result<CheckpointCost> {
+    let keys = clicks / 10;
+    let mut snap = Snapshot {
+        epoch: 1,
+        ..Snapshot::default()
+    };
+    snap.engine.strings = vec![String::new()];
+    snap.engine.dims = vec![[0; 5]];
+    let t0 = 1_793_527_200_000i64;
+    snap.engine.clicks = (0..clicks)
+        .map(|i| ClickSnap {
+            key: i.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            ts_ms: t0 + i as i64,
+            dims: 0,
+            extras: 0,
+        })
+        .collect();
+    snap.engine.dedup = (0..keys)
+        .map(|i| DedupSnap {
+            key: i.wrapping_mul(0xD6E8_FEB8_6659_FD93),
+            packed: (t0 as u64) | (1 << 44),
+            amount_micros: 12_340_000,
+            dims: 0,
+            click_delay_s: 600,
+        })
+        .collect();
+    snap.engine.click_wm = t0;
+    snap.engine.conv_wm = t0;
+    let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&snap)?;
+    let engine = Engine::restore(EngineConfig::default(), &checkpoint::view(&bytes)?.engine);
+    drop((bytes, snap));
+
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    let t = Instant::now();
+    let live = Snapshot {
+        epoch: 2,
+        engine: engine.snapshot(),
+        ..Snapshot::default()
+    };
+    let size = checkpoint::write(dir, &live)?;
+    let write = t.elapsed().as_secs_f64();
+    drop((live, engine));
+    let t = Instant::now();
+    let (_, bytes) = checkpoint::load_latest(dir)?.context("the snapshot just written")?;
+    let restored = Engine::restore(EngineConfig::default(), &checkpoint::view(&bytes)?.engine);
+    let restore = t.elapsed().as_secs_f64();
+    drop(restored);
+    let _ = std::fs::remove_dir_all(dir);
+    let million = (clicks + keys) as f64 / 1e6;
+    Ok(CheckpointCost {
+        clicks,
+        dedup_keys: keys,
+        bytes: size,
+        write_seconds: write,
+        restore_seconds: restore,
+        write_seconds_per_million_keys: write / million,
+        restore_seconds_per_million_keys: restore / million,
+    })
+}
+
+/// ClickHouse bytes on disk per aggregate row and per conversion row (active parts).
+pub fn clickhouse_bytes(
+    cfg: &crate::sink::clickhouse::ClickHouseConfig,
+) -> Result<(f64, f64, u64)> {
+    use crate::sink::clickhouse::{Credentials, block_on, client};
+    let creds = Credentials::load(cfg)?;
+    let c = client(cfg, &creds);
+    let per = |table: &str| -> Result<(f64, u64)> {
+        let (bytes, rows): (u64, u64) = block_on(
+            c.query(
+                "SELECT toUInt64(sum(bytes_on_disk)), toUInt64(sum(rows)) FROM system.parts \
+                 WHERE database = ? AND table = ? AND active",
+            )
+            .bind(cfg.database.as_str())
+            .bind(table)
+            .fetch_one::<(u64, u64)>(),
+        )??;
+        Ok((bytes as f64 / rows.max(1) as f64, rows))
+    };
+    let (stats, rows) = per("attribution_stats_minute")?;
+    let (convs, _) = per("conversions")?;
+    Ok((stats, convs, rows))
+}
+
+/// Where `bench` keeps its scratch data.
+pub fn scratch(dir: &Path, name: &str) -> PathBuf {
+    dir.join("scratch").join(name)
+}
