@@ -337,8 +337,10 @@ pub fn markdown(r: &BenchReport) -> String {
             } else {
                 si(c.peak_events_per_second)
             },
-            if c.cores < 0.1 {
-                format!("{:.4}", c.cores)
+            if c.cores < 0.001 {
+                "< 0.001".to_string()
+            } else if c.cores < 0.1 {
+                format!("{:.3}", c.cores)
             } else {
                 format!("{:.2}", c.cores)
             },
