@@ -51,16 +51,19 @@ pub fn throughput(r: &BenchReport, path: &Path) -> Result<()> {
             BLACK.mix(0.3),
         ))
         .map_err(err)?
-        .label("linear from 1 core");
+        .label("linear from 1 core")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLACK.mix(0.3)));
     chart
         .draw_series(LineSeries::new(points.iter().copied(), &BLUE))
         .map_err(err)?
-        .label("measured");
+        .label("measured")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLUE));
     chart
         .draw_series(points.iter().map(|&p| Circle::new(p, 4, BLUE.filled())))
         .map_err(err)?;
     chart
         .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
         .border_style(BLACK)
         .background_style(WHITE)
         .draw()
