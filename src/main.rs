@@ -38,6 +38,9 @@ struct RunArgs {
     /// No progress line.
     #[arg(long, short)]
     quiet: bool,
+    /// Also write the summary as JSON here (counters, sizes, rows, seconds, events/s, peak RSS).
+    #[arg(long)]
+    summary_json: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -93,6 +96,9 @@ enum Command {
         /// Clicks to generate for the end-to-end and per-stage runs.
         #[arg(long, default_value_t = 1_000_000)]
         clicks: u64,
+        /// End-to-end runs per core count (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
         /// Keys to insert for the memory curve (hash tables grow by doubling, so the figure
         /// per key depends on where N falls; 10 M matches `cargo bench --bench memory`).
         #[arg(long, default_value_t = 10_000_000)]
@@ -169,6 +175,7 @@ fn dispatch(command: Command) -> Result<()> {
             overrides,
             fresh,
             quiet,
+            summary_json,
         }) => {
             let mut cfg = PipelineConfig::load_or_default(pipeline.as_deref())?;
             cfg.apply_overrides(overrides)?;
@@ -190,6 +197,17 @@ fn dispatch(command: Command) -> Result<()> {
                 },
             )?;
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            if let Some(path) = summary_json {
+                let json = serde_json::json!({
+                    "report": &report,
+                    "seconds": report.elapsed.as_secs_f64(),
+                    "events_per_second": report.events_per_second(),
+                    "cores": cores,
+                    "peak_rss_bytes": attribd::bench::measure::peak_rss_bytes(),
+                });
+                std::fs::write(&path, serde_json::to_string_pretty(&json)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
             println!("attribd run `{}` finished:", cfg.name);
             print!("{}", attribd::report::summary(&report, cores));
             Ok(())
@@ -223,6 +241,7 @@ fn dispatch(command: Command) -> Result<()> {
         }
         Command::Bench {
             clicks,
+            repeat,
             keys,
             checkpoint_clicks,
             clickhouse_url,
@@ -242,6 +261,7 @@ fn dispatch(command: Command) -> Result<()> {
                 }
                 None => attribd::bench::run(&attribd::bench::BenchOptions {
                     clicks,
+                    repeat,
                     keys,
                     checkpoint_clicks,
                     clickhouse_url,

@@ -116,8 +116,8 @@ pub struct RunOptions {
     pub metrics: Option<SharedMetrics>,
 }
 
-/// What a finished run did.
-#[derive(Debug, Clone)]
+/// What a finished run did (`attribd run --summary-json` writes it).
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct RunReport {
     pub counters: Counters,
     pub sizes: StateSizes,

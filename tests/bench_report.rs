@@ -28,6 +28,8 @@ fn bench_measures_a_known_input_and_plans_capacity() {
         "bench",
         "--clicks",
         "20000",
+        "--repeat",
+        "1",
         "--keys",
         "200000",
         "--checkpoint-clicks",

@@ -1,7 +1,8 @@
 //! The measurements behind `attribd bench`, each on this machine and in this process.
 //!
-//! * end to end: generated NDJSON files → the real pipeline → Parquet (and ClickHouse), with
-//!   every semantic on, restricted to 1, 2, … cores (CPU affinity) for the scaling curve;
+//! * end to end: generated NDJSON files → `attribd run` in a fresh child process → Parquet (and
+//!   ClickHouse), every semantic on, restricted to 1, 2, … cores (CPU affinity) for the scaling
+//!   curve. A child, not a call: a warm heap in this process made runs look ~30 % faster;
 //! * per stage, one core each: decode clicks, decode postbacks, state, Parquet;
 //! * memory per key, from RSS growth while the click index and dedup map fill up;
 //! * checkpoint write and restore time for a state of a known size.
@@ -15,10 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::snapshot::{ClickSnap, DedupSnap};
 use crate::checkpoint::{self, Snapshot};
-use crate::config::{PipelineConfig, SourceKind};
 use crate::event::Status;
 use crate::event::decode::{DecodeLimits, Decoder};
-use crate::pipeline::{RunOptions, run};
 use crate::rows::SinkBatch;
 use crate::sink::Sinks;
 use crate::sink::parquet::ParquetConfig;
@@ -122,37 +121,81 @@ fn bytes_under(dir: &Path, ext: &str) -> u64 {
     total
 }
 
-/// The pipeline over `input/{clicks,conversions}.ndjson` into `out`, on `cores` cores.
+/// `attribd run` over `input/{clicks,conversions}.ndjson` into `out`, as a fresh child process
+/// (what an operator gets: cold heap, page faults and all) restricted to `cores` cores.
 pub fn end_to_end(
     input: &Path,
     out: &Path,
     cores: usize,
-    clickhouse: Option<crate::sink::clickhouse::ClickHouseConfig>,
+    clickhouse: Option<&crate::sink::clickhouse::ClickHouseConfig>,
 ) -> Result<(EndToEnd, OutputSizes)> {
     let _ = std::fs::remove_dir_all(out);
-    let mut cfg = PipelineConfig::parse(crate::config::DEFAULT_PIPELINE, "(bench)")
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    cfg.source.kind = SourceKind::Files;
-    cfg.source.clicks = Some(input.join("clicks.ndjson").display().to_string());
-    cfg.source.conversions = Some(input.join("conversions.ndjson").display().to_string());
-    cfg.sink.parquet.out = out.to_path_buf();
-    cfg.sink.clickhouse = clickhouse;
-    cfg.metrics.addr = "off".into();
+    // Let the previous run's writes and deletions reach the disk first: the run fsyncs every
+    // file it closes, and a backlog of dirty pages from the last run would slow those.
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let summary = out.with_extension("summary.json");
+    let exe = std::env::current_exe().context("locating the attribd binary")?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["run", "-q", "--fresh", "--metrics-addr", "off"])
+        .arg("--clicks")
+        .arg(input.join("clicks.ndjson"))
+        .arg("--conversions")
+        .arg(input.join("conversions.ndjson"))
+        .arg("--out")
+        .arg(out)
+        .arg("--summary-json")
+        .arg(&summary)
+        .stdout(std::process::Stdio::null());
+    if let Some(ch) = clickhouse {
+        cmd.args([
+            "--clickhouse-url",
+            &ch.url,
+            "--clickhouse-database",
+            &ch.database,
+        ]);
+    }
+    // The child inherits the affinity of the thread that spawns it.
     use_cores(cores)?;
-    let report = run(&cfg, RunOptions::default());
+    let status = cmd.status();
     let all = std::thread::available_parallelism().map_or(1, |n| n.get());
     use_cores(all.max(cores))?;
-    let report = report?;
-    let s = &report.sinks;
+    let status = status.context("starting attribd run")?;
+    if !status.success() {
+        anyhow::bail!("attribd run for the end-to-end measurement failed ({status})");
+    }
+    let text = std::fs::read_to_string(&summary)
+        .with_context(|| format!("reading {}", summary.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).context("parsing the run summary")?;
+    let _ = std::fs::remove_file(&summary);
+    let num = |ptr: &str| {
+        v.pointer(ptr)
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or(0.0)
+    };
+    let int = |ptr: &str| {
+        v.pointer(ptr)
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0)
+    };
+    let s = crate::sink::SinkTotals {
+        click_rows: int("/report/sinks/click_rows"),
+        conversion_rows: int("/report/sinks/conversion_rows"),
+        stats_rows: int("/report/sinks/stats_rows"),
+        dead_letters: int("/report/sinks/dead_letters"),
+        files: int("/report/sinks/files"),
+    };
+    let click_records = int("/report/counters/click_records");
     let e2e = EndToEnd {
         cores,
-        events: report.counters.events_in(),
-        seconds: report.elapsed.as_secs_f64(),
-        events_per_second: report.events_per_second(),
+        events: click_records + int("/report/counters/conversion_records"),
+        seconds: num("/seconds"),
+        events_per_second: num("/events_per_second"),
         click_rows: s.click_rows,
         conversion_rows: s.conversion_rows,
         stats_rows: s.stats_rows,
-        peak_rss_bytes: peak_rss_bytes(),
+        peak_rss_bytes: int("/peak_rss_bytes"),
     };
     let per = |bytes: u64, rows: u64| bytes as f64 / rows.max(1) as f64;
     let sizes = OutputSizes {
@@ -166,8 +209,7 @@ pub fn end_to_end(
             s.stats_rows,
         ),
         stats_rows_per_click: s.stats_rows as f64 / s.click_rows.max(1) as f64,
-        conversion_rows_per_click: s.conversion_rows as f64
-            / report.counters.click_records.max(1) as f64,
+        conversion_rows_per_click: s.conversion_rows as f64 / click_records.max(1) as f64,
     };
     Ok((e2e, sizes))
 }

@@ -46,7 +46,7 @@ use deadletter::DeadLetterWriter;
 use parquet::{ClickBuilders, ConversionBuilders, ParquetConfig, PartitionedTable, StatsBuilders};
 
 /// Rows and files written, per output.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct SinkTotals {
     pub click_rows: u64,
     pub conversion_rows: u64,

@@ -58,7 +58,7 @@ impl Default for EngineConfig {
 }
 
 /// Run totals, printed as the summary table (and exported as metrics later).
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Counters {
     pub click_records: u64,
     pub conversion_records: u64,
@@ -100,7 +100,7 @@ impl Counters {
 }
 
 /// Sizes of the state, for progress lines and memory accounting.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct StateSizes {
     pub indexed_clicks: usize,
     pub click_extras: usize,

@@ -213,7 +213,7 @@ pub fn migrate(cfg: &ClickHouseConfig) -> Result<Vec<u32>> {
 }
 
 /// What the sink did, for the run summary.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct ClickHouseTotals {
     pub stats_rows: u64,
     pub conversion_rows: u64,
