@@ -51,10 +51,17 @@ impl Aggregator {
         let closed = std::mem::replace(&mut self.open, keep);
         for (minute, buckets) in closed {
             self.open_buckets -= buckets.len();
-            let mut rows: Vec<_> = buckets.into_iter().collect();
-            // Deterministic row order within a minute.
-            rows.sort_unstable_by_key(|(d, _)| *d);
-            for (d, measures) in rows {
+            let rows: Vec<_> = buckets.into_iter().collect();
+            // Deterministic row order within a minute. The order is sorted as (dims, index)
+            // pairs: moving 8 bytes per swap instead of a whole row of measures.
+            let mut order: Vec<(u32, u32)> = rows
+                .iter()
+                .enumerate()
+                .map(|(i, (d, _))| (*d, i as u32))
+                .collect();
+            order.sort_unstable();
+            for (d, i) in order {
+                let measures = rows[i as usize].1;
                 if measures == Measures::default() {
                     continue;
                 }

@@ -332,7 +332,8 @@ pub fn memory(keys: u64) -> MemoryCurve {
             click_index.push((i + 1, rss_bytes().saturating_sub(before)));
         }
     }
-    drop(index);
+    // The index stays alive while the dedup map fills: freed memory that the allocator keeps
+    // and hands out again would hide the map's growth.
     let mut dedup = Vec::new();
     let before = rss_bytes();
     let map = DedupMap::default();
@@ -345,7 +346,7 @@ pub fn memory(keys: u64) -> MemoryCurve {
             dedup.push((i + 1, rss_bytes().saturating_sub(before)));
         }
     }
-    drop(map);
+    drop((map, index));
     let last = |v: &[(u64, u64)]| v.last().map_or(0.0, |&(k, b)| b as f64 / k.max(1) as f64);
     MemoryCurve {
         bytes_per_click: last(&click_index),
