@@ -20,7 +20,6 @@
 pub mod rows;
 pub mod schema;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -254,7 +253,7 @@ pub struct ClickHouseSink {
     client: Client,
     version: ServerVersion,
     rt: tokio::runtime::Runtime,
-    stats: HashMap<StatsKey, StatsRow>,
+    stats: rustc_hash::FxHashMap<StatsKey, StatsRow>,
     conversions: Vec<ConversionRow>,
     /// Checkpoint epoch and flush numbers per table within it; parts of the batch id.
     epoch: u64,
@@ -287,7 +286,7 @@ impl ClickHouseSink {
             client,
             version,
             rt,
-            stats: HashMap::new(),
+            stats: rustc_hash::FxHashMap::default(),
             conversions: Vec::new(),
             epoch: 1,
             verify_epoch: 1,

@@ -10,7 +10,7 @@
 
 pub mod schema;
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -88,7 +88,7 @@ pub struct PartitionedTable<B: RowBuilder> {
     run_id: String,
     cfg: ParquetConfig,
     props: WriterProperties,
-    partitions: HashMap<i64, Partition<B>>,
+    partitions: FxHashMap<i64, Partition<B>>,
     next_seq: u64,
     /// Complete files written so far.
     pub files_written: u64,
@@ -121,7 +121,7 @@ impl<B: RowBuilder> PartitionedTable<B> {
             run_id: run_id.to_string(),
             cfg: cfg.clone(),
             props,
-            partitions: HashMap::new(),
+            partitions: FxHashMap::default(),
             next_seq: 0,
             files_written: 0,
             rows_written: 0,
