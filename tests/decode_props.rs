@@ -172,7 +172,12 @@ fn check_accounting(lines: &[Vec<u8>]) -> (usize, usize) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(400))]
+    // No failure files: a failing case is printed, minimised, in the test output.
+    #![proptest_config(ProptestConfig {
+        cases: 400,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn arbitrary_bytes_never_panic_or_vanish(

@@ -60,19 +60,34 @@ pub fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown".to_string())
 }
 
-/// Restricts the calling thread (and the threads it spawns from now on) to CPUs `0..n`.
-pub fn use_cores(n: usize) -> Result<()> {
+/// The CPUs this process may run on (a container's cpuset need not start at CPU 0).
+pub fn allowed_cpus() -> Result<Vec<usize>> {
+    // SAFETY: cpu_set_t is plain data that sched_getaffinity fills for the calling thread;
+    // CPU_ISSET only reads inside it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            anyhow::bail!("sched_getaffinity: {}", std::io::Error::last_os_error());
+        }
+        Ok((0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect())
+    }
+}
+
+/// Restricts the calling thread (and the threads it spawns from now on) to `cpus`.
+pub fn pin_to(cpus: &[usize]) -> Result<()> {
     // SAFETY: cpu_set_t is plain data; CPU_ZERO/CPU_SET only write inside it, and
     // sched_setaffinity reads it for the calling thread (pid 0).
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_ZERO(&mut set);
-        for cpu in 0..n {
+        for &cpu in cpus {
             libc::CPU_SET(cpu, &mut set);
         }
         if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
             anyhow::bail!(
-                "sched_setaffinity to {n} cores: {}",
+                "sched_setaffinity to CPUs {cpus:?}: {}",
                 std::io::Error::last_os_error()
             );
         }
@@ -156,11 +171,12 @@ pub fn end_to_end(
             &ch.database,
         ]);
     }
-    // The child inherits the affinity of the thread that spawns it.
-    use_cores(cores)?;
+    // The child inherits the affinity of the thread that spawns it: the first `cores` of the
+    // CPUs this process may use, then all of them again.
+    let allowed = allowed_cpus()?;
+    pin_to(&allowed[..cores.min(allowed.len())])?;
     let status = cmd.status();
-    let all = std::thread::available_parallelism().map_or(1, |n| n.get());
-    use_cores(all.max(cores))?;
+    pin_to(&allowed)?;
     let status = status.context("starting attribd run")?;
     if !status.success() {
         anyhow::bail!("attribd run for the end-to-end measurement failed ({status})");
