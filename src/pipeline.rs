@@ -163,6 +163,8 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
         Some(addr) => Some(crate::telemetry::server::serve(addr, metrics.clone())?),
         None => None,
     };
+    // Whatever way the run ends, the queues it leaves behind are not a backlog.
+    let _zero_queues = ZeroQueuesOnExit(metrics.clone());
     let limits = cfg.decode_limits();
     let state_dir = cfg.state_dir();
     let out = &cfg.sink.parquet.out;
@@ -217,10 +219,15 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
     // every sink closed successfully, i.e. once the outputs are durable.
     let fluvio_readers: Arc<Mutex<Vec<PartitionReader<FluvioLog>>>> = Arc::default();
     // Batches a restored run already processed are read again but not sent on.
-    let skip = |tx: &Metered<RawBatch>, b: RawBatch, upto: u64| {
+    let skip = |tx: &Metered<RawBatch>, mut b: RawBatch, upto: u64| {
         if b.end.line <= upto && upto > 0 {
             true
         } else {
+            // A batch that straddles the restore point (batch cuts of another version) keeps
+            // only its lines after it.
+            if upto > 0 && b.records.first().is_some_and(|r| r.position.line <= upto) {
+                b.records.retain(|r| r.position.line > upto);
+            }
             let n = b.len();
             tx.send(b, n)
         }
@@ -260,7 +267,7 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
                 tracing::info!(%topic, ?partitions, "reading Fluvio partitions");
                 let (idle, done) = (f.exit_when_idle, fluvio_readers.clone());
                 let m = metrics.clone();
-                sources.push(spawn("source-fluvio", move || {
+                sources.push(spawn_source("source-fluvio", &metrics, move || {
                     let readers = run_topic(
                         readers,
                         idle,
@@ -279,7 +286,7 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
         }
         SourceKind::Generator => {
             let gen_cfg = cfg.source.generator.clone();
-            sources.push(spawn("source-generator", move || {
+            sources.push(spawn_source("source-generator", &metrics, move || {
                 generator_source(&gen_cfg, click_raw_tx, conv_raw_tx, resume)
             })?);
         }
@@ -311,7 +318,7 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
                         _ => None,
                     };
                     let (m, stream) = (metrics.clone(), ["clicks", "conversions"][i]);
-                    sources.push(spawn("source-file", move || {
+                    sources.push(spawn_source("source-file", &metrics, move || {
                         read_batches(reader, |b| {
                             if let Some(size) = size {
                                 m.source_lag_bytes(
@@ -428,6 +435,7 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
                                 let failed = r.is_err();
                                 let _ = ack.send(r);
                                 if failed {
+                                    m.health.sink_failed.store(true, Ordering::Relaxed);
                                     anyhow::bail!("ClickHouse sink failed at a checkpoint");
                                 }
                             }
@@ -515,6 +523,13 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
     if let Some(e) = first_error {
         return Err(e);
     }
+    if state_result.is_err() && metrics.health.source_failed.load(Ordering::Relaxed) {
+        // The source's own error says what went wrong; the state stage only stopped for it.
+        for h in sources.drain(..) {
+            h.join()
+                .map_err(|_| anyhow!("a source thread panicked"))??;
+        }
+    }
     state_result?;
     if !interrupted {
         for h in sources.into_iter().chain(decoders) {
@@ -591,6 +606,7 @@ fn sink_loop(
             Ok(SinkMsg::Barrier(next, ack)) => {
                 let r = sinks.barrier(next);
                 let failed = r.is_err();
+                metrics.sink_write(SinkKind::Parquet, !failed);
                 let _ = ack.send(r);
                 if failed {
                     anyhow::bail!("a sink failed at a checkpoint");
@@ -601,27 +617,34 @@ fn sink_loop(
                     return Err(stopped());
                 }
             }
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => sinks.tick()?,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                let r = sinks.tick();
+                if r.is_err() {
+                    metrics.sink_write(SinkKind::Parquet, false);
+                }
+                r?
+            }
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
         }
     }
-    sinks.close()
+    let closed = sinks.close();
+    metrics.sink_write(SinkKind::Parquet, closed.is_ok());
+    closed
 }
 
 /// `sink.parquet.throttle_rows_per_second`: holds a sink thread to a row rate (to spare a
 /// shared disk — and to test that a slow sink slows the sources instead of filling memory).
 struct Throttle {
     rate: u64,
-    start: Instant,
-    rows: u64,
+    /// When the rows written so far are paid for.
+    paid_until: Instant,
 }
 
 impl Throttle {
     fn new(rate: u64) -> Throttle {
         Throttle {
             rate,
-            start: Instant::now(),
-            rows: 0,
+            paid_until: Instant::now(),
         }
     }
 
@@ -629,10 +652,26 @@ impl Throttle {
         if self.rate == 0 {
             return;
         }
-        self.rows += rows;
-        let due = Duration::from_secs_f64(self.rows as f64 / self.rate as f64);
-        if let Some(ahead) = due.checked_sub(self.start.elapsed()) {
-            thread::sleep(ahead);
+        let now = Instant::now();
+        // Idle time banks at most one second of budget: no burst above the rate after a pause.
+        if let Some(floor) = now.checked_sub(Duration::from_secs(1))
+            && self.paid_until < floor
+        {
+            self.paid_until = floor;
+        }
+        self.paid_until += Duration::from_secs_f64(rows as f64 / self.rate as f64);
+        if self.paid_until > now {
+            thread::sleep(self.paid_until - now);
+        }
+    }
+}
+
+struct ZeroQueuesOnExit(SharedMetrics);
+
+impl Drop for ZeroQueuesOnExit {
+    fn drop(&mut self) {
+        for q in Queue::ALL {
+            self.0.queue(q).set(0);
         }
     }
 }
@@ -693,6 +732,24 @@ impl SinkSenders {
         }
         Ok(())
     }
+}
+
+/// A source thread: an error marks the pipeline not ready and stops the state stage (which
+/// must not go on attributing against a stream that has died); the error itself is reported
+/// when the thread is joined.
+fn spawn_source(
+    name: &str,
+    metrics: &SharedMetrics,
+    f: impl FnOnce() -> Result<()> + Send + 'static,
+) -> Result<thread::JoinHandle<Result<()>>> {
+    let metrics = metrics.clone();
+    spawn(name, move || {
+        let r = f();
+        if r.is_err() {
+            metrics.health.source_failed.store(true, Ordering::Relaxed);
+        }
+        r
+    })
 }
 
 fn spawn(
@@ -811,6 +868,10 @@ impl Merge<'_> {
         let mut last_progress = Instant::now();
         let tty = std::io::stderr().is_terminal();
         loop {
+            if self.metrics.health.source_failed.load(Ordering::Relaxed) {
+                // No checkpoint: the restart replays from the last good one.
+                anyhow::bail!("a source failed");
+            }
             if opts.stop.load(Ordering::Relaxed) {
                 self.interrupted = true;
                 tracing::info!("stop requested: checkpointing and exiting");

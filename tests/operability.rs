@@ -144,7 +144,15 @@ fn metrics_report_the_fixture_exactly() {
     assert_eq!(dead_letter_lines(&out), 9);
 
     // Every queue drained; state sizes as the engine reports them; a checkpoint was taken.
-    for q in ["raw_clicks", "decoded_clicks", "sink_clicks", "sink_rest"] {
+    for q in [
+        "raw_clicks",
+        "raw_conversions",
+        "decoded_clicks",
+        "decoded_conversions",
+        "sink_clicks",
+        "sink_rest",
+        "sink_clickhouse",
+    ] {
         assert_eq!(
             v(&format!("attribd_queue_depth_events{{queue=\"{q}\"}}")),
             0.0
@@ -342,6 +350,45 @@ fn json_logs_carry_no_secrets() {
         "{stderr}"
     );
     assert!(stderr.contains("127.0.0.1:9"), "the error names the server");
+}
+
+/// A source that fails mid-stream (a truncated gzip file) ends the run with its error instead
+/// of the pipeline carrying on with the other stream.
+#[test]
+fn a_failing_source_stops_the_run_with_its_error() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    for i in 0..200_000 {
+        writeln!(
+            enc,
+            r#"{{"click_id":"c{i}","ts":1793527200000,"offer_id":"o1","affiliate_id":"a1"}}"#
+        )
+        .unwrap();
+    }
+    let gz = enc.finish().unwrap();
+    let truncated = dir.path().join("clicks.ndjson.gz");
+    std::fs::write(&truncated, &gz[..gz.len() / 2]).unwrap();
+    let o = common::attribd_cmd()
+        .args([
+            "run",
+            "-q",
+            "--clicks",
+            truncated.to_str().unwrap(),
+            "--conversions",
+            fixture("conversions.ndjson").to_str().unwrap(),
+            "--out",
+            dir.path().join("out").to_str().unwrap(),
+        ])
+        .env("ATTRIBD_LOG", "warn")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("error: reading") && stderr.contains("clicks.ndjson.gz"),
+        "{stderr}"
+    );
 }
 
 #[test]

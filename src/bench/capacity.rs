@@ -3,14 +3,18 @@
 //!
 //! The model, per `clicks/day` C (every input is a flag of `attribd bench`):
 //!
-//! * events/day = C × (1 + conversion_rate × (1 + duplicate_rate)); the peak rate is the daily
-//!   average × `peak_to_average`;
+//! * events/day = C × (1 + conversion_rate × (1 + duplicate_rate + status_change_rate)); the
+//!   peak rate is the daily average × `peak_to_average`;
 //! * cores = peak events/s × `headroom` ÷ (measured end-to-end events/s ÷ measured cores);
 //! * memory = indexed clicks (C × attribution window days) × bytes/click + dedup keys
-//!   (C × conversion_rate × dedup window days) × bytes/key + the measured base RSS;
+//!   (C × conversion_rate × dedup window days) × bytes/key + a base per instance (the measured
+//!   run's peak RSS minus its state, at least 256 MiB: queues, Parquet buffers, open files);
+//! * conversion rows/day = C × conversion_rate × (1 + status_change_rate) (duplicates write
+//!   nothing); aggregate rows/day = C × aggregate rows per click;
 //! * disk/day = clicks × Parquet bytes/click + conversion rows × bytes/row + aggregate rows ×
 //!   bytes/row; over the retention period × `retention_days`;
-//! * ClickHouse rows/day = aggregate rows + conversion rows (before merges, an upper bound).
+//! * ClickHouse rows/day = aggregate rows + conversion rows (before merges, an upper bound), at
+//!   the measured ClickHouse bytes per row of each table.
 //!
 //! Instances are what it takes of `instance_cores` / `instance_memory_gib` machines (the
 //! measured one by default): partitions split both CPU and state (docs/scaling.md).
@@ -19,13 +23,17 @@ use serde::{Deserialize, Serialize};
 
 /// The traffic profile and the target machine; flags of `attribd bench`.
 #[derive(Debug, Clone, Serialize, Deserialize, clap::Args)]
+#[serde(default)]
 pub struct Assumptions {
     /// Conversions per click.
     #[arg(long, default_value_t = 0.02)]
     pub conversion_rate: f64,
-    /// Extra postbacks per conversion (duplicates and status changes).
-    #[arg(long, default_value_t = 0.2)]
+    /// Duplicate postbacks per conversion (dropped; they write nothing).
+    #[arg(long, default_value_t = 0.1)]
     pub duplicate_rate: f64,
+    /// Status changes per conversion (each writes a new conversion version).
+    #[arg(long, default_value_t = 0.1)]
+    pub status_change_rate: f64,
     /// Peak rate ÷ daily average rate.
     #[arg(long, default_value_t = 3.0)]
     pub peak_to_average: f64,
@@ -57,7 +65,8 @@ impl Default for Assumptions {
     fn default() -> Self {
         Assumptions {
             conversion_rate: 0.02,
-            duplicate_rate: 0.2,
+            duplicate_rate: 0.1,
+            status_change_rate: 0.1,
             peak_to_average: 3.0,
             attribution_window_days: 30.0,
             dedup_window_days: 90.0,
@@ -82,6 +91,7 @@ pub struct Costs {
     pub parquet_bytes_per_stats_row: f64,
     pub stats_rows_per_click: f64,
     pub clickhouse_bytes_per_stats_row: Option<f64>,
+    pub clickhouse_bytes_per_conversion_row: Option<f64>,
     pub cores: usize,
     pub memory_gib: f64,
 }
@@ -114,7 +124,7 @@ pub fn table(a: &Assumptions, c: &Costs) -> Vec<CapacityRow> {
 
 pub fn row(a: &Assumptions, c: &Costs, clicks: f64) -> CapacityRow {
     let conversions = clicks * a.conversion_rate;
-    let postbacks = conversions * (1.0 + a.duplicate_rate);
+    let postbacks = conversions * (1.0 + a.duplicate_rate + a.status_change_rate);
     let events = clicks + postbacks;
     let peak = events / 86_400.0 * a.peak_to_average;
     let cores = peak * a.headroom / c.events_per_second_per_core.max(1.0);
@@ -122,7 +132,7 @@ pub fn row(a: &Assumptions, c: &Costs, clicks: f64) -> CapacityRow {
         + conversions * a.dedup_window_days * c.bytes_per_dedup_key;
     let stats_rows = clicks * a.stats_rows_per_click.unwrap_or(c.stats_rows_per_click);
     // Conversion versions: first postbacks plus status changes (duplicates write nothing).
-    let conversion_rows = postbacks;
+    let conversion_rows = conversions * (1.0 + a.status_change_rate);
     let disk_day = clicks * c.parquet_bytes_per_click
         + conversion_rows * c.parquet_bytes_per_conversion
         + stats_rows * c.parquet_bytes_per_stats_row;
@@ -142,9 +152,10 @@ pub fn row(a: &Assumptions, c: &Costs, clicks: f64) -> CapacityRow {
         disk_gib_per_day: disk_day / GIB,
         disk_gib_retention: disk_day * a.retention_days / GIB,
         clickhouse_rows_per_day: stats_rows + conversion_rows,
-        clickhouse_gib_per_day: c
-            .clickhouse_bytes_per_stats_row
-            .map(|b| (stats_rows + conversion_rows) * b / GIB),
+        clickhouse_gib_per_day: c.clickhouse_bytes_per_stats_row.map(|b| {
+            (stats_rows * b + conversion_rows * c.clickhouse_bytes_per_conversion_row.unwrap_or(b))
+                / GIB
+        }),
         rule_of_thumb_instances: (clicks / 100_000.0).ceil().max(1.0),
         rule_of_thumb_disk_gib_per_day: (clicks * 1024.0 + conversions * 2048.0) / GIB,
         rule_of_thumb_redis_gib: (clicks * a.attribution_window_days + conversions) / 1e6 * 2.0,
@@ -166,6 +177,7 @@ mod tests {
             parquet_bytes_per_stats_row: 50.0,
             stats_rows_per_click: 0.5,
             clickhouse_bytes_per_stats_row: Some(30.0),
+            clickhouse_bytes_per_conversion_row: Some(80.0),
             cores: 2,
             memory_gib: 24.0,
         }
@@ -175,7 +187,7 @@ mod tests {
     fn the_model_multiplies_as_documented() {
         let a = Assumptions::default();
         let r = row(&a, &costs(), 86_400_000.0);
-        // 86.4 M clicks + 2 % conversions × 1.2 postbacks = 88.47 M events/day.
+        // 86.4 M clicks + 2 % conversions × (1 + 0.1 duplicates + 0.1 changes) = 88.47 M/day.
         assert!((r.events_per_day - 88_473_600.0).abs() < 1.0);
         // 1024 events/s average × 3 peak = 3072/s; × 2 headroom ÷ 100 K/s per core.
         assert!((r.peak_events_per_second - 3072.0).abs() < 1e-6);
@@ -183,11 +195,13 @@ mod tests {
         // State: 86.4 M × 30 d × 40 B + 1.728 M × 90 d × 50 B.
         let state = 86_400_000.0 * 30.0 * 40.0 + 1_728_000.0 * 90.0 * 50.0;
         assert!((r.memory_gib - state / GIB).abs() < 1e-9);
-        // Disk: clicks × 100 + 2.0736 M versions × 200 + 43.2 M aggregate rows × 50.
-        let disk = 86_400_000.0 * 100.0 + 2_073_600.0 * 200.0 + 43_200_000.0 * 50.0;
+        // Disk: clicks × 100 + 1.9008 M versions (1.728 M × 1.1) × 200 + 43.2 M aggregates × 50.
+        let disk = 86_400_000.0 * 100.0 + 1_900_800.0 * 200.0 + 43_200_000.0 * 50.0;
         assert!((r.disk_gib_per_day - disk / GIB).abs() < 1e-9);
         assert!((r.disk_gib_retention - 90.0 * disk / GIB).abs() < 1e-6);
-        assert_eq!(r.clickhouse_rows_per_day, 43_200_000.0 + 2_073_600.0);
+        assert_eq!(r.clickhouse_rows_per_day, 43_200_000.0 + 1_900_800.0);
+        let ch = (43_200_000.0 * 30.0 + 1_900_800.0 * 80.0) / GIB;
+        assert!((r.clickhouse_gib_per_day.unwrap() - ch).abs() < 1e-9);
         // 104 GiB of state does not fit one 24 GiB machine: memory decides.
         assert_eq!(r.instances, (state / (24.0 * GIB * 0.8)).ceil() as u64);
         assert_eq!(r.rule_of_thumb_instances, 864.0);

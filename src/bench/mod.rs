@@ -165,13 +165,21 @@ impl BenchReport {
                 .map_or(0.0, |e| e.events_per_second / e.cores.max(1) as f64),
             bytes_per_indexed_click: self.memory.bytes_per_click,
             bytes_per_dedup_key: self.memory.bytes_per_dedup_key,
-            // The pipeline's own buffers and queues; the state is accounted per key.
-            base_rss_bytes: 256.0 * 1024.0 * 1024.0,
+            // What the measured run held besides its state (queues, Parquet buffers, open
+            // files), at least 256 MiB; the state is accounted per key.
+            base_rss_bytes: best
+                .map_or(0.0, |e| {
+                    e.peak_rss_bytes as f64
+                        - e.click_rows as f64 * self.memory.bytes_per_click
+                        - e.conversion_rows as f64 * self.memory.bytes_per_dedup_key
+                })
+                .max(256.0 * 1024.0 * 1024.0),
             parquet_bytes_per_click: self.outputs.parquet_bytes_per_click,
             parquet_bytes_per_conversion: self.outputs.parquet_bytes_per_conversion,
             parquet_bytes_per_stats_row: self.outputs.parquet_bytes_per_stats_row,
             stats_rows_per_click: self.outputs.stats_rows_per_click,
             clickhouse_bytes_per_stats_row: self.clickhouse_bytes_per_stats_row,
+            clickhouse_bytes_per_conversion_row: self.clickhouse_bytes_per_conversion_row,
             cores: self.cores,
             memory_gib: self.memory_gib,
         }
@@ -320,11 +328,13 @@ pub fn markdown(r: &BenchReport) -> String {
     let _ = writeln!(s, "\n## Capacity\n");
     let _ = writeln!(
         s,
-        "Assumptions: conversion rate {}, extra postbacks per conversion {}, peak/average {}, \
-         attribution window {} d, dedup window {} d, retention {} d, CPU headroom ×{}, \
-         aggregate rows per click {:.3}, instance = {} cores / {:.0} GiB.\n",
+        "Assumptions: conversion rate {}, duplicate postbacks per conversion {}, status changes \
+         per conversion {}, peak/average {}, attribution window {} d, dedup window {} d, \
+         retention {} d, CPU headroom ×{}, aggregate rows per click {:.3}, instance = {} cores / \
+         {:.0} GiB (base RSS {:.0} MiB each).\n",
         a.conversion_rate,
         a.duplicate_rate,
+        a.status_change_rate,
         a.peak_to_average,
         a.attribution_window_days,
         a.dedup_window_days,
@@ -333,6 +343,7 @@ pub fn markdown(r: &BenchReport) -> String {
         a.stats_rows_per_click.unwrap_or(o.stats_rows_per_click),
         a.instance_cores.unwrap_or(r.cores),
         a.instance_memory_gib.unwrap_or(r.memory_gib),
+        r.costs().base_rss_bytes / (1024.0 * 1024.0),
     );
     let _ = writeln!(
         s,

@@ -245,6 +245,32 @@ mod tests {
     }
 
     #[test]
+    fn empty_input_long_lines_and_an_early_stop() {
+        let none = read_batches(BufReader::new(&b""[..]), |_| panic!("no batch expected"));
+        assert_eq!(none.unwrap(), 0);
+        // 300 lines of 10 KB: batches are cut at 1 MiB, before the line count is reached.
+        let line = format!("{{\"x\":\"{}\"}}\n", "y".repeat(10_000));
+        let text = line.repeat(300);
+        let mut sizes = Vec::new();
+        read_batches(BufReader::new(text.as_bytes()), |b| {
+            sizes.push((b.len(), b.end.line));
+            true
+        })
+        .unwrap();
+        let per_batch = (1 << 20) / line.len() + 1;
+        assert_eq!(sizes[0], (per_batch, per_batch as u64));
+        assert_eq!(sizes.iter().map(|s| s.0).sum::<usize>(), 300);
+        // `emit` returning false stops the reader after that batch.
+        let mut calls = 0;
+        let read = read_batches(BufReader::new(text.as_bytes()), |_| {
+            calls += 1;
+            false
+        })
+        .unwrap();
+        assert_eq!((calls, read), (1, per_batch as u64));
+    }
+
+    #[test]
     fn missing_file_is_a_clear_error() {
         let err = Input::parse("/nonexistent/clicks.ndjson")
             .open()

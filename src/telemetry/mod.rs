@@ -132,6 +132,8 @@ pub struct Metrics {
 pub struct Health {
     /// Every source opened / connected.
     pub sources_connected: AtomicBool,
+    /// Set once a source failed (its error ends the run).
+    pub source_failed: AtomicBool,
     /// Set once a sink failed; the pipeline is going down.
     pub sink_failed: AtomicBool,
     /// The ClickHouse circuit breaker is open (inserts are waiting).
@@ -146,6 +148,9 @@ impl Health {
         let mut p = Vec::new();
         if !self.sources_connected.load(Ordering::Relaxed) {
             p.push("sources not connected");
+        }
+        if self.source_failed.load(Ordering::Relaxed) {
+            p.push("a source failed");
         }
         if self.sink_failed.load(Ordering::Relaxed) {
             p.push("a sink failed");
@@ -319,7 +324,7 @@ impl Metrics {
         let sink_writes = Family::default();
         r.register(
             "sink_writes",
-            "Write attempts by sink (Parquet: record batches and files; ClickHouse: INSERTs incl. retries)",
+            "Write attempts by sink (Parquet: batches written, checkpoint barriers, closes; ClickHouse: INSERTs incl. retries)",
             Family::<Labels, Counter>::clone(&sink_writes),
         );
         let sink_failures = Family::default();
