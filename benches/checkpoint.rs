@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use attribd::checkpoint::snapshot::{ClickSnap, DedupSnap};
+use attribd::bench::measure::synthetic_engine;
 use attribd::checkpoint::{self, Snapshot};
 use attribd::state::{Engine, EngineConfig};
 
@@ -19,45 +19,8 @@ fn main() -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
 
     // A realistic state: the click index, the dedup map and a day of unique visitors.
-    let mut snap = Snapshot {
-        epoch: 1,
-        ..Snapshot::default()
-    };
-    snap.engine.strings = vec![String::new()];
-    snap.engine.dims = vec![[0; 5]];
-    let t0 = 1_793_527_200_000i64;
-    snap.engine.clicks = (0..clicks)
-        .map(|i| ClickSnap {
-            key: i.wrapping_mul(0x9E37_79B9_7F4A_7C15),
-            ts_ms: t0 + i as i64,
-            dims: 0,
-            extras: 0,
-        })
-        .collect();
-    snap.engine.dedup = (0..keys)
-        .map(|i| DedupSnap {
-            key: i.wrapping_mul(0xD6E8_FEB8_6659_FD93),
-            packed: (t0 as u64) | (1 << 44),
-            amount_micros: 12_340_000,
-            dims: 0,
-            click_delay_s: 600,
-        })
-        .collect();
-    snap.engine.unique = vec![(
-        20_758,
-        (0..clicks)
-            .map(|i| (i ^ 0x5555).wrapping_mul(0xA076_1D64_78BD_642F))
-            .collect(),
-    )];
-    snap.engine.click_wm = t0;
-    snap.engine.conv_wm = t0;
-
-    // Snapshot from a live engine, as the pipeline does it (restore first to have one).
+    let engine = synthetic_engine(clicks, keys, clicks)?;
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
-    let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&snap)?;
-    let engine = Engine::restore(EngineConfig::default(), &checkpoint::view(&bytes)?.engine);
-    drop(bytes);
-    drop(snap);
 
     let t = Instant::now();
     let live = Snapshot {

@@ -350,63 +350,29 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
         .health
         .sources_connected
         .store(true, Ordering::Relaxed);
-    let click_decoder = Decoder::new(source_name(&cfg.source.clicks), limits.clone());
-    let conv_decoder = Decoder::new(source_name(&cfg.source.conversions), limits);
-    let (click_tx, conv_tx) = (
-        Metered::new(click_tx, &metrics, Queue::DecodedClicks),
-        Metered::new(conv_tx, &metrics, Queue::DecodedConversions),
-    );
-    let (raw_click_depth, raw_conv_depth) = (
-        metrics.queue(Queue::RawClicks).clone(),
-        metrics.queue(Queue::RawConversions).clone(),
-    );
-    let decoders = vec![
-        spawn("decode-clicks", move || {
-            for raw in click_raw_rx {
-                raw_click_depth.dec_by(raw.len() as i64);
-                let (b, dead) = click_decoder.decode_clicks(&raw);
-                let first_ts = b.clicks.iter().map(|c| c.ts_ms).min().unwrap_or(i64::MIN);
-                let msg = Decoded {
-                    kind: DecodedKind::Clicks(b),
-                    dead,
-                    end: raw.end,
-                    partition: raw.partition,
-                    first_ts,
-                    arrived: raw.arrived,
-                };
-                let n = msg.records();
-                if !click_tx.send(msg, n) {
-                    break;
-                }
-            }
-            Ok(())
-        })?,
-        spawn("decode-conversions", move || {
-            for raw in conv_raw_rx {
-                raw_conv_depth.dec_by(raw.len() as i64);
-                let (b, dead) = conv_decoder.decode_conversions(&raw);
-                let first_ts = b
-                    .conversions
-                    .iter()
-                    .map(|c| c.ts_ms)
-                    .min()
-                    .unwrap_or(i64::MIN);
-                let msg = Decoded {
-                    kind: DecodedKind::Conversions(b),
-                    dead,
-                    end: raw.end,
-                    partition: raw.partition,
-                    first_ts,
-                    arrived: raw.arrived,
-                };
-                let n = msg.records();
-                if !conv_tx.send(msg, n) {
-                    break;
-                }
-            }
-            Ok(())
-        })?,
-    ];
+    let decoders = [
+        (Stream::Clicks, &cfg.source.clicks, click_raw_rx, click_tx),
+        (
+            Stream::Conversions,
+            &cfg.source.conversions,
+            conv_raw_rx,
+            conv_tx,
+        ),
+    ]
+    .into_iter()
+    .map(|(stream, path, rx, tx)| {
+        let decoder = Decoder::new(source_name(path), limits.clone());
+        let raw_depth = metrics.queue(Queue::raw(stream)).clone();
+        let tx = Metered::new(tx, &metrics, Queue::decoded(stream));
+        let name = match stream {
+            Stream::Clicks => "decode-clicks",
+            Stream::Conversions => "decode-conversions",
+        };
+        spawn(name, move || {
+            decode_loop(stream, &decoder, rx, &raw_depth, &tx)
+        })
+    })
+    .collect::<Result<Vec<_>>>()?;
 
     // Connect and check ClickHouse before reading anything, so a bad URL, credentials or
     // schema stops the run at once with a clear message.
@@ -496,6 +462,7 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
         turn: 0,
         metrics: &metrics,
         processed_latency: metrics.latency_handle("processed"),
+        durable_latency: metrics.latency_handle("durable"),
         awaiting_durable: Vec::new(),
     };
     let state_result = merge.run(click_rx, conv_rx, &opts, started);
@@ -573,26 +540,32 @@ fn sink_loop(
     let stopped = || anyhow!("the ClickHouse sink stopped; see its error");
     let depth = metrics.queue(queue).clone();
     let mut throttle = Throttle::new(cfg.throttle_rows_per_second);
+    // Counter handles taken once: no label lookup per batch.
+    let writes = metrics.sink_write_handles(SinkKind::Parquet);
+    let table_rows = [
+        (SinkKind::Parquet, "clicks"),
+        (SinkKind::Parquet, "conversions"),
+        (SinkKind::Parquet, "stats_minute"),
+        (SinkKind::DeadLetters, "dead_letters"),
+    ]
+    .map(|(sink, table)| metrics.sink_rows_handle(sink, table));
     loop {
         match rx.recv_timeout(Duration::from_secs(1)) {
             Ok(SinkMsg::Batch(batch)) => {
                 let rows = batch.rows();
                 depth.dec_by(rows as i64);
                 let written = sinks.write(&batch);
-                metrics.sink_write(SinkKind::Parquet, written.is_ok());
+                writes.record(written.is_ok());
                 written?;
-                metrics.sink_rows(SinkKind::Parquet, "clicks", batch.click_rows() as u64);
-                metrics.sink_rows(
-                    SinkKind::Parquet,
-                    "conversions",
-                    batch.conversions.len() as u64,
-                );
-                metrics.sink_rows(SinkKind::Parquet, "stats_minute", batch.stats.len() as u64);
-                metrics.sink_rows(
-                    SinkKind::DeadLetters,
-                    "dead_letters",
-                    batch.dead_letters.len() as u64,
-                );
+                let counts = [
+                    batch.click_rows(),
+                    batch.conversions.len(),
+                    batch.stats.len(),
+                    batch.dead_letters.len(),
+                ];
+                for (counter, n) in table_rows.iter().zip(counts) {
+                    counter.inc_by(n as u64);
+                }
                 throttle.wait(rows as u64);
                 if let Some(tx) = &forward
                     && !(batch.conversions.is_empty() && batch.stats.is_empty())
@@ -606,7 +579,7 @@ fn sink_loop(
             Ok(SinkMsg::Barrier(next, ack)) => {
                 let r = sinks.barrier(next);
                 let failed = r.is_err();
-                metrics.sink_write(SinkKind::Parquet, !failed);
+                writes.record(!failed);
                 let _ = ack.send(r);
                 if failed {
                     anyhow::bail!("a sink failed at a checkpoint");
@@ -620,7 +593,7 @@ fn sink_loop(
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
                 let r = sinks.tick();
                 if r.is_err() {
-                    metrics.sink_write(SinkKind::Parquet, false);
+                    writes.record(false);
                 }
                 r?
             }
@@ -628,7 +601,7 @@ fn sink_loop(
         }
     }
     let closed = sinks.close();
-    metrics.sink_write(SinkKind::Parquet, closed.is_ok());
+    writes.record(closed.is_ok());
     closed
 }
 
@@ -674,6 +647,45 @@ impl Drop for ZeroQueuesOnExit {
             self.0.queue(q).set(0);
         }
     }
+}
+
+/// One decoder thread: raw batches of `stream` in, decoded batches out, until either side
+/// closes.
+fn decode_loop(
+    stream: Stream,
+    decoder: &Decoder,
+    rx: Receiver<RawBatch>,
+    raw_depth: &Gauge,
+    tx: &Metered<Decoded>,
+) -> Result<()> {
+    for raw in rx {
+        raw_depth.dec_by(raw.len() as i64);
+        let (kind, dead, first_ts) = match stream {
+            Stream::Clicks => {
+                let (b, dead) = decoder.decode_clicks(&raw);
+                let first = b.clicks.iter().map(|c| c.ts_ms).min();
+                (DecodedKind::Clicks(b), dead, first)
+            }
+            Stream::Conversions => {
+                let (b, dead) = decoder.decode_conversions(&raw);
+                let first = b.conversions.iter().map(|c| c.ts_ms).min();
+                (DecodedKind::Conversions(b), dead, first)
+            }
+        };
+        let msg = Decoded {
+            kind,
+            dead,
+            end: raw.end,
+            partition: raw.partition,
+            first_ts: first_ts.unwrap_or(i64::MIN),
+            arrived: raw.arrived,
+        };
+        let n = msg.records();
+        if !tx.send(msg, n) {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// The state stage's side of the sink threads.
@@ -842,6 +854,7 @@ struct Merge<'a> {
     turn: usize,
     metrics: &'a Metrics,
     processed_latency: prometheus_client::metrics::histogram::Histogram,
+    durable_latency: prometheus_client::metrics::histogram::Histogram,
     /// Arrival times of the batches since the last checkpoint: durable once it completes.
     awaiting_durable: Vec<Instant>,
 }
@@ -1025,9 +1038,9 @@ impl Merge<'_> {
         };
         self.last_bytes = checkpoint::write(self.state_dir, &snap)?;
         self.metrics.checkpoint_done(t.elapsed(), self.last_bytes);
-        let durable = self.metrics.latency_handle("durable");
         for arrived in self.awaiting_durable.drain(..) {
-            durable.observe(arrived.elapsed().as_secs_f64());
+            self.durable_latency
+                .observe(arrived.elapsed().as_secs_f64());
         }
         tracing::debug!(epoch = self.epoch, bytes = self.last_bytes, took = ?t.elapsed(), "checkpoint written");
         self.checkpoints += 1;

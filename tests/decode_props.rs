@@ -202,8 +202,11 @@ proptest! {
         n in 1u32..50,
     ) {
         let mut lines: Vec<Vec<u8>> = (0..n).map(|i| plausible_click(i, ts + i as i64, (i % 7) as u8)).collect();
+        let (from_garbage, _) = check_accounting(&garbage);
         lines.extend(garbage);
         let (clicks, _) = check_accounting(&lines);
         prop_assert!(clicks >= n as usize);
+        // Exactly: every plausible click, plus what the garbage yields on its own.
+        prop_assert_eq!(clicks, n as usize + from_garbage);
     }
 }

@@ -167,7 +167,18 @@ fn metrics_report_the_fixture_exactly() {
         report.sizes.dedup_keys as f64
     );
     assert!(v("attribd_checkpoint_duration_seconds_count") >= 1.0);
+    assert_eq!(
+        v("attribd_checkpoint_duration_seconds_count"),
+        report.checkpoints as f64
+    );
     assert!(v("attribd_checkpoint_size_bytes") > 0.0);
+    assert_eq!(
+        v("attribd_checkpoint_size_bytes"),
+        report.last_checkpoint_bytes as f64
+    );
+    // Just checkpointed: the age is the time since then, not since start.
+    assert!(v("attribd_checkpoint_age_seconds") < 60.0);
+    assert!(v("attribd_checkpoint_last_success_timestamp_seconds") > 1.7e9);
     // One latency observation per non-empty batch: here one batch per stream.
     assert_eq!(
         v(r#"attribd_event_latency_seconds_count{stage="processed"}"#),

@@ -385,8 +385,10 @@ pub struct CheckpointCost {
     pub restore_seconds_per_million_keys: f64,
 }
 
-pub fn checkpoint_cost(clicks: u64, dir: &Path) -> Result<CheckpointCost> {
-    let keys = clicks / 10;
+/// A live engine holding `clicks` indexed clicks, `keys` dedup keys and, when
+/// `unique_visitors` > 0, one UTC day with that many unique-visitor keys (built through a
+/// snapshot, which is the fast way to fill the maps).
+pub fn synthetic_engine(clicks: u64, keys: u64, unique_visitors: u64) -> Result<Engine> {
     let mut snap = Snapshot {
         epoch: 1,
         ..Snapshot::default()
@@ -411,11 +413,26 @@ pub fn checkpoint_cost(clicks: u64, dir: &Path) -> Result<CheckpointCost> {
             click_delay_s: 600,
         })
         .collect();
+    if unique_visitors > 0 {
+        snap.engine.unique = vec![(
+            20_758,
+            (0..unique_visitors)
+                .map(|i| (i ^ 0x5555).wrapping_mul(0xA076_1D64_78BD_642F))
+                .collect(),
+        )];
+    }
     snap.engine.click_wm = t0;
     snap.engine.conv_wm = t0;
     let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&snap)?;
-    let engine = Engine::restore(EngineConfig::default(), &checkpoint::view(&bytes)?.engine);
-    drop((bytes, snap));
+    Ok(Engine::restore(
+        EngineConfig::default(),
+        &checkpoint::view(&bytes)?.engine,
+    ))
+}
+
+pub fn checkpoint_cost(clicks: u64, dir: &Path) -> Result<CheckpointCost> {
+    let keys = clicks / 10;
+    let engine = synthetic_engine(clicks, keys, 0)?;
 
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir)?;

@@ -243,22 +243,15 @@ pub fn markdown(r: &BenchReport) -> String {
     );
     let _ = writeln!(s, "| cores | events | seconds | events/s | peak RSS |");
     let _ = writeln!(s, "|---:|---:|---:|---:|---:|");
-    for e in &r.end_to_end {
+    let labelled = r.end_to_end.iter().map(|e| (e.cores.to_string(), e)).chain(
+        r.end_to_end_clickhouse
+            .iter()
+            .map(|e| (format!("{} + ClickHouse", e.cores), e)),
+    );
+    for (cores, e) in labelled {
         let _ = writeln!(
             s,
-            "| {} | {} | {:.2} | **{:.0}** | {} MiB |",
-            e.cores,
-            e.events,
-            e.seconds,
-            e.events_per_second,
-            e.peak_rss_bytes >> 20
-        );
-    }
-    if let Some(e) = &r.end_to_end_clickhouse {
-        let _ = writeln!(
-            s,
-            "| {} + ClickHouse | {} | {:.2} | **{:.0}** | {} MiB |",
-            e.cores,
+            "| {cores} | {} | {:.2} | **{:.0}** | {} MiB |",
             e.events,
             e.seconds,
             e.events_per_second,

@@ -247,10 +247,7 @@ impl FluvioLog {
         resume_at: Option<i64>,
     ) -> Result<FluvioLog> {
         use fluvio::consumer::{ConsumerConfigExtBuilder, OffsetManagementStrategy};
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("starting the tokio runtime")?;
+        let rt = runtime()?;
         let fluvio = rt.block_on(connect(cfg))?;
         let start = match (resume_at, cfg.start) {
             (Some(next), _) => fluvio::Offset::absolute(next)
@@ -281,10 +278,7 @@ impl FluvioLog {
     /// Partition ids of a topic.
     pub fn partitions(cfg: &FluvioSourceConfig, topic: &str) -> Result<Vec<u32>> {
         use fluvio::metadata::topic::TopicSpec;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("starting the tokio runtime")?;
+        let rt = runtime()?;
         rt.block_on(async {
             let fluvio = connect(cfg).await?;
             let admin = fluvio.admin().await;
@@ -303,6 +297,24 @@ impl FluvioLog {
 
 /// Connects to the cluster, retrying with exponential backoff (the cluster may still be
 /// starting, or briefly away).
+/// The single-threaded runtime each blocking Fluvio call runs on.
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
+}
+
+impl FluvioSourceConfig {
+    /// Defaults, with the cluster at `endpoint` (for `produce` and topic set-up).
+    fn at(endpoint: &str) -> FluvioSourceConfig {
+        FluvioSourceConfig {
+            endpoint: endpoint.to_string(),
+            ..FluvioSourceConfig::default()
+        }
+    }
+}
+
 async fn connect(cfg: &FluvioSourceConfig) -> Result<fluvio::Fluvio> {
     let mut config = fluvio::FluvioClusterConfig::new(cfg.endpoint.clone());
     if let Some(tls) = &cfg.tls {
@@ -414,14 +426,8 @@ pub fn produce(endpoint: &str, topic: &str, file: &str) -> Result<u64> {
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar.set_message(format!("→ {topic}"));
-    let cfg = FluvioSourceConfig {
-        endpoint: endpoint.to_string(),
-        ..FluvioSourceConfig::default()
-    };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
+    let cfg = FluvioSourceConfig::at(endpoint);
+    let rt = runtime()?;
     let fluvio = rt.block_on(connect(&cfg))?;
     let producer = rt
         .block_on(fluvio.topic_producer(topic.to_string()))
@@ -465,14 +471,8 @@ pub fn produce(endpoint: &str, topic: &str, file: &str) -> Result<u64> {
 /// Creates a topic with `partitions` partitions (replication 1) unless it exists.
 pub fn ensure_topic(endpoint: &str, topic: &str, partitions: u32) -> Result<()> {
     use fluvio::metadata::topic::TopicSpec;
-    let cfg = FluvioSourceConfig {
-        endpoint: endpoint.to_string(),
-        ..FluvioSourceConfig::default()
-    };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
+    let cfg = FluvioSourceConfig::at(endpoint);
+    let rt = runtime()?;
     rt.block_on(async {
         let fluvio = connect(&cfg).await?;
         let admin = fluvio.admin().await;

@@ -13,9 +13,9 @@
 
 pub mod server;
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -24,7 +24,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::event::DeadReason;
+use crate::event::{DeadReason, Stream};
 use crate::state::{Counters, StateSizes};
 
 type Labels = [(&'static str, String); 1];
@@ -53,6 +53,22 @@ impl Queue {
         Queue::SinkRest,
         Queue::SinkClickHouse,
     ];
+
+    /// The queue of raw batches of `stream`, in front of its decoder.
+    pub fn raw(stream: Stream) -> Queue {
+        match stream {
+            Stream::Clicks => Queue::RawClicks,
+            Stream::Conversions => Queue::RawConversions,
+        }
+    }
+
+    /// The queue of decoded batches of `stream`, in front of the state stage.
+    pub fn decoded(stream: Stream) -> Queue {
+        match stream {
+            Stream::Clicks => Queue::DecodedClicks,
+            Stream::Conversions => Queue::DecodedConversions,
+        }
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -122,8 +138,8 @@ pub struct Metrics {
     checkpoint_last: GaugeF,
     checkpoint_age: GaugeF,
     circuit_open: Gauge,
-    last_checkpoint: Mutex<Option<Instant>>,
-    started: Instant,
+    /// Unix seconds at start: the checkpoint age before the first checkpoint.
+    started_unix: f64,
     pub health: Health,
 }
 
@@ -138,8 +154,6 @@ pub struct Health {
     pub sink_failed: AtomicBool,
     /// The ClickHouse circuit breaker is open (inserts are waiting).
     pub circuit_open: AtomicBool,
-    /// Checkpoints written; 0 until the first.
-    pub checkpoints: AtomicI64,
 }
 
 impl Health {
@@ -403,8 +417,7 @@ impl Metrics {
             checkpoint_last,
             checkpoint_age,
             circuit_open,
-            last_checkpoint: Mutex::new(None),
-            started: Instant::now(),
+            started_unix: unix_now(),
             health: Health::default(),
         }
     }
@@ -463,27 +476,29 @@ impl Metrics {
         &self.queues[q as usize]
     }
 
+    /// The row counter of one sink table, to keep and bump without a label lookup each time.
+    pub fn sink_rows_handle(&self, sink: SinkKind, table: &str) -> Counter {
+        self.sink_rows
+            .get_or_create_owned(&[("sink", sink.as_str().into()), ("table", table.into())])
+    }
+
     pub fn sink_rows(&self, sink: SinkKind, table: &str, rows: u64) {
         if rows > 0 {
-            self.sink_rows
-                .get_or_create(&[("sink", sink.as_str().into()), ("table", table.into())])
-                .inc_by(rows);
+            self.sink_rows_handle(sink, table).inc_by(rows);
+        }
+    }
+
+    /// The write-attempt and failure counters of a sink.
+    pub fn sink_write_handles(&self, sink: SinkKind) -> SinkWrites {
+        let l = label("sink", sink.as_str());
+        SinkWrites {
+            writes: self.sink_writes.get_or_create_owned(&l),
+            failures: self.sink_failures.get_or_create_owned(&l),
         }
     }
 
     pub fn sink_write(&self, sink: SinkKind, ok: bool) {
-        let l = label("sink", sink.as_str());
-        self.sink_writes.get_or_create(&l).inc();
-        if !ok {
-            self.sink_failures.get_or_create(&l).inc();
-        }
-    }
-
-    /// Latency of a batch that arrived at `arrived`, now `processed` or `durable`.
-    pub fn observe_latency(&self, stage: &'static str, arrived: Instant) {
-        self.latency
-            .get_or_create(&label("stage", stage))
-            .observe(seconds(arrived.elapsed()));
+        self.sink_write_handles(sink).record(ok);
     }
 
     /// A histogram handle for repeated observations without a label lookup each.
@@ -509,14 +524,7 @@ impl Metrics {
     pub fn checkpoint_done(&self, took: Duration, bytes: u64) {
         self.checkpoint_duration.observe(seconds(took));
         self.checkpoint_bytes.set(bytes as i64);
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        self.checkpoint_last.set(seconds(now));
-        if let Ok(mut last) = self.last_checkpoint.lock() {
-            *last = Some(Instant::now());
-        }
-        self.health.checkpoints.fetch_add(1, Ordering::Relaxed);
+        self.checkpoint_last.set(unix_now());
     }
 
     pub fn set_circuit_open(&self, open: bool) {
@@ -526,13 +534,9 @@ impl Metrics {
 
     /// The Prometheus text exposition (OpenMetrics format) of every metric.
     pub fn render(&self) -> String {
-        let since = self
-            .last_checkpoint
-            .lock()
-            .ok()
-            .and_then(|l| *l)
-            .unwrap_or(self.started);
-        self.checkpoint_age.set(seconds(since.elapsed()));
+        let last = self.checkpoint_last.get();
+        let since = if last > 0.0 { last } else { self.started_unix };
+        self.checkpoint_age.set((unix_now() - since).max(0.0));
         let mut out = String::with_capacity(16 * 1024);
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
@@ -542,6 +546,30 @@ impl Metrics {
 
 /// Shared handle the stages hold.
 pub type SharedMetrics = Arc<Metrics>;
+
+/// A sink's write-attempt and failure counters.
+#[derive(Clone)]
+pub struct SinkWrites {
+    writes: Counter,
+    failures: Counter,
+}
+
+impl SinkWrites {
+    pub fn record(&self, ok: bool) {
+        self.writes.inc();
+        if !ok {
+            self.failures.inc();
+        }
+    }
+}
+
+fn unix_now() -> f64 {
+    seconds(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default(),
+    )
+}
 
 #[cfg(test)]
 mod tests {
