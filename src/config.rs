@@ -299,18 +299,8 @@ impl PipelineConfig {
                 }
             }
             SourceKind::Fluvio => {
-                let f = &self.source.fluvio;
-                if f.endpoint.is_empty() {
-                    bad("source.fluvio.endpoint", "must be host:port".into());
-                }
-                if f.clicks_topic.is_empty() || f.conversions_topic.is_empty() {
-                    bad(
-                        "source.fluvio.clicks_topic",
-                        "topic names must not be empty".into(),
-                    );
-                }
-                if f.consumer.is_empty() {
-                    bad("source.fluvio.consumer", "must not be empty".into());
+                for (key, problem) in self.source.fluvio.validate() {
+                    bad(key, problem);
                 }
             }
             SourceKind::Generator => {
@@ -475,6 +465,7 @@ impl PipelineConfig {
             fluvio_clicks_topic,
             fluvio_conversions_topic,
             fluvio_partitions,
+            fluvio_consumer,
             exit_when_idle,
             metrics_addr,
             log_format,
@@ -487,6 +478,9 @@ impl PipelineConfig {
         }
         if let Some(p) = fluvio_partitions {
             self.source.fluvio.partitions = p;
+        }
+        if let Some(c) = fluvio_consumer {
+            self.source.fluvio.consumer = c;
         }
         if fluvio_endpoint.is_some()
             || fluvio_clicks_topic.is_some()
@@ -571,6 +565,10 @@ pub struct Overrides {
     /// Fluvio partitions this instance owns, e.g. `0,1` (default: all).
     #[arg(long, value_delimiter = ',')]
     pub fluvio_partitions: Option<Vec<u32>>,
+    /// Fluvio consumer name under which offsets are committed (default: attribd); one per
+    /// instance (or per set of partitions).
+    #[arg(long)]
+    pub fluvio_consumer: Option<String>,
     /// Stop, with everything flushed and committed, after no new record for this long
     /// (e.g. `10s`; Fluvio backfills and tests).
     #[arg(long, value_parser = humantime::parse_duration)]

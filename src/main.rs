@@ -54,8 +54,12 @@ enum Command {
         topic: String,
         /// NDJSON file (.gz/.zst by extension) or `-` for stdin.
         file: String,
-        /// Fluvio SC endpoint.
-        #[arg(long, default_value = "127.0.0.1:9003")]
+        /// Fluvio SC endpoint, `host:port` (the same flag as `run --fluvio-endpoint`).
+        #[arg(
+            long = "fluvio-endpoint",
+            alias = "endpoint",
+            default_value = "127.0.0.1:9003"
+        )]
         endpoint: String,
         /// Create the topic with this many partitions if it does not exist.
         #[arg(long)]

@@ -13,7 +13,8 @@ use crate::state::dedup::Attribution;
 /// batch's arena by the sink.
 #[derive(Debug)]
 pub struct ClickRows {
-    pub batch: ClickBatch,
+    /// Shared: the state stage may hand one batch's clicks over in several parts.
+    pub batch: Arc<ClickBatch>,
     /// Indexes into `batch.clicks` of the accepted clicks, with their unique-click flag.
     pub accepted: Vec<(u32, bool)>,
 }

@@ -467,6 +467,7 @@ impl Decoder {
             dims_hash: 0,
             extras_hash: 0,
             visitor_hash: None,
+            position: Position::default(),
         };
         click.dims_hash = keys::fields_hash(
             &[
@@ -559,7 +560,10 @@ impl Decoder {
                 continue;
             }
             match self.decode_click_into(line, now, &mut out.arena) {
-                Ok(c) => out.clicks.push(c),
+                Ok(mut c) => {
+                    c.position = rec.position;
+                    out.clicks.push(c)
+                }
                 Err(r) => dead.push(self.dead(Stream::Clicks, rec.position, line, r)),
             }
         }

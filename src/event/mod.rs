@@ -182,6 +182,8 @@ pub struct Click {
     pub extras_hash: u64,
     /// Hash of `(tenant_id, offer_id, ip)` for unique-click counting; `None` without an ip.
     pub visitor_hash: Option<u64>,
+    /// Where the click came from (a Fluvio offset is where a checkpoint resumes).
+    pub position: Position,
 }
 
 /// One decoded conversion postback. Amount is held in micro-units so sums are exact.

@@ -9,6 +9,7 @@ pub mod file;
 pub mod fluvio;
 pub mod generator;
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::event::Position;
@@ -18,7 +19,7 @@ use crate::event::Position;
 pub const BATCH_LINES: usize = 4096;
 
 /// A contiguous buffer of lines with their positions.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub struct RawBatch {
     pub data: Vec<u8>,
     pub records: Vec<RawRecord>,
@@ -29,6 +30,52 @@ pub struct RawBatch {
     pub partition: Option<u32>,
     /// When the batch's first line was read: the start of its latency measurement.
     pub arrived: Option<Instant>,
+    /// Not lines but news about the partition (a partitioned source only).
+    pub signal: Option<Signal>,
+    /// The partition's in-flight allowance this batch holds; given back when the state stage
+    /// is done with the batch (see [`Credit`]).
+    pub credit: Option<Credit>,
+}
+
+/// What a partitioned source tells the state stage besides records. Travels in order with
+/// the partition's batches, so the state stage sees it exactly after what came before it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Signal {
+    /// The partitions this stream is made of; sent once, before any batch. Until it arrives
+    /// the state stage waits: it cannot merge partitions it does not know of.
+    Partitions(Vec<u32>),
+    /// The partition has been read up to its log end: the state stage need not wait for its
+    /// next batch before merging the others (a later batch makes it a member again).
+    CaughtUp(u32),
+}
+
+/// One unit of a partition's in-flight allowance. A partition reader takes one per batch it
+/// sends and the state stage returns it (by dropping the batch) once the batch is processed.
+/// Bounding every partition separately is what lets the state stage wait for a slow partition
+/// without a fast one filling memory, and without the fast one's batches blocking the slow
+/// one's in the shared channel.
+pub struct Credit(Arc<tokio::sync::Semaphore>);
+
+impl Credit {
+    /// Takes a credit from `pool` (waits while the partition has none left); `None` once the
+    /// pool is closed (the pipeline is stopping).
+    pub async fn take(pool: &Arc<tokio::sync::Semaphore>) -> Option<Credit> {
+        let permit = pool.acquire().await.ok()?;
+        permit.forget();
+        Some(Credit(pool.clone()))
+    }
+}
+
+impl Drop for Credit {
+    fn drop(&mut self) {
+        self.0.add_permits(1);
+    }
+}
+
+impl std::fmt::Debug for Credit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credit")
+    }
 }
 
 /// One line inside a [`RawBatch`] (without its newline).
@@ -47,6 +94,17 @@ impl RawBatch {
             end: Position::default(),
             partition: None,
             arrived: None,
+            signal: None,
+            credit: None,
+        }
+    }
+
+    /// A batch that carries only a [`Signal`] (for `partition`, if any).
+    pub fn signal(signal: Signal, partition: Option<u32>) -> RawBatch {
+        RawBatch {
+            partition,
+            signal: Some(signal),
+            ..RawBatch::default()
         }
     }
 

@@ -266,9 +266,25 @@ impl Engine {
 
     /// Processes a batch of decoded clicks.
     pub fn on_clicks(&mut self, batch: ClickBatch, out: &mut SinkBatch) {
+        let batch = Arc::new(batch);
         let mut accepted = Vec::with_capacity(batch.clicks.len());
+        self.on_click_run(&batch, 0..batch.clicks.len(), &mut accepted, out);
+        out.clicks.push(ClickRows { batch, accepted });
+    }
+
+    /// Processes the clicks `range` of a batch (a run the state stage merged from one
+    /// partition), adding the accepted ones to `accepted`; the caller hands the batch with its
+    /// accepted clicks to the sinks (once per batch, or at a checkpoint).
+    pub fn on_click_run(
+        &mut self,
+        batch: &Arc<ClickBatch>,
+        range: std::ops::Range<usize>,
+        accepted: &mut Vec<(u32, bool)>,
+        out: &mut SinkBatch,
+    ) {
         let arena = &batch.arena;
-        for (i, c) in batch.clicks.iter().enumerate() {
+        for i in range {
+            let c = &batch.clicks[i];
             self.counters.click_records += 1;
             let minute = minute_floor(c.ts_ms);
             let key = c.click_key;
@@ -312,20 +328,29 @@ impl Engine {
                 self.resolve(p, Some(click), out);
             }
         }
-        out.clicks.push(ClickRows { batch, accepted });
         self.after_batch(out);
     }
 
     /// Processes a batch of decoded conversion postbacks.
     pub fn on_conversions(&mut self, batch: ConversionBatch, out: &mut SinkBatch) {
+        self.on_conversion_run(&batch, 0..batch.conversions.len(), out);
+    }
+
+    /// Processes the postbacks `range` of a batch (a run from one partition).
+    pub fn on_conversion_run(
+        &mut self,
+        batch: &ConversionBatch,
+        range: std::ops::Range<usize>,
+        out: &mut SinkBatch,
+    ) {
         let arena = &batch.arena;
-        for c in &batch.conversions {
+        for c in &batch.conversions[range] {
             self.counters.conversion_records += 1;
             self.conv_wm = self.conv_wm.max(c.ts_ms);
             let tenant_id = arena.get(c.tenant_id);
             let dedup_key = keys::conversion_key(tenant_id, arena.get(c.external_id));
             match self.dedup.get(dedup_key) {
-                None => self.first_postback(&batch, c, dedup_key, out),
+                None => self.first_postback(batch, c, dedup_key, out),
                 Some(entry) if entry.status() == c.status => {
                     self.counters.duplicate_conversions += 1;
                     if entry.is_pending() {
@@ -359,7 +384,7 @@ impl Engine {
                         raw: arena.get(c.raw).as_bytes().to_vec(),
                     });
                 }
-                Some(mut entry) => self.status_change(&batch, c, dedup_key, &mut entry, out),
+                Some(mut entry) => self.status_change(batch, c, dedup_key, &mut entry, out),
             }
         }
         self.after_batch(out);

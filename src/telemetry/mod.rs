@@ -133,6 +133,11 @@ pub struct Metrics {
     latency: Family<Labels, Histogram>,
     source_lag_records: Family<Labels2, Gauge>,
     source_lag_bytes: Family<Labels, Gauge>,
+    fluvio_gaps: Family<Labels2, Counter>,
+    fluvio_gap_records: Family<Labels2, Counter>,
+    fluvio_reconnects: Family<Labels2, Counter>,
+    fluvio_committed: Family<Labels2, Gauge>,
+    fluvio_commit_failures: Counter,
     checkpoint_duration: Histogram,
     checkpoint_bytes: Gauge,
     checkpoint_last: GaugeF,
@@ -178,6 +183,13 @@ impl Health {
 
 fn label(k: &'static str, v: &str) -> Labels {
     [(k, v.to_string())]
+}
+
+fn labels2(topic: &str, partition: u32) -> Labels2 {
+    [
+        ("topic", topic.to_string()),
+        ("partition", partition.to_string()),
+    ]
 }
 
 fn seconds(d: Duration) -> f64 {
@@ -367,6 +379,35 @@ impl Metrics {
             "Bytes of the input file not yet read, by stream (plain files)",
             Family::<Labels, Gauge>::clone(&source_lag_bytes),
         );
+        let fluvio_gaps = Family::<Labels2, Counter>::default();
+        r.register(
+            "fluvio_gaps",
+            "Times a Fluvio partition skipped offsets (a client defect at fetch boundaries) and was re-read from the first missing one",
+            fluvio_gaps.clone(),
+        );
+        let fluvio_gap_records = Family::<Labels2, Counter>::default();
+        r.register(
+            "fluvio_gap_records",
+            "Records the Fluvio client skipped that were re-read (none lost)",
+            fluvio_gap_records.clone(),
+        );
+        let fluvio_reconnects = Family::<Labels2, Counter>::default();
+        r.register(
+            "fluvio_reconnects",
+            "Times a Fluvio partition stream was (re)opened after an error, an outage or a stall",
+            fluvio_reconnects.clone(),
+        );
+        let fluvio_committed = Family::<Labels2, Gauge>::default();
+        r.register(
+            "fluvio_committed_offset",
+            "Last offset committed to the Fluvio consumer (covered by a checkpoint), by topic and partition",
+            fluvio_committed.clone(),
+        );
+        let fluvio_commit_failures = c(
+            &mut r,
+            "fluvio_commit_failures",
+            "Fluvio offset commits that failed (retried after the next checkpoint)",
+        );
         let checkpoint_duration = Histogram::new(exponential_buckets(0.005, 2.0, 14));
         r.register(
             "checkpoint_duration_seconds",
@@ -412,6 +453,11 @@ impl Metrics {
             latency,
             source_lag_records,
             source_lag_bytes,
+            fluvio_gaps,
+            fluvio_gap_records,
+            fluvio_reconnects,
+            fluvio_committed,
+            fluvio_commit_failures,
             checkpoint_duration,
             checkpoint_bytes,
             checkpoint_last,
@@ -513,6 +559,33 @@ impl Metrics {
                 ("partition", partition.to_string()),
             ])
             .set(lag);
+    }
+
+    /// A Fluvio partition skipped `records` offsets and is read again from the first one.
+    pub fn fluvio_gap(&self, topic: &str, partition: u32, records: u64) {
+        let l = labels2(topic, partition);
+        self.fluvio_gaps.get_or_create(&l).inc();
+        self.fluvio_gap_records.get_or_create(&l).inc_by(records);
+    }
+
+    pub fn fluvio_reconnect(&self, topic: &str, partition: u32) {
+        self.fluvio_reconnects
+            .get_or_create(&labels2(topic, partition))
+            .inc();
+    }
+
+    /// A Fluvio commit: `Some(offset)` committed, `None` failed.
+    pub fn fluvio_commit(&self, topic: &str, partition: u32, committed: Option<i64>) {
+        match committed {
+            Some(o) => {
+                self.fluvio_committed
+                    .get_or_create(&labels2(topic, partition))
+                    .set(o);
+            }
+            None => {
+                self.fluvio_commit_failures.inc();
+            }
+        }
     }
 
     pub fn source_lag_bytes(&self, stream: &str, lag: i64) {

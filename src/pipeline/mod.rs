@@ -21,56 +21,34 @@
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use crossbeam_channel::{Receiver, Sender, bounded};
 
+mod inputs;
+
 use crate::checkpoint;
 use crate::config::{PipelineConfig, SourceKind};
 use crate::event::decode::Decoder;
-use crate::event::{ClickBatch, ConversionBatch, DeadLetter, Position, Stream};
-use crate::rows::{ConversionRow, SinkBatch, StatsRow};
+use crate::event::{Position, Stream};
+use crate::rows::{ClickRows, ConversionRow, SinkBatch, StatsRow};
 use crate::sink::clickhouse::{ClickHouseSink, ClickHouseTotals};
 use crate::sink::{SinkTotals, Sinks};
 use crate::source::RawBatch;
 use crate::source::file::{Input, read_batches};
-use crate::source::fluvio::{FluvioLog, PartitionReader, run_topic};
+use crate::source::fluvio::FluvioSource;
 use crate::source::generator::generate;
 use crate::state::{Counters, Engine, StateSizes};
 use crate::telemetry::{Metrics, Queue, SharedMetrics, SinkKind};
+use inputs::{Decoded, DecodedKind, Readiness, StreamInput};
 use prometheus_client::metrics::gauge::Gauge;
 
 /// Batches in flight per channel.
 const CHANNEL_BATCHES: usize = 4;
-
-/// A decoded batch with where its stream stands after it.
-struct Decoded {
-    kind: DecodedKind,
-    dead: Vec<DeadLetter>,
-    /// Position of the stream after this batch.
-    end: Position,
-    /// Fluvio partition of the batch (then `end.line` is that partition's next offset).
-    partition: Option<u32>,
-    /// Merge key: the batch's earliest event time (`i64::MIN` for an empty batch, which is
-    /// taken at once).
-    first_ts: i64,
-    /// When the source read the batch's first line.
-    arrived: Option<Instant>,
-}
-
-impl Decoded {
-    fn records(&self) -> usize {
-        self.dead.len()
-            + match &self.kind {
-                DecodedKind::Clicks(b) => b.clicks.len(),
-                DecodedKind::Conversions(b) => b.conversions.len(),
-            }
-    }
-}
 
 /// The sending side of a bounded queue that keeps the queue's depth gauge, in records (the
 /// unit operators alert on), not batches.
@@ -96,11 +74,6 @@ impl<T> Metered<T> {
         }
         ok
     }
-}
-
-enum DecodedKind {
-    Clicks(ClickBatch),
-    Conversions(ConversionBatch),
 }
 
 /// How `run` reports while it works.
@@ -186,12 +159,23 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
             for t in snap.partition_offsets.iter() {
                 partition_offsets.insert((usize::from(t.0), t.1.to_native()), t.2.to_native());
             }
-            tracing::info!(
-                epoch,
-                clicks_line = resume[0],
-                conversions_line = resume[1],
-                "resuming from checkpoint"
-            );
+            if partition_offsets.is_empty() {
+                tracing::info!(
+                    epoch,
+                    clicks_line = resume[0],
+                    conversions_line = resume[1],
+                    "resuming from checkpoint"
+                );
+            } else {
+                let mut offsets: Vec<_> = partition_offsets.iter().collect();
+                offsets.sort();
+                let offsets = offsets
+                    .iter()
+                    .map(|((s, p), o)| format!("{}/{p}@{o}", ["clicks", "conversions"][*s]))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                tracing::info!(epoch, %offsets, "resuming from checkpoint (next offset per partition)");
+            }
             (engine, *epoch, resume)
         }
         None => (Engine::new(cfg.engine()), 0, [0, 0]),
@@ -207,17 +191,19 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
     }
     let epoch = last_epoch + 1;
 
-    let (click_raw_tx, click_raw_rx) = bounded::<RawBatch>(CHANNEL_BATCHES);
-    let (conv_raw_tx, conv_raw_rx) = bounded::<RawBatch>(CHANNEL_BATCHES);
+    // A partitioned source bounds what it has in flight per partition (credits), so its raw
+    // channels only need room for every partition's allowance; files are bounded here.
+    let partitioned = cfg.source.kind == SourceKind::Fluvio;
+    let raw_capacity = if partitioned { 4096 } else { CHANNEL_BATCHES };
+    let (click_raw_tx, click_raw_rx) = bounded::<RawBatch>(raw_capacity);
+    let (conv_raw_tx, conv_raw_rx) = bounded::<RawBatch>(raw_capacity);
     let (click_tx, click_rx) = bounded::<Decoded>(CHANNEL_BATCHES);
     let (conv_tx, conv_rx) = bounded::<Decoded>(CHANNEL_BATCHES);
     let (click_sink_tx, click_sink_rx) = bounded::<SinkMsg>(CHANNEL_BATCHES * 2);
     let (rest_sink_tx, rest_sink_rx) = bounded::<SinkMsg>(CHANNEL_BATCHES * 2);
 
     let mut sources = Vec::new();
-    // Fluvio readers come back here when their threads end; offsets are committed only after
-    // every sink closed successfully, i.e. once the outputs are durable.
-    let fluvio_readers: Arc<Mutex<Vec<PartitionReader<FluvioLog>>>> = Arc::default();
+    let mut fluvio: Option<FluvioSource> = None;
     // Batches a restored run already processed are read again but not sent on.
     let skip = |tx: &Metered<RawBatch>, mut b: RawBatch, upto: u64| {
         if b.end.line <= upto && upto > 0 {
@@ -236,53 +222,20 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
     let conv_raw_tx = Metered::new(conv_raw_tx, &metrics, Queue::RawConversions);
     match cfg.source.kind {
         SourceKind::Fluvio => {
-            let f = &cfg.source.fluvio;
-            for (stream, (topic, tx)) in [
-                (f.clicks_topic.clone(), click_raw_tx),
-                (f.conversions_topic.clone(), conv_raw_tx),
-            ]
-            .into_iter()
-            .enumerate()
-            {
-                let partitions = if f.partitions.is_empty() {
-                    FluvioLog::partitions(f, &topic)?
-                } else {
-                    f.partitions.clone()
-                };
-                let readers = partitions
-                    .iter()
-                    .map(|&p| {
-                        Ok(PartitionReader::new(
-                            &topic,
-                            p,
-                            FluvioLog::open(
-                                f,
-                                &topic,
-                                p,
-                                partition_offsets.get(&(stream, p)).map(|&o| o as i64),
-                            )?,
-                        ))
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                tracing::info!(%topic, ?partitions, "reading Fluvio partitions");
-                let (idle, done) = (f.exit_when_idle, fluvio_readers.clone());
-                let m = metrics.clone();
-                sources.push(spawn_source("source-fluvio", &metrics, move || {
-                    let readers = run_topic(
-                        readers,
-                        idle,
-                        |b| {
-                            let n = b.len();
-                            tx.send(b, n)
-                        },
-                        |topic, partition, lag| m.source_lag_records(topic, partition, lag),
-                    )?;
-                    done.lock()
-                        .map_err(|_| anyhow!("reader list poisoned"))?
-                        .extend(readers);
-                    Ok(())
-                })?);
-            }
+            let deliver = [click_raw_tx, conv_raw_tx].map(|tx| {
+                let deliver: crate::source::fluvio::Deliver = Arc::new(move |b: RawBatch| {
+                    let n = b.len();
+                    tx.send(b, n)
+                });
+                deliver
+            });
+            fluvio = Some(crate::source::fluvio::start(
+                &cfg.source.fluvio,
+                &partition_offsets,
+                deliver,
+                metrics.clone(),
+                opts.stop.clone(),
+            )?);
         }
         SourceKind::Generator => {
             let gen_cfg = cfg.source.generator.clone();
@@ -346,10 +299,13 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
             ),
         }
     };
-    metrics
-        .health
-        .sources_connected
-        .store(true, Ordering::Relaxed);
+    if fluvio.is_none() {
+        // A Fluvio source says so itself, once every partition stream is open.
+        metrics
+            .health
+            .sources_connected
+            .store(true, Ordering::Relaxed);
+    }
     let decoders = [
         (Stream::Clicks, &cfg.source.clicks, click_raw_rx, click_tx),
         (
@@ -457,7 +413,12 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
         checkpoints: 0,
         last_bytes: 0,
         interrupted: false,
-        idle_grace: (cfg.source.kind == SourceKind::Fluvio).then_some(Duration::from_secs(1)),
+        partitioned,
+        committer: fluvio.as_ref().map(|f| f.committer.clone()),
+        topics: [
+            cfg.source.fluvio.clicks_topic.clone(),
+            cfg.source.fluvio.conversions_topic.clone(),
+        ],
         alternate: cfg.source.kind == SourceKind::Generator,
         turn: 0,
         metrics: &metrics,
@@ -468,6 +429,8 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
     let state_result = merge.run(click_rx, conv_rx, &opts, started);
     let (checkpoints, last_bytes, interrupted) =
         (merge.checkpoints, merge.last_bytes, merge.interrupted);
+    // Its committer handle too: the Fluvio commit task ends once every handle is gone.
+    drop(merge);
     drop(sink_tx);
     let mut totals = SinkTotals::default();
     let mut first_error = None;
@@ -492,25 +455,43 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
     }
     if state_result.is_err() && metrics.health.source_failed.load(Ordering::Relaxed) {
         // The source's own error says what went wrong; the state stage only stopped for it.
+        if let Some(f) = fluvio.take() {
+            f.finish_reading();
+            let FluvioSource {
+                thread, committer, ..
+            } = f;
+            drop(committer);
+            thread
+                .join()
+                .map_err(|_| anyhow!("the Fluvio source thread panicked"))??;
+        }
         for h in sources.drain(..) {
             h.join()
                 .map_err(|_| anyhow!("a source thread panicked"))??;
         }
     }
     state_result?;
+    if let Some(f) = fluvio {
+        // Every sink closed without error and the final checkpoint is written: its offsets
+        // (already asked for by the state stage) are committed before the run ends.
+        f.finish_reading();
+        let committed = f.committer.flush(Duration::from_secs(30));
+        let FluvioSource {
+            thread, committer, ..
+        } = f;
+        drop(committer);
+        if let Err(e) = committed {
+            tracing::warn!(error = %format!("{e:#}"), "Fluvio offsets not committed");
+        }
+        thread
+            .join()
+            .map_err(|_| anyhow!("the Fluvio source thread panicked"))??;
+    }
     if !interrupted {
         for h in sources.into_iter().chain(decoders) {
             h.join()
                 .map_err(|_| anyhow!("a source thread panicked"))??;
         }
-    }
-    // Every sink closed without error: the outputs are durable, so the positions can move on.
-    let mut readers = fluvio_readers
-        .lock()
-        .map_err(|_| anyhow!("reader list poisoned"))?;
-    for r in readers.iter_mut() {
-        r.commit_emitted()?;
-        tracing::info!(topic = %r.topic, partition = r.partition, offset = ?r.committed(), "committed Fluvio offset");
     }
     Ok(RunReport {
         counters: engine.counters().clone(),
@@ -658,13 +639,13 @@ fn decode_loop(
     raw_depth: &Gauge,
     tx: &Metered<Decoded>,
 ) -> Result<()> {
-    for raw in rx {
+    for mut raw in rx {
         raw_depth.dec_by(raw.len() as i64);
         let (kind, dead, first_ts) = match stream {
             Stream::Clicks => {
                 let (b, dead) = decoder.decode_clicks(&raw);
                 let first = b.clicks.iter().map(|c| c.ts_ms).min();
-                (DecodedKind::Clicks(b), dead, first)
+                (DecodedKind::Clicks(Arc::new(b)), dead, first)
             }
             Stream::Conversions => {
                 let (b, dead) = decoder.decode_conversions(&raw);
@@ -679,6 +660,8 @@ fn decode_loop(
             partition: raw.partition,
             first_ts: first_ts.unwrap_or(i64::MIN),
             arrived: raw.arrived,
+            signal: raw.signal.take(),
+            credit: raw.credit.take(),
         };
         let n = msg.records();
         if !tx.send(msg, n) {
@@ -827,8 +810,8 @@ fn generator_source(
     Ok(())
 }
 
-/// The state stage: merges the two decoded streams deterministically into the engine and
-/// takes checkpoints.
+/// The state stage: merges the two decoded streams (and their partitions) deterministically
+/// into the engine and takes checkpoints.
 struct Merge<'a> {
     engine: &'a mut Engine,
     sinks: &'a SinkSenders,
@@ -846,8 +829,12 @@ struct Merge<'a> {
     checkpoints: u64,
     last_bytes: u64,
     interrupted: bool,
-    /// Live sources only: how long to wait for a quiet stream before going on without it.
-    idle_grace: Option<Duration>,
+    /// The streams come in partitions (Fluvio): merged record by record, see `inputs`.
+    partitioned: bool,
+    /// Fluvio: commits the offsets each checkpoint covers.
+    committer: Option<crate::source::fluvio::commit::Committer>,
+    /// Fluvio topic of each stream (for commits).
+    topics: [String; 2],
     /// Paired input (the generator): take batches strictly alternately, starting with clicks.
     alternate: bool,
     /// Whose batch comes next in alternate mode.
@@ -860,9 +847,10 @@ struct Merge<'a> {
 }
 
 impl Merge<'_> {
-    /// Takes from the stream whose next batch starts earlier in event time, waiting for the
-    /// head of both open streams first: the processing order is then a function of the inputs
-    /// alone, so a replay from a checkpoint does exactly what the crashed run did.
+    /// Takes from the stream whose next run starts earlier in event time, waiting for the
+    /// head of both open streams (and of every partition not caught up) first: the processing
+    /// order is then a function of the inputs alone, so a replay from a checkpoint does exactly
+    /// what the crashed run did.
     fn run(
         &mut self,
         clicks: Receiver<Decoded>,
@@ -870,14 +858,16 @@ impl Merge<'_> {
         opts: &RunOptions,
         started: Instant,
     ) -> Result<()> {
-        let rxs = [&clicks, &conversions];
+        let rxs = [clicks, conversions];
         let depths = [
             self.metrics.queue(Queue::DecodedClicks).clone(),
             self.metrics.queue(Queue::DecodedConversions).clone(),
         ];
-        let mut open = [true, true];
-        let mut heads: [Option<Decoded>; 2] = [None, None];
-        let mut headless_since: Option<Instant> = None;
+        let mut inputs = [
+            StreamInput::new(Stream::Clicks, self.partitioned),
+            StreamInput::new(Stream::Conversions, self.partitioned),
+        ];
+        let mut closed_reported = [false, false];
         let mut last_progress = Instant::now();
         let tty = std::io::stderr().is_terminal();
         loop {
@@ -888,72 +878,56 @@ impl Merge<'_> {
             if opts.stop.load(Ordering::Relaxed) {
                 self.interrupted = true;
                 tracing::info!("stop requested: checkpointing and exiting");
-                self.checkpoint()?;
+                self.checkpoint(&mut inputs)?;
                 return Ok(());
             }
+            let readiness = [inputs[0].readiness(), inputs[1].readiness()];
             for i in 0..2 {
-                if open[i] && heads[i].is_none() {
-                    match rxs[i].recv_timeout(Duration::from_millis(200)) {
-                        Ok(m) => {
-                            depths[i].dec_by(m.records() as i64);
-                            heads[i] = Some(m);
-                        }
-                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-                        Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                            open[i] = false;
-                            self.engine.close_stream(if i == 0 {
-                                Stream::Clicks
-                            } else {
-                                Stream::Conversions
-                            });
-                        }
-                    }
+                if readiness[i] == Readiness::Closed && !closed_reported[i] {
+                    closed_reported[i] = true;
+                    self.engine.close_stream(inputs[i].stream);
                 }
             }
-            if !open[0] && !open[1] && heads.iter().all(Option::is_none) {
+            if readiness.iter().all(|r| *r == Readiness::Closed) {
                 break;
             }
-            // Wait until every open stream has a head (a timeout only loops back here). A live
-            // source (Fluvio) may go quiet on one topic: after `idle_grace` the other stream
-            // proceeds alone, trading determinism (only) for liveness.
-            let missing = (0..2).any(|i| open[i] && heads[i].is_none());
-            if !missing {
-                headless_since = None;
-            }
-            let since = *headless_since.get_or_insert_with(Instant::now);
-            let give_up = self.idle_grace.is_some_and(|g| since.elapsed() >= g);
             let pick = if self.alternate {
                 // Paired source: clicks, conversions, clicks, … as produced.
                 let t = self.turn;
-                if heads[t].is_some() {
-                    Some(t)
-                } else if !open[t] && heads[1 - t].is_some() {
-                    Some(1 - t)
-                } else {
-                    None
-                }
-            } else if !missing || give_up {
-                match (&heads[0], &heads[1]) {
-                    (Some(c), Some(v)) => Some(usize::from(v.first_ts < c.first_ts)),
-                    (Some(_), None) => Some(0),
-                    (None, Some(_)) => Some(1),
-                    (None, None) => None,
+                match readiness {
+                    r if matches!(r[t], Readiness::Ready(_)) => Some(t),
+                    r if r[t] == Readiness::Closed && matches!(r[1 - t], Readiness::Ready(_)) => {
+                        Some(1 - t)
+                    }
+                    _ => None,
                 }
             } else {
-                None
+                match readiness {
+                    [Readiness::Ready(c), Readiness::Ready(v)] => Some(usize::from(v < c)),
+                    [Readiness::Ready(_), Readiness::Quiet | Readiness::Closed] => Some(0),
+                    [Readiness::Quiet | Readiness::Closed, Readiness::Ready(_)] => Some(1),
+                    _ => None,
+                }
             };
             if let Some(pick) = pick {
-                if let Some(msg) = heads[pick].take() {
-                    self.process(pick, msg)?;
-                }
+                self.process_run(&mut inputs[pick])?;
                 self.turn = 1 - pick;
                 // With paired input, checkpoints fall between pairs only.
-                let between_pairs = !self.alternate || self.turn == 0 || !open[1];
+                let between_pairs =
+                    !self.alternate || self.turn == 0 || readiness[1] == Readiness::Closed;
                 if between_pairs
                     && (self.events_since >= self.every_events
                         || self.last_checkpoint.elapsed() >= self.every)
                 {
-                    self.checkpoint()?;
+                    self.checkpoint(&mut inputs)?;
+                }
+            } else {
+                // Nothing to merge: wait for whichever stream is missing a batch.
+                self.receive(&rxs, &depths, &mut inputs, &readiness);
+                // A quiet live source still gets its processed records checkpointed (and its
+                // offsets committed) on time.
+                if self.events_since > 0 && self.last_checkpoint.elapsed() >= self.every {
+                    self.checkpoint(&mut inputs)?;
                 }
             }
             if opts.progress && last_progress.elapsed() >= Duration::from_secs(1) {
@@ -964,7 +938,7 @@ impl Merge<'_> {
         let mut out = SinkBatch::default();
         self.engine.finish(&mut out);
         self.sinks.send(out)?;
-        self.checkpoint()?;
+        self.checkpoint(&mut inputs)?;
         self.publish();
         if opts.progress && tty {
             eprintln!();
@@ -972,36 +946,101 @@ impl Merge<'_> {
         Ok(())
     }
 
-    fn process(&mut self, stream: usize, msg: Decoded) -> Result<()> {
-        let arrived = msg.arrived;
-        let mut out = SinkBatch::default();
-        let n = msg.dead.len();
-        self.engine.on_dead_letters(msg.dead, &mut out);
-        let n = n + match msg.kind {
-            DecodedKind::Clicks(b) => {
-                let k = b.clicks.len();
-                self.engine.on_clicks(b, &mut out);
-                k
-            }
-            DecodedKind::Conversions(b) => {
-                let k = b.conversions.len();
-                self.engine.on_conversions(b, &mut out);
-                k
-            }
+    /// Moves decoded batches from the channels of the streams that are waiting into their
+    /// inputs, waiting up to 200 ms for the first.
+    fn receive(
+        &mut self,
+        rxs: &[Receiver<Decoded>; 2],
+        depths: &[Gauge; 2],
+        inputs: &mut [StreamInput; 2],
+        readiness: &[Readiness; 2],
+    ) {
+        let never = crossbeam_channel::never::<Decoded>();
+        // A quiet stream is watched too: new records (or its end) may come at any time.
+        let wanted = |i: usize| {
+            inputs[i].open && matches!(readiness[i], Readiness::Waiting | Readiness::Quiet)
         };
-        self.events_since += n as u64;
-        match msg.partition {
-            Some(p) => {
-                self.partition_offsets.insert((stream, p), msg.end.line);
+        let (w0, w1) = (wanted(0), wanted(1));
+        let r0 = if w0 { &rxs[0] } else { &never };
+        let r1 = if w1 { &rxs[1] } else { &never };
+        let timeout = Duration::from_millis(200);
+        let got = crossbeam_channel::select! {
+            recv(r0) -> m => Some((0, m)),
+            recv(r1) -> m => Some((1, m)),
+            default(timeout) => None,
+        };
+        if let Some((i, m)) = got {
+            match m {
+                Ok(m) => {
+                    depths[i].dec_by(m.records() as i64);
+                    inputs[i].push(m);
+                    // Whatever else is already there (bounded: files by the channel, Fluvio by
+                    // its per-partition credits).
+                    if self.partitioned {
+                        while let Ok(m) = rxs[i].try_recv() {
+                            depths[i].dec_by(m.records() as i64);
+                            inputs[i].push(m);
+                        }
+                    }
+                }
+                Err(_) => inputs[i].open = false,
             }
-            None if msg.end.line > 0 => self.positions[stream] = msg.end,
-            None => {}
+        }
+    }
+
+    /// Processes the next run of `input` (a whole batch of a single-sequence stream, or the
+    /// records of one partition that come first in event time).
+    fn process_run(&mut self, input: &mut StreamInput) -> Result<()> {
+        let Some(run) = input.next_run() else {
+            return Ok(());
+        };
+        let stream = input.stream;
+        let mut out = SinkBatch::default();
+        let n = match input.view(run) {
+            Some(view) => {
+                let n = view.range.len();
+                match &view.batch.kind {
+                    DecodedKind::Clicks(b) => {
+                        self.engine
+                            .on_click_run(b, view.range, view.accepted, &mut out)
+                    }
+                    DecodedKind::Conversions(b) => {
+                        self.engine.on_conversion_run(b, view.range, &mut out)
+                    }
+                }
+                n
+            }
+            None => 0,
+        };
+        let done = input.complete(run);
+        let n = n + done.dead.len();
+        if !done.dead.is_empty() {
+            self.engine.on_dead_letters(done.dead, &mut out);
+        }
+        self.events_since += n as u64;
+        let s = usize::from(stream == Stream::Conversions);
+        match (done.partition, done.position) {
+            (Some(p), Some(pos)) => {
+                self.partition_offsets.insert((s, p), pos.line);
+            }
+            (None, Some(pos)) => self.positions[s] = pos,
+            _ => {}
+        }
+        if let Some((batch, accepted)) = done.finished {
+            if let DecodedKind::Clicks(b) = &batch.kind
+                && !accepted.is_empty()
+            {
+                out.clicks.push(ClickRows {
+                    batch: b.clone(),
+                    accepted,
+                });
+            }
+            if let Some(t) = batch.arrived {
+                self.processed_latency.observe(t.elapsed().as_secs_f64());
+                self.awaiting_durable.push(t);
+            }
         }
         self.sinks.send(out)?;
-        if let Some(t) = arrived {
-            self.processed_latency.observe(t.elapsed().as_secs_f64());
-            self.awaiting_durable.push(t);
-        }
         self.publish();
         Ok(())
     }
@@ -1019,9 +1058,18 @@ impl Merge<'_> {
         );
     }
 
-    /// Outputs durable → snapshot of the state and positions → the next epoch begins.
-    fn checkpoint(&mut self) -> Result<()> {
+    /// Outputs durable → snapshot of the state and positions → the next epoch begins →
+    /// (Fluvio) the offsets the snapshot covers are committed.
+    fn checkpoint(&mut self, inputs: &mut [StreamInput; 2]) -> Result<()> {
         let t = Instant::now();
+        // Clicks of batches still in progress were processed: they go out before the barrier.
+        let mut out = SinkBatch::default();
+        for input in inputs.iter_mut() {
+            out.clicks.extend(input.take_partial_clicks());
+        }
+        if !out.is_empty() {
+            self.sinks.send(out)?;
+        }
         self.sinks.barrier(self.epoch + 1)?;
         let snap = checkpoint::Snapshot {
             epoch: self.epoch,
@@ -1041,6 +1089,14 @@ impl Merge<'_> {
         for arrived in self.awaiting_durable.drain(..) {
             self.durable_latency
                 .observe(arrived.elapsed().as_secs_f64());
+        }
+        if let Some(c) = &self.committer {
+            c.commit(
+                self.partition_offsets
+                    .iter()
+                    .map(|(&(s, p), &o)| (self.topics[s].clone(), p, o))
+                    .collect(),
+            );
         }
         tracing::debug!(epoch = self.epoch, bytes = self.last_bytes, took = ?t.elapsed(), "checkpoint written");
         self.checkpoints += 1;

@@ -1,0 +1,500 @@
+//! The Fluvio source: clicks and conversions from Fluvio topics, partition by partition.
+//!
+//! Each instance owns a set of partitions (`partitions = []` means all). Edges key both topics
+//! by `click_id`, so a click and its conversions share a partition number and the join stays
+//! local to the instance that owns it (see `docs/scaling.md`).
+//!
+//! [`start`] runs one thread with a tokio runtime for the whole source: it connects (retrying
+//! with capped backoff for as long as it takes, `/ready` 503 meanwhile), announces each
+//! stream's partitions to the state stage ([`Signal::Partitions`]), then runs
+//! * one [`reader::PartitionReader`] task per (topic, partition), concurrently — positions are
+//!   offsets, gaps are re-read, outages re-opened, a caught-up partition says so;
+//! * a log-end poller (lag metrics, the "caught up" test, a lag log line every 10 s);
+//! * the [`commit::CommitTask`], which commits exactly the offsets each checkpoint covers;
+//! * with `exit_when_idle`, a watch that ends the readers once every partition is caught up
+//!   and quiet for that long.
+//!
+//! The state stage merges the partitions of a stream by event time (`pipeline`), so the result
+//! does not depend on how fast each partition happens to be read.
+
+pub mod admin;
+pub mod commit;
+pub mod offsets;
+pub mod reader;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+use serde::{Deserialize, Serialize};
+
+use super::{RawBatch, Signal};
+use crate::event::Stream;
+use crate::telemetry::SharedMetrics;
+pub use admin::ensure_topic;
+use commit::Committer;
+
+/// User-facing options of the Fluvio source (`[source.fluvio]`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FluvioSourceConfig {
+    /// SC endpoint, `host:port`.
+    pub endpoint: String,
+    pub clicks_topic: String,
+    pub conversions_topic: String,
+    /// Partitions this instance owns; empty = all of them.
+    pub partitions: Vec<u32>,
+    /// Where a consumer without a committed offset starts: `beginning` or `end`.
+    pub start: StartFrom,
+    /// Consumer name under which offsets are committed (one per instance).
+    pub consumer: String,
+    /// TLS to the cluster; absent = plain TCP.
+    pub tls: Option<FluvioTls>,
+    /// Stop (everything flushed and committed) after every partition was read to its log end
+    /// and nothing new came for this long — for backfills and tests. Absent: run until stopped.
+    #[serde(with = "humantime_serde")]
+    pub exit_when_idle: Option<Duration>,
+    /// Give up (and fail the run) when the cluster cannot be reached for this long at start.
+    /// Absent: keep retrying (capped backoff, `/ready` 503 meanwhile), as a daemon should.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Option<Duration>,
+    /// Largest fetch per partition stream, bytes. Larger fetches mean fewer round trips (and
+    /// fewer of the 0.50 client's fetch-boundary gaps to re-read); each partition may buffer
+    /// this much.
+    pub max_fetch_bytes: u32,
+}
+
+impl Default for FluvioSourceConfig {
+    fn default() -> Self {
+        FluvioSourceConfig {
+            endpoint: "127.0.0.1:9003".to_string(),
+            clicks_topic: "clicks".to_string(),
+            conversions_topic: "conversions".to_string(),
+            partitions: Vec::new(),
+            start: StartFrom::Beginning,
+            consumer: "attribd".to_string(),
+            tls: None,
+            exit_when_idle: None,
+            connect_timeout: None,
+            max_fetch_bytes: 8 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StartFrom {
+    Beginning,
+    End,
+}
+
+/// Verified TLS with certificate files.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FluvioTls {
+    pub domain: String,
+    pub ca_cert: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl FluvioSourceConfig {
+    /// Defaults, with the cluster at `endpoint` (for `produce` and topic set-up).
+    fn at(endpoint: &str) -> FluvioSourceConfig {
+        FluvioSourceConfig {
+            endpoint: endpoint.to_string(),
+            ..FluvioSourceConfig::default()
+        }
+    }
+
+    /// Checks what serde cannot; problems as (key, message).
+    pub fn validate(&self) -> Vec<(&'static str, String)> {
+        let mut bad = Vec::new();
+        if self.endpoint.is_empty() || !self.endpoint.contains(':') {
+            bad.push(("source.fluvio.endpoint", "must be host:port".to_string()));
+        }
+        if self.clicks_topic.is_empty() || self.conversions_topic.is_empty() {
+            bad.push((
+                "source.fluvio.clicks_topic",
+                "topic names must not be empty".to_string(),
+            ));
+        }
+        if self.clicks_topic == self.conversions_topic {
+            bad.push((
+                "source.fluvio.conversions_topic",
+                format!(
+                    "must differ from clicks_topic (both are {:?})",
+                    self.clicks_topic
+                ),
+            ));
+        }
+        if self.consumer.is_empty() {
+            bad.push(("source.fluvio.consumer", "must not be empty".to_string()));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for p in &self.partitions {
+            if !seen.insert(p) {
+                bad.push((
+                    "source.fluvio.partitions",
+                    format!("partition {p} is listed twice"),
+                ));
+            }
+        }
+        if !(64 << 10..=1 << 30).contains(&self.max_fetch_bytes) {
+            bad.push((
+                "source.fluvio.max_fetch_bytes",
+                format!("{} is outside 65536..=1073741824", self.max_fetch_bytes),
+            ));
+        }
+        bad
+    }
+
+    fn topic(&self, stream: Stream) -> &str {
+        match stream {
+            Stream::Clicks => &self.clicks_topic,
+            Stream::Conversions => &self.conversions_topic,
+        }
+    }
+}
+
+/// Where the source delivers one stream's batches: never blocks (the per-partition credits
+/// bound what is in flight); false once the pipeline stopped taking them.
+pub type Deliver = Arc<dyn Fn(RawBatch) -> bool + Send + Sync>;
+
+/// A running Fluvio source.
+pub struct FluvioSource {
+    pub thread: thread::JoinHandle<Result<()>>,
+    pub committer: Committer,
+    board: Arc<reader::Board>,
+}
+
+impl FluvioSource {
+    /// Ends the readers (the pipeline is stopping); the commit task keeps running until the
+    /// committer is dropped.
+    pub fn finish_reading(&self) {
+        self.board.finish.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Starts the source thread. `resume` holds the next offset per (stream index, partition) from
+/// the restored checkpoint; partitions without one start at the consumer's committed offset,
+/// else at `start`. Returns at once: connecting happens on the source thread.
+pub fn start(
+    cfg: &FluvioSourceConfig,
+    resume: &HashMap<(usize, u32), u64>,
+    deliver: [Deliver; 2],
+    metrics: SharedMetrics,
+    stop: Arc<AtomicBool>,
+) -> Result<FluvioSource> {
+    let (committer, commit_task) = commit::channel();
+    let board = Arc::new(reader::Board::default());
+    let cfg = cfg.clone();
+    let resume = resume.clone();
+    let b = board.clone();
+    let thread = thread::Builder::new()
+        .name("source-fluvio".into())
+        .spawn(move || {
+            let rt = admin::runtime()?;
+            let r = rt.block_on(run(
+                cfg,
+                resume,
+                deliver,
+                metrics.clone(),
+                stop,
+                b,
+                commit_task,
+            ));
+            if r.is_err() {
+                metrics.health.source_failed.store(true, Ordering::Relaxed);
+            }
+            r
+        })
+        .context("spawning the Fluvio source thread")?;
+    Ok(FluvioSource {
+        thread,
+        committer,
+        board,
+    })
+}
+
+async fn run(
+    cfg: FluvioSourceConfig,
+    resume: HashMap<(usize, u32), u64>,
+    deliver: [Deliver; 2],
+    metrics: SharedMetrics,
+    stop: Arc<AtomicBool>,
+    board: Arc<reader::Board>,
+    commit_task: commit::CommitTask,
+) -> Result<()> {
+    let fluvio = admin::connect(&cfg, cfg.connect_timeout, |_| {
+        metrics
+            .health
+            .sources_connected
+            .store(false, Ordering::Relaxed);
+    })
+    .await?;
+    let fluvio = Arc::new(fluvio);
+    let topics = [Stream::Clicks, Stream::Conversions].map(|s| cfg.topic(s).to_string());
+    let mut ends = admin::log_ends(&fluvio, &topics).await?;
+    let mut readers = Vec::new();
+    for (i, stream) in [Stream::Clicks, Stream::Conversions]
+        .into_iter()
+        .enumerate()
+    {
+        let topic = &topics[i];
+        let count = admin::partition_count(&fluvio, topic)
+            .await?
+            .ok_or_else(|| {
+                anyhow!(
+                    "Fluvio topic {topic:?} does not exist (source.fluvio.{}_topic)",
+                    stream.as_str()
+                )
+            })?;
+        let owned: Vec<u32> = if cfg.partitions.is_empty() {
+            (0..count).collect()
+        } else {
+            cfg.partitions.clone()
+        };
+        if let Some(p) = owned.iter().find(|&&p| p >= count) {
+            anyhow::bail!(
+                "partition {p} does not exist in Fluvio topic {topic:?} ({count} partitions: 0..={}) (source.fluvio.partitions)",
+                count.saturating_sub(1)
+            );
+        }
+        let committed = admin::committed_offsets(&fluvio, &cfg.consumer, topic).await?;
+        let offsets: Vec<String> = owned
+            .iter()
+            .map(|p| {
+                let next = resume
+                    .get(&(i, *p))
+                    .map(|&o| format!("{o} (checkpoint)"))
+                    .or_else(|| committed.get(p).map(|o| format!("{o} (committed)")))
+                    .unwrap_or_else(|| format!("{:?}", cfg.start).to_lowercase());
+                format!("{p}@{next}")
+            })
+            .collect();
+        tracing::info!(%topic, partitions = %offsets.join(" "), "reading Fluvio partitions");
+        if !(deliver[i])(RawBatch::signal(Signal::Partitions(owned.clone()), None)) {
+            return Ok(());
+        }
+        for p in owned {
+            let next = resume
+                .get(&(i, p))
+                .map(|&o| o as i64)
+                .or_else(|| committed.get(&p).copied());
+            readers.push(reader::PartitionReader {
+                fluvio: fluvio.clone(),
+                topic: topic.clone(),
+                partition: p,
+                start: match cfg.start {
+                    StartFrom::Beginning => fluvio::Offset::beginning(),
+                    StartFrom::End => fluvio::Offset::end(),
+                },
+                tracker: offsets::OffsetTracker::new(next),
+                max_fetch_bytes: cfg.max_fetch_bytes.min(i32::MAX as u32) as i32,
+                credits: Arc::new(tokio::sync::Semaphore::new(reader::CREDITS)),
+                send: deliver[i].clone(),
+                board: board.clone(),
+                metrics: metrics.clone(),
+            });
+        }
+    }
+    drop(deliver);
+    board
+        .partitions
+        .store(readers.len() as u64, Ordering::Relaxed);
+    if let Ok(mut e) = board.ends.lock() {
+        *e = std::mem::take(&mut ends);
+    }
+
+    // Connected (and /ready) only while every partition stream is open.
+    let total = readers.len() as u64;
+    let watch = {
+        let (board, metrics, stop, fluvio) =
+            (board.clone(), metrics.clone(), stop.clone(), fluvio.clone());
+        let topics = topics.to_vec();
+        let exit_when_idle = cfg.exit_when_idle;
+        tokio::spawn(async move {
+            let mut last_ends = Instant::now() - Duration::from_secs(60);
+            let mut last_log = Instant::now();
+            loop {
+                if stop.load(Ordering::Relaxed) {
+                    board.finish.store(true, Ordering::Relaxed);
+                }
+                if board.finish.load(Ordering::Relaxed) {
+                    break;
+                }
+                let connected = board.connected.load(Ordering::Relaxed) == total;
+                metrics
+                    .health
+                    .sources_connected
+                    .store(connected, Ordering::Relaxed);
+                if last_ends.elapsed() >= Duration::from_secs(1) {
+                    last_ends = Instant::now();
+                    match admin::log_ends(&fluvio, &topics).await {
+                        Ok(ends) => {
+                            if let Ok(mut e) = board.ends.lock() {
+                                *e = ends;
+                            }
+                        }
+                        Err(e) => tracing::debug!(error = %e, "polling Fluvio log ends"),
+                    }
+                    report_lag(
+                        &board,
+                        &metrics,
+                        last_log.elapsed() >= Duration::from_secs(10),
+                    );
+                    if last_log.elapsed() >= Duration::from_secs(10) {
+                        last_log = Instant::now();
+                    }
+                }
+                if let Some(idle) = exit_when_idle
+                    && board.all_idle_for(idle)
+                {
+                    tracing::info!(idle = ?idle, "every partition read to its end and quiet; source finished");
+                    board.finish.store(true, Ordering::Relaxed);
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let tasks: Vec<_> = readers.into_iter().map(|r| tokio::spawn(r.run())).collect();
+    let commits = {
+        let (fluvio, consumer, metrics) = (fluvio.clone(), cfg.consumer.clone(), metrics.clone());
+        tokio::spawn(async move { commit_task.run(&fluvio, &consumer, metrics).await })
+    };
+    let mut first_error = None;
+    for t in tasks {
+        match t.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                first_error.get_or_insert(e);
+            }
+            Err(e) => {
+                first_error.get_or_insert(anyhow!("a Fluvio reader task failed: {e}"));
+            }
+        }
+    }
+    board.finish.store(true, Ordering::Relaxed);
+    let _ = watch.await;
+    // The readers are done (their senders dropped: the streams end); commits go on until the
+    // pipeline drops the committer after its final checkpoint.
+    let _ = commits.await;
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Lag per partition (records between what was read and the log end) into the metrics, and
+/// into the log when `log`.
+fn report_lag(board: &reader::Board, metrics: &SharedMetrics, log: bool) {
+    let (Ok(ends), Ok(read)) = (board.ends.lock(), board.read.lock()) else {
+        return;
+    };
+    for (key, next) in read.iter() {
+        let Some((_, end)) = ends.get(key) else {
+            continue;
+        };
+        let lag = (end - next).max(0);
+        metrics.source_lag_records(&key.0, key.1, lag);
+        if log {
+            tracing::info!(topic = %key.0, partition = key.1, lag, next_offset = next, "consumer lag");
+        }
+    }
+}
+
+/// `attribd produce`: loads an NDJSON file into `topic`, each record keyed by its `click_id`
+/// (so clicks and conversions of one click share a partition). Lines without a readable
+/// `click_id` are sent unkeyed and end up as dead letters of the pipeline, not lost here.
+/// Returns the number of records sent.
+pub fn produce(endpoint: &str, topic: &str, file: &str) -> Result<u64> {
+    use fluvio::RecordKey;
+    #[derive(Deserialize)]
+    struct KeyOnly<'a> {
+        #[serde(borrow)]
+        click_id: Option<std::borrow::Cow<'a, str>>,
+    }
+    let input = super::file::Input::parse(file);
+    let total = match &input {
+        super::file::Input::Path(p) => std::fs::metadata(p).map(|m| m.len()).unwrap_or(0),
+        super::file::Input::Stdin => 0,
+    };
+    let reader = input.open()?;
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {msg} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({bytes_per_sec})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(format!("→ {topic}"));
+    let cfg = FluvioSourceConfig::at(endpoint);
+    let rt = admin::runtime()?;
+    let fluvio = rt.block_on(admin::connect(&cfg, Some(Duration::from_secs(30)), |_| {}))?;
+    let producer = rt
+        .block_on(fluvio.topic_producer(topic.to_string()))
+        .with_context(|| format!("opening a producer for Fluvio topic {topic}"))?;
+    let mut sent = 0u64;
+    let mut failure = None;
+    super::file::read_batches(reader, |batch| {
+        let result = rt.block_on(async {
+            for rec in &batch.records {
+                let line = batch.line(rec);
+                let key = serde_json::from_slice::<KeyOnly>(line)
+                    .ok()
+                    .and_then(|k| k.click_id.map(|c| c.into_owned()));
+                match key {
+                    Some(k) => producer.send(k, line.to_vec()).await?,
+                    None => producer.send(RecordKey::NULL, line.to_vec()).await?,
+                };
+            }
+            producer.flush().await
+        });
+        match result {
+            Ok(()) => {
+                sent += batch.len() as u64;
+                bar.inc(batch.data.len() as u64 + batch.len() as u64);
+                true
+            }
+            Err(e) => {
+                failure = Some(e);
+                false
+            }
+        }
+    })
+    .with_context(|| format!("reading {file}"))?;
+    bar.finish();
+    if let Some(e) = failure {
+        return Err(anyhow::anyhow!("producing to Fluvio topic {topic}: {e}"));
+    }
+    Ok(sent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_validation_names_the_key() {
+        let mut c = FluvioSourceConfig::default();
+        assert!(c.validate().is_empty());
+        c.conversions_topic = c.clicks_topic.clone();
+        c.partitions = vec![1, 1];
+        c.max_fetch_bytes = 10;
+        let keys: Vec<_> = c.validate().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            keys,
+            [
+                "source.fluvio.conversions_topic",
+                "source.fluvio.partitions",
+                "source.fluvio.max_fetch_bytes"
+            ]
+        );
+    }
+}
