@@ -47,6 +47,14 @@ impl Aggregator {
         strings: &Interner,
         out: &mut Vec<StatsRow>,
     ) {
+        // Called after every run of records: most calls close nothing.
+        if self
+            .open
+            .first_key_value()
+            .is_none_or(|(&first, _)| first >= minute_ms)
+        {
+            return;
+        }
         let keep = self.open.split_off(&minute_ms);
         let closed = std::mem::replace(&mut self.open, keep);
         for (minute, buckets) in closed {

@@ -75,9 +75,19 @@ pub fn summary(r: &RunReport, cores: usize) -> String {
     row("state: indexed clicks", r.sizes.indexed_clicks.to_string());
     row("state: dedup keys", r.sizes.dedup_keys.to_string());
     row("elapsed", format!("{:.2}s", r.elapsed.as_secs_f64()));
+    if !r.idle_tail.is_zero() {
+        row(
+            "  of which waiting for more input",
+            format!("{:.2}s", r.idle_tail.as_secs_f64()),
+        );
+    }
     row(
         &format!("events/second ({cores} cores)"),
-        format!("{:.0}", r.events_per_second()),
+        if r.counters.events_in() == 0 {
+            "– (nothing read)".to_string()
+        } else {
+            format!("{:.0}", r.events_per_second())
+        },
     );
     s
 }

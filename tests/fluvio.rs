@@ -254,7 +254,11 @@ fn a_million_event_backlog_over_two_partitions_equals_the_file_run() {
     // re-read (and logged), so the result is the same.
     let small = dir.path().join("small-fetches");
     let pipeline = dir.path().join("small.toml");
-    std::fs::write(&pipeline, "[source.fluvio]\nmax_fetch_bytes = 1048588\n").unwrap();
+    std::fs::write(
+        &pipeline,
+        "[source]\nkind = \"fluvio\"\n[source.fluvio]\nmax_fetch_bytes = 1048588\n",
+    )
+    .unwrap();
     let mut args = fluvio_args(&endpoint, &topics, &small, "million-small");
     args.extend(["-p".to_string(), pipeline.to_str().unwrap().to_string()]);
     let o = attribd_cmd()
@@ -316,7 +320,7 @@ fn kill_9_while_consuming_then_resume_equals_an_uninterrupted_run() {
     let pipeline = dir.path().join("often.toml");
     std::fs::write(
         &pipeline,
-        "[checkpoint]\nevery = \"1h\"\nevery_events = 15000\n",
+        "[source]\nkind = \"fluvio\"\n[checkpoint]\nevery = \"1h\"\nevery_events = 15000\n",
     )
     .unwrap();
     let mut args = fluvio_args(&endpoint, &topics, &out, "kill");

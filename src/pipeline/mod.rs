@@ -105,11 +105,16 @@ pub struct RunReport {
     /// Stopped by a signal before the input ended.
     pub interrupted: bool,
     pub elapsed: Duration,
+    /// A live source: the time from the last record processed until the source ended
+    /// (`exit_when_idle` waiting for records that did not come). Not work, so not in events/s.
+    pub idle_tail: Duration,
 }
 
 impl RunReport {
+    /// Records read per second of work (the run's time without its idle tail).
     pub fn events_per_second(&self) -> f64 {
-        self.counters.events_in() as f64 / self.elapsed.as_secs_f64().max(1e-9)
+        let busy = self.elapsed.saturating_sub(self.idle_tail);
+        self.counters.events_in() as f64 / busy.as_secs_f64().max(1e-9)
     }
 }
 
@@ -425,10 +430,17 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
         processed_latency: metrics.latency_handle("processed"),
         durable_latency: metrics.latency_handle("durable"),
         awaiting_durable: Vec::new(),
+        out: SinkBatch::default(),
+        last_record: None,
+        inputs_ended: None,
     };
     let state_result = merge.run(click_rx, conv_rx, &opts, started);
     let (checkpoints, last_bytes, interrupted) =
         (merge.checkpoints, merge.last_bytes, merge.interrupted);
+    let idle_tail = match (merge.partitioned, merge.last_record, merge.inputs_ended) {
+        (true, Some(last), Some(ended)) => ended.saturating_duration_since(last),
+        _ => Duration::ZERO,
+    };
     // Its committer handle too: the Fluvio commit task ends once every handle is gone.
     drop(merge);
     drop(sink_tx);
@@ -503,6 +515,7 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
         last_checkpoint_bytes: last_bytes,
         interrupted,
         elapsed: started.elapsed(),
+        idle_tail,
     })
 }
 
@@ -844,6 +857,11 @@ struct Merge<'a> {
     durable_latency: prometheus_client::metrics::histogram::Histogram,
     /// Arrival times of the batches since the last checkpoint: durable once it completes.
     awaiting_durable: Vec<Instant>,
+    /// Rows of runs whose batch is not finished yet.
+    out: SinkBatch,
+    /// When the last record was processed, and when both streams had ended.
+    last_record: Option<Instant>,
+    inputs_ended: Option<Instant>,
 }
 
 impl Merge<'_> {
@@ -889,6 +907,7 @@ impl Merge<'_> {
                 }
             }
             if readiness.iter().all(|r| *r == Readiness::Closed) {
+                self.inputs_ended = Some(Instant::now());
                 break;
             }
             let pick = if self.alternate {
@@ -923,7 +942,16 @@ impl Merge<'_> {
                 }
             } else {
                 // Nothing to merge: wait for whichever stream is missing a batch.
+                let waiting_since = Instant::now();
                 self.receive(&rxs, &depths, &mut inputs, &readiness);
+                let waited_for = match readiness {
+                    [Readiness::Waiting, Readiness::Waiting] => "both",
+                    [Readiness::Waiting, _] => "clicks",
+                    [_, Readiness::Waiting] => "conversions",
+                    _ => "nothing (quiet)",
+                };
+                self.metrics
+                    .state_waited(waited_for, waiting_since.elapsed().as_secs_f64());
                 // A quiet live source still gets its processed records checkpointed (and its
                 // offsets committed) on time.
                 if self.events_since > 0 && self.last_checkpoint.elapsed() >= self.every {
@@ -935,7 +963,7 @@ impl Merge<'_> {
                 print_progress(self.engine, started, tty);
             }
         }
-        let mut out = SinkBatch::default();
+        let mut out = std::mem::take(&mut self.out);
         self.engine.finish(&mut out);
         self.sinks.send(out)?;
         self.checkpoint(&mut inputs)?;
@@ -995,7 +1023,9 @@ impl Merge<'_> {
             return Ok(());
         };
         let stream = input.stream;
-        let mut out = SinkBatch::default();
+        // Runs of interleaved partitions are short (a few records): their rows gather here
+        // and go to the sinks once per finished batch, like a whole batch of a file.
+        let mut out = std::mem::take(&mut self.out);
         let n = match input.view(run) {
             Some(view) => {
                 let n = view.range.len();
@@ -1014,6 +1044,9 @@ impl Merge<'_> {
         };
         let done = input.complete(run);
         let n = n + done.dead.len();
+        if n > 0 {
+            self.last_record = Some(Instant::now());
+        }
         if !done.dead.is_empty() {
             self.engine.on_dead_letters(done.dead, &mut out);
         }
@@ -1026,19 +1059,21 @@ impl Merge<'_> {
             (None, Some(pos)) => self.positions[s] = pos,
             _ => {}
         }
-        if let Some((batch, accepted)) = done.finished {
-            if let DecodedKind::Clicks(b) = &batch.kind
-                && !accepted.is_empty()
-            {
-                out.clicks.push(ClickRows {
-                    batch: b.clone(),
-                    accepted,
-                });
-            }
-            if let Some(t) = batch.arrived {
-                self.processed_latency.observe(t.elapsed().as_secs_f64());
-                self.awaiting_durable.push(t);
-            }
+        let Some((batch, accepted)) = done.finished else {
+            self.out = out;
+            return Ok(());
+        };
+        if let DecodedKind::Clicks(b) = &batch.kind
+            && !accepted.is_empty()
+        {
+            out.clicks.push(ClickRows {
+                batch: b.clone(),
+                accepted,
+            });
+        }
+        if let Some(t) = batch.arrived {
+            self.processed_latency.observe(t.elapsed().as_secs_f64());
+            self.awaiting_durable.push(t);
         }
         self.sinks.send(out)?;
         self.publish();
@@ -1062,8 +1097,9 @@ impl Merge<'_> {
     /// (Fluvio) the offsets the snapshot covers are committed.
     fn checkpoint(&mut self, inputs: &mut [StreamInput; 2]) -> Result<()> {
         let t = Instant::now();
-        // Clicks of batches still in progress were processed: they go out before the barrier.
-        let mut out = SinkBatch::default();
+        // Rows of runs of batches still in progress were processed: they go out before the
+        // barrier.
+        let mut out = std::mem::take(&mut self.out);
         for input in inputs.iter_mut() {
             out.clicks.extend(input.take_partial_clicks());
         }

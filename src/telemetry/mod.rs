@@ -30,6 +30,7 @@ use crate::state::{Counters, StateSizes};
 type Labels = [(&'static str, String); 1];
 type Labels2 = [(&'static str, String); 2];
 type GaugeF = Gauge<f64, AtomicU64>;
+type CounterF = Counter<f64, AtomicU64>;
 
 /// The queues between stages, in flow order; `attribd_queue_depth_events{queue=…}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +139,7 @@ pub struct Metrics {
     fluvio_reconnects: Family<Labels2, Counter>,
     fluvio_committed: Family<Labels2, Gauge>,
     fluvio_commit_failures: Counter,
+    state_waiting: Family<Labels, CounterF>,
     checkpoint_duration: Histogram,
     checkpoint_bytes: Gauge,
     checkpoint_last: GaugeF,
@@ -408,6 +410,12 @@ impl Metrics {
             "fluvio_commit_failures",
             "Fluvio offset commits that failed (retried after the next checkpoint)",
         );
+        let state_waiting = Family::<Labels, CounterF>::default();
+        r.register(
+            "state_waiting_seconds",
+            "Time the state stage had nothing it was allowed to merge, by the stream it waited for (a partition not read to its end must deliver first): high while a source is slow, an outage, or the input is simply quiet",
+            state_waiting.clone(),
+        );
         let checkpoint_duration = Histogram::new(exponential_buckets(0.005, 2.0, 14));
         r.register(
             "checkpoint_duration_seconds",
@@ -458,6 +466,7 @@ impl Metrics {
             fluvio_reconnects,
             fluvio_committed,
             fluvio_commit_failures,
+            state_waiting,
             checkpoint_duration,
             checkpoint_bytes,
             checkpoint_last,
@@ -566,6 +575,13 @@ impl Metrics {
         let l = labels2(topic, partition);
         self.fluvio_gaps.get_or_create(&l).inc();
         self.fluvio_gap_records.get_or_create(&l).inc_by(records);
+    }
+
+    /// The state stage waited `seconds` for input of `stream` (`clicks`, `conversions`, `both`).
+    pub fn state_waited(&self, stream: &str, seconds: f64) {
+        self.state_waiting
+            .get_or_create(&label("stream", stream))
+            .inc_by(seconds);
     }
 
     pub fn fluvio_reconnect(&self, topic: &str, partition: u32) {

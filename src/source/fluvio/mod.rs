@@ -80,7 +80,7 @@ impl Default for FluvioSourceConfig {
             tls: None,
             exit_when_idle: None,
             connect_timeout: None,
-            max_fetch_bytes: 8 << 20,
+            max_fetch_bytes: 2 << 20,
         }
     }
 }

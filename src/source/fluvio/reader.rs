@@ -32,7 +32,7 @@ const POLL: Duration = Duration::from_millis(100);
 /// Nothing arrives although the log end says there is more: re-open after this long.
 const STALL: Duration = Duration::from_secs(3);
 /// Batches a partition may have in flight between its reader and the end of the state stage.
-pub const CREDITS: usize = 3;
+pub const CREDITS: usize = 8;
 
 type BatchStream = Pin<
     Box<
