@@ -230,13 +230,18 @@ async fn run(
     board: Arc<reader::Board>,
     commit_task: commit::CommitTask,
 ) -> Result<()> {
-    let fluvio = admin::connect(&cfg, cfg.connect_timeout, |_| {
-        metrics
-            .health
-            .sources_connected
-            .store(false, Ordering::Relaxed);
-    })
-    .await?;
+    // Connecting may take as long as the cluster is away; a stop request ends the wait.
+    let stopping = async {
+        while !(stop.load(Ordering::Relaxed) || board.finish.load(Ordering::Relaxed)) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let fluvio = tokio::select! {
+        connected = admin::connect(&cfg, cfg.connect_timeout, |_| {
+            metrics.health.sources_connected.store(false, Ordering::Relaxed);
+        }) => connected?,
+        _ = stopping => return Ok(()),
+    };
     let fluvio = Arc::new(fluvio);
     let topics = [Stream::Clicks, Stream::Conversions].map(|s| cfg.topic(s).to_string());
     let mut ends = admin::log_ends(&fluvio, &topics).await?;
