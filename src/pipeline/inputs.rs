@@ -87,6 +87,9 @@ struct Cursor {
     dead: usize,
     /// The last message taken off the queue said the partition is caught up.
     caught_up: bool,
+    /// The offset a caught-up signal said the partition is read to (a position for the
+    /// checkpoint of a partition that delivered nothing).
+    caught_up_at: Option<u64>,
     /// Accepted clicks of the front batch not yet handed to the sinks.
     accepted: Vec<(u32, bool)>,
 }
@@ -99,6 +102,7 @@ impl Cursor {
             rec: 0,
             dead: 0,
             caught_up: false,
+            caught_up_at: None,
             accepted: Vec::new(),
         }
     }
@@ -107,8 +111,9 @@ impl Cursor {
     fn settle(&mut self) {
         while let Some(front) = self.queue.front() {
             match &front.signal {
-                Some(Signal::CaughtUp(_)) => {
+                Some(Signal::CaughtUp(_, at)) => {
                     self.caught_up = true;
+                    self.caught_up_at = *at;
                     self.queue.pop_front();
                 }
                 Some(Signal::Partitions(_)) => {
@@ -334,6 +339,8 @@ impl StreamInput {
             let batch = c.queue.pop_front();
             c.rec = 0;
             c.dead = 0;
+            // Whatever the partition said before this batch is history now.
+            c.caught_up = false;
             let accepted = std::mem::take(&mut c.accepted);
             c.settle();
             batch.map(|b| (b, accepted))
@@ -346,6 +353,14 @@ impl StreamInput {
             position,
             finished,
         }
+    }
+
+    /// Partitions that said they are read up to an offset: (partition, next offset).
+    pub fn caught_up_positions(&self) -> Vec<(u32, u64)> {
+        self.cursors
+            .iter()
+            .filter_map(|c| Some((c.partition?, c.caught_up_at?)))
+            .collect()
     }
 
     /// Accepted clicks of batches still in progress (for a checkpoint: everything processed
@@ -487,12 +502,12 @@ mod tests {
             Readiness::Waiting,
             "p1 may hold older clicks"
         );
-        input.push(signal(Signal::CaughtUp(1), Some(1)));
+        input.push(signal(Signal::CaughtUp(1, None), Some(1)));
         assert_eq!(input.readiness(), Readiness::Ready(10));
         assert_eq!(drain(&mut input), [(0, 0), (0, 1)]);
         // p0 done but not caught up: waiting again.
         assert_eq!(input.readiness(), Readiness::Waiting);
-        input.push(signal(Signal::CaughtUp(0), Some(0)));
+        input.push(signal(Signal::CaughtUp(0, None), Some(0)));
         assert_eq!(input.readiness(), Readiness::Quiet);
         // New data makes p1 a member again.
         input.push(batch(Some(1), &[(5, 0)]));
@@ -504,13 +519,32 @@ mod tests {
         let mut input = StreamInput::new(Stream::Clicks, true);
         input.push(signal(Signal::Partitions(vec![0, 1]), None));
         input.push(batch(Some(1), &[(100, 0)]));
-        input.push(signal(Signal::CaughtUp(1), Some(1)));
+        input.push(signal(Signal::CaughtUp(1, None), Some(1)));
         input.push(batch(Some(0), &[(10, 0)]));
         assert_eq!(drain(&mut input), [(0, 0)]);
         // p0 is not caught up: p1's record (ts 100) must wait for p0's next batch.
         assert_eq!(input.readiness(), Readiness::Waiting);
         input.push(batch(Some(0), &[(200, 1)]));
         assert_eq!(drain(&mut input)[0], (1, 0));
+    }
+
+    #[test]
+    fn a_batch_after_a_caught_up_signal_makes_the_partition_a_member_again() {
+        // Queue [A, CaughtUp, B]: once B is processed the partition is not caught up any
+        // more (the reader has said nothing since B), so the merge waits for it.
+        let mut input = StreamInput::new(Stream::Clicks, true);
+        input.push(signal(Signal::Partitions(vec![0, 1]), None));
+        input.push(batch(Some(1), &[(10, 0)]));
+        input.push(signal(Signal::CaughtUp(1, Some(1)), Some(1)));
+        input.push(batch(Some(1), &[(20, 1)]));
+        input.push(batch(Some(0), &[(15, 0)]));
+        input.push(batch(Some(0), &[(100, 1)]));
+        assert_eq!(drain(&mut input), [(1, 0), (0, 0), (1, 1)]);
+        assert_eq!(
+            input.readiness(),
+            Readiness::Waiting,
+            "p1 may send older clicks"
+        );
     }
 
     #[test]

@@ -469,10 +469,7 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
         // The source's own error says what went wrong; the state stage only stopped for it.
         if let Some(f) = fluvio.take() {
             f.finish_reading();
-            let FluvioSource {
-                thread, committer, ..
-            } = f;
-            drop(committer);
+            let thread = f.into_thread();
             thread
                 .join()
                 .map_err(|_| anyhow!("the Fluvio source thread panicked"))??;
@@ -488,10 +485,7 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
         // (already asked for by the state stage) are committed before the run ends.
         f.finish_reading();
         let committed = f.committer.flush(Duration::from_secs(30));
-        let FluvioSource {
-            thread, committer, ..
-        } = f;
-        drop(committer);
+        let thread = f.into_thread();
         if let Err(e) = committed {
             tracing::warn!(error = %format!("{e:#}"), "Fluvio offsets not committed");
         }
@@ -1107,6 +1101,14 @@ impl Merge<'_> {
             self.sinks.send(out)?;
         }
         self.sinks.barrier(self.epoch + 1)?;
+        // A partition read to its end without delivering anything still has a position
+        // (where the reader started): a restart must not skip what arrives meanwhile.
+        for (s, input) in inputs.iter().enumerate() {
+            for (p, at) in input.caught_up_positions() {
+                let e = self.partition_offsets.entry((s, p)).or_insert(at);
+                *e = (*e).max(at);
+            }
+        }
         let snap = checkpoint::Snapshot {
             epoch: self.epoch,
             positions: self.positions.map(|p| checkpoint::StreamPos {

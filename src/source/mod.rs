@@ -44,9 +44,10 @@ pub enum Signal {
     /// The partitions this stream is made of; sent once, before any batch. Until it arrives
     /// the state stage waits: it cannot merge partitions it does not know of.
     Partitions(Vec<u32>),
-    /// The partition has been read up to its log end: the state stage need not wait for its
-    /// next batch before merging the others (a later batch makes it a member again).
-    CaughtUp(u32),
+    /// The partition has been read up to its log end (the next offset, when known): the state
+    /// stage need not wait for its next batch before merging the others (a later batch makes
+    /// it a member again).
+    CaughtUp(u32, Option<u64>),
 }
 
 /// One unit of a partition's in-flight allowance. A partition reader takes one per batch it

@@ -87,40 +87,53 @@ impl CommitTask {
     /// Commits what is asked until every [`Committer`] is gone.
     pub async fn run(mut self, fluvio: &fluvio::Fluvio, consumer: &str, metrics: SharedMetrics) {
         let mut committed: HashMap<(String, u32), i64> = HashMap::new();
-        while let Some(req) = self.rx.recv().await {
-            match req {
-                Request::Flush(done) => {
-                    let _ = done.send(());
-                }
-                Request::Offsets(offsets) => {
-                    for (topic, partition, next) in offsets {
-                        // The consumer offset names the last record processed.
-                        let Some(last) = (next as i64).checked_sub(1).filter(|l| *l >= 0) else {
-                            continue;
-                        };
-                        let key = (topic, partition);
-                        if committed.get(&key).is_some_and(|&c| c >= last) {
-                            continue;
-                        }
-                        let attempt = tokio::time::timeout(
-                            COMMIT_TIMEOUT,
-                            commit_one(fluvio, consumer, &key.0, partition, last),
-                        )
-                        .await
-                        .unwrap_or_else(|_| Err(anyhow!("timed out after {COMMIT_TIMEOUT:?}")));
-                        match attempt {
-                            Ok(()) => {
-                                tracing::debug!(topic = %key.0, partition, offset = last, "committed Fluvio offset");
-                                metrics.fluvio_commit(&key.0, partition, Some(last));
-                                committed.insert(key, last);
-                            }
-                            Err(e) => {
-                                tracing::warn!(topic = %key.0, partition, offset = last, error = %format!("{e:#}"), "Fluvio offset commit failed; retried after the next checkpoint");
-                                metrics.fluvio_commit(&key.0, partition, None);
-                            }
+        while let Some(first) = self.rx.recv().await {
+            // Take everything queued: only the newest offset per partition matters (during an
+            // outage checkpoints keep asking, and stale offsets need not be committed in turn).
+            let mut latest: HashMap<(String, u32), u64> = HashMap::new();
+            let mut flushes = Vec::new();
+            let mut next = Some(first);
+            while let Some(req) = next {
+                match req {
+                    Request::Flush(done) => flushes.push(done),
+                    Request::Offsets(offsets) => {
+                        for (topic, partition, o) in offsets {
+                            let e = latest.entry((topic, partition)).or_insert(o);
+                            *e = (*e).max(o);
                         }
                     }
                 }
+                next = self.rx.try_recv().ok();
+            }
+            for ((topic, partition), next) in latest {
+                // The consumer offset names the last record processed.
+                let Some(last) = (next as i64).checked_sub(1).filter(|l| *l >= 0) else {
+                    continue;
+                };
+                let key = (topic, partition);
+                if committed.get(&key).is_some_and(|&c| c >= last) {
+                    continue;
+                }
+                let attempt = tokio::time::timeout(
+                    COMMIT_TIMEOUT,
+                    commit_one(fluvio, consumer, &key.0, partition, last),
+                )
+                .await
+                .unwrap_or_else(|_| Err(anyhow!("timed out after {COMMIT_TIMEOUT:?}")));
+                match attempt {
+                    Ok(()) => {
+                        tracing::debug!(topic = %key.0, partition, offset = last, "committed Fluvio offset");
+                        metrics.fluvio_commit(&key.0, partition, Some(last));
+                        committed.insert(key, last);
+                    }
+                    Err(e) => {
+                        tracing::warn!(topic = %key.0, partition, offset = last, error = %format!("{e:#}"), "Fluvio offset commit failed; retried after the next checkpoint");
+                        metrics.fluvio_commit(&key.0, partition, None);
+                    }
+                }
+            }
+            for done in flushes {
+                let _ = done.send(());
             }
         }
     }

@@ -167,7 +167,7 @@ pub type Deliver = Arc<dyn Fn(RawBatch) -> bool + Send + Sync>;
 
 /// A running Fluvio source.
 pub struct FluvioSource {
-    pub thread: thread::JoinHandle<Result<()>>,
+    thread: Option<thread::JoinHandle<Result<()>>>,
     pub committer: Committer,
     board: Arc<reader::Board>,
 }
@@ -177,6 +177,27 @@ impl FluvioSource {
     /// committer is dropped.
     pub fn finish_reading(&self) {
         self.board.finish.store(true, Ordering::Relaxed);
+    }
+}
+
+impl FluvioSource {
+    /// Ends reading and gives up the committer; the thread ends once the commit task has done
+    /// what was asked of it.
+    pub fn into_thread(mut self) -> thread::JoinHandle<Result<()>> {
+        self.finish_reading();
+        let thread = self.thread.take();
+        let (committer, _) = commit::channel();
+        // The real committer goes with `self`; the commit task ends when no handle is left.
+        drop(std::mem::replace(&mut self.committer, committer));
+        drop(self);
+        thread.expect("the thread is taken only here")
+    }
+}
+
+impl Drop for FluvioSource {
+    /// Whatever way the pipeline ends (an error included), the readers end with it.
+    fn drop(&mut self) {
+        self.finish_reading();
     }
 }
 
@@ -215,7 +236,7 @@ pub fn start(
         })
         .context("spawning the Fluvio source thread")?;
     Ok(FluvioSource {
-        thread,
+        thread: Some(thread),
         committer,
         board,
     })

@@ -120,8 +120,21 @@ impl PartitionReader {
         let mut opened_once = false;
         self.board
             .set_idle(&self.topic, self.partition, false, true);
+        // Without a position, `beginning`/`end` become concrete offsets now: a re-open (or a
+        // restart from a checkpoint that saw nothing of this partition) starts exactly there.
+        if self.tracker.next().is_none()
+            && let Some((start, end)) = self.board.log_end(&self.topic, self.partition)
+        {
+            let at = if self.start == fluvio::Offset::end() {
+                end
+            } else {
+                start
+            };
+            self.tracker = OffsetTracker::new(Some(at));
+        }
         self.board
             .set_read(&self.topic, self.partition, self.tracker.next());
+        let mut last_gap: Option<i64> = None;
         'open: loop {
             if self.finishing() {
                 break;
@@ -187,7 +200,10 @@ impl PartitionReader {
                         if caught_up {
                             if !sent_caught_up {
                                 let signal = RawBatch::signal(
-                                    Signal::CaughtUp(self.partition),
+                                    Signal::CaughtUp(
+                                        self.partition,
+                                        self.tracker.next().map(|n| n as u64),
+                                    ),
                                     Some(self.partition),
                                 );
                                 if !(self.send)(signal) {
@@ -208,8 +224,13 @@ impl PartitionReader {
                 };
                 match item {
                     Some(Ok(fetched)) => {
-                        backoff.reset();
                         last_progress = Instant::now();
+                        if !fetched.records().is_empty() {
+                            // Before any wait for credits: the idle watch must not see this
+                            // partition as idle while its records are on their way.
+                            self.board
+                                .set_idle(&self.topic, self.partition, false, true);
+                        }
                         let base = fetched.get_base_offset();
                         for (i, record) in fetched.records().iter().enumerate() {
                             let offset = base + i as i64;
@@ -240,6 +261,13 @@ impl PartitionReader {
                                     if !batch.is_empty() && !self.emit(&mut batch).await {
                                         break 'open;
                                     }
+                                    // The same hole again: back off instead of spinning.
+                                    if last_gap == Some(expected) {
+                                        self.pause(backoff.wait()).await;
+                                    } else {
+                                        backoff.reset();
+                                    }
+                                    last_gap = Some(expected);
                                     continue 'open;
                                 }
                             }
