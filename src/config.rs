@@ -14,9 +14,20 @@ use crate::event::decode::DecodeLimits;
 use crate::event::time::parse_rfc3339_ms;
 use crate::sink::clickhouse::ClickHouseConfig;
 use crate::sink::parquet::ParquetConfig;
+use crate::source::file::MAX_LINE_BYTES;
 use crate::source::fluvio::FluvioSourceConfig;
 use crate::source::generator::GeneratorConfig;
 use crate::state::EngineConfig;
+
+/// The longest duration any key accepts: a century (of 365.25-day years). Beyond it nothing
+/// means anything, and the times computed from a duration (epoch milliseconds in an `i64`,
+/// deadlines) would overflow — `"1000000000y"` passed for years and then dead-lettered every
+/// record.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 36_525 * 864);
+
+/// The deepest `limits.max_json_depth`: readers of the stored JSON (`metadata` in DuckDB,
+/// ClickHouse, pandas) parse it recursively, and nothing real nests this deep.
+pub const MAX_JSON_DEPTH: usize = 10_000;
 
 /// The pipeline `attribd run` uses when given no `--pipeline` (also embedded in the binary, so it
 /// works from any directory).
@@ -122,6 +133,17 @@ pub enum SourceKind {
     Fluvio,
 }
 
+impl SourceKind {
+    /// The name as written in a pipeline file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Generator => "generator",
+            SourceKind::Files => "files",
+            SourceKind::Fluvio => "fluvio",
+        }
+    }
+}
+
 /// `[source]`: where events come from.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -171,8 +193,12 @@ impl Default for SemanticsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
-    /// Longest accepted record, bytes.
+    /// Longest accepted record, bytes. Also what a file source holds of a line: a longer one
+    /// is skipped (its first KiB kept for the dead letter) instead of read into memory.
     pub max_record_bytes: usize,
+    /// Deepest accepted nesting of arrays and objects in a record (its own object is level 1);
+    /// deeper records are dead-lettered as `invalid_json`.
+    pub max_json_depth: usize,
     /// Earliest accepted event time (RFC 3339).
     pub earliest_ts: String,
     /// How far past the wall clock an event time may lie ("7d").
@@ -184,6 +210,7 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             max_record_bytes: DecodeLimits::default().max_record_bytes,
+            max_json_depth: DecodeLimits::default().max_json_depth,
             earliest_ts: "2000-01-01T00:00:00Z".to_string(),
             max_future: Duration::from_millis(DecodeLimits::default().max_future_ms as u64),
         }
@@ -256,11 +283,12 @@ impl PipelineConfig {
         let cfg: PipelineConfig = toml::from_str(text).map_err(|e| ConfigError {
             file: file.to_string(),
             problems: vec![ConfigProblem {
-                key: toml_key(text, &e),
+                key: missing_field_key(text, &e).unwrap_or_else(|| toml_key(text, &e)),
                 problem: e.message().to_string(),
             }],
         })?;
-        let problems = cfg.validate();
+        let mut problems = unused_source_keys(text, cfg.source.kind);
+        problems.extend(cfg.validate());
         if problems.is_empty() {
             Ok(cfg)
         } else {
@@ -329,10 +357,33 @@ impl PipelineConfig {
                         format!("must be an RFC 3339 timestamp, got {:?}", g.start),
                     );
                 }
+                // The generator's durations are numbers of a unit; the same century bounds them.
+                let century = MAX_DURATION.as_secs_f64();
                 if g.span_hours <= 0.0 || !g.span_hours.is_finite() {
                     bad(
                         "source.generator.span_hours",
                         format!("must be positive, got {}", g.span_hours),
+                    );
+                } else if g.span_hours * 3600.0 > century {
+                    bad(
+                        "source.generator.span_hours",
+                        format!("must be at most 100 years, got {} hours", g.span_hours),
+                    );
+                }
+                if g.max_delay_seconds as f64 > century {
+                    bad(
+                        "source.generator.max_delay_seconds",
+                        format!(
+                            "must be at most 100 years, got {} seconds",
+                            g.max_delay_seconds
+                        ),
+                    );
+                }
+                let mean = g.mean_conversion_delay_minutes;
+                if !(0.0..=century / 60.0).contains(&mean) {
+                    bad(
+                        "source.generator.mean_conversion_delay_minutes",
+                        format!("must be 0 to 100 years, got {mean} minutes"),
                     );
                 }
                 if g.zipf_exponent <= 0.0 || !g.zipf_exponent.is_finite() {
@@ -371,10 +422,22 @@ impl PipelineConfig {
                 ),
             );
         }
-        if self.limits.max_record_bytes < 64 {
+        if !(64..=MAX_LINE_BYTES).contains(&self.limits.max_record_bytes) {
             bad(
                 "limits.max_record_bytes",
-                format!("must be at least 64, got {}", self.limits.max_record_bytes),
+                format!(
+                    "must be 64..={MAX_LINE_BYTES} (1 GiB), got {}",
+                    self.limits.max_record_bytes
+                ),
+            );
+        }
+        if !(1..=MAX_JSON_DEPTH).contains(&self.limits.max_json_depth) {
+            bad(
+                "limits.max_json_depth",
+                format!(
+                    "must be 1..={MAX_JSON_DEPTH}, got {}",
+                    self.limits.max_json_depth
+                ),
             );
         }
         if parse_rfc3339_ms(&self.limits.earliest_ts).is_none() {
@@ -424,7 +487,56 @@ impl PipelineConfig {
                 bad(&format!("sink.clickhouse.{key}"), problem);
             }
         }
+        for (key, d) in self.durations() {
+            if d > MAX_DURATION {
+                bad(
+                    &key,
+                    format!(
+                        "must be at most 100 years, got {}",
+                        humantime::format_duration(d)
+                    ),
+                );
+            }
+        }
         p
+    }
+
+    /// Every duration of the pipeline with its key (those of absent options left out).
+    fn durations(&self) -> Vec<(String, Duration)> {
+        let s = &self.semantics;
+        let f = &self.source.fluvio;
+        let mut all: Vec<(String, Option<Duration>)> = vec![
+            (
+                "semantics.attribution_window".into(),
+                Some(s.attribution_window),
+            ),
+            (
+                "semantics.allowed_lateness".into(),
+                Some(s.allowed_lateness),
+            ),
+            ("semantics.dedup_window".into(), Some(s.dedup_window)),
+            ("limits.max_future".into(), Some(self.limits.max_future)),
+            ("checkpoint.every".into(), Some(self.checkpoint.every)),
+            (
+                "sink.parquet.roll_age".into(),
+                Some(self.sink.parquet.roll_age),
+            ),
+            ("source.fluvio.exit_when_idle".into(), f.exit_when_idle),
+            ("source.fluvio.connect_timeout".into(), f.connect_timeout),
+        ];
+        if let Some(ch) = &self.sink.clickhouse {
+            for (key, d) in [
+                ("retry_initial", ch.retry_initial),
+                ("retry_max", ch.retry_max),
+                ("breaker_cooldown", ch.breaker_cooldown),
+                ("request_timeout", ch.request_timeout),
+            ] {
+                all.push((format!("sink.clickhouse.{key}"), Some(d)));
+            }
+        }
+        all.into_iter()
+            .filter_map(|(key, d)| Some((key, d?)))
+            .collect()
     }
 
     /// The state directory: `checkpoint.state_dir`, or `_state` inside the output directory.
@@ -446,6 +558,7 @@ impl PipelineConfig {
     pub fn decode_limits(&self) -> DecodeLimits {
         DecodeLimits {
             max_record_bytes: self.limits.max_record_bytes,
+            max_json_depth: self.limits.max_json_depth,
             min_ts_ms: parse_rfc3339_ms(&self.limits.earliest_ts)
                 .unwrap_or(DecodeLimits::default().min_ts_ms),
             max_future_ms: self.limits.max_future.as_millis() as i64,
@@ -582,6 +695,66 @@ pub struct Overrides {
     pub log_format: Option<LogFormat>,
 }
 
+/// Keys of `[source]` that `source.kind` does not use (a `[source.fluvio]` table under
+/// `kind = "files"`, `clicks` under `kind = "fluvio"`): errors, like unknown keys, since they
+/// would be silently ignored. Judged from the file's text, so a table that is present counts
+/// even when it is empty or equal to the defaults. (Command-line overrides may switch the kind
+/// of a pipeline on purpose; this concerns the file.)
+fn unused_source_keys(text: &str, kind: SourceKind) -> Vec<ConfigProblem> {
+    let Ok(doc) = toml::from_str::<toml::Table>(text) else {
+        return Vec::new();
+    };
+    let Some(source) = doc.get("source").and_then(|s| s.as_table()) else {
+        return Vec::new();
+    };
+    source
+        .keys()
+        .filter_map(|key| {
+            let owner = match key.as_str() {
+                "generator" => SourceKind::Generator,
+                "fluvio" => SourceKind::Fluvio,
+                "clicks" | "conversions" => SourceKind::Files,
+                _ => return None,
+            };
+            (owner != kind).then(|| ConfigProblem {
+                key: format!("source.{key}"),
+                problem: format!(
+                    "is for kind = \"{}\", not used by kind = \"{}\"; remove it or change source.kind",
+                    owner.as_str(),
+                    kind.as_str()
+                ),
+            })
+        })
+        .collect()
+}
+
+/// The dotted key of a "missing field" error: the field inside the table the error's span
+/// points at (`source.kind` for a `[source]` without `kind`, also for a file without
+/// `[source]`, since `kind` is the one key a pipeline must give).
+fn missing_field_key(text: &str, e: &toml::de::Error) -> Option<String> {
+    let field = e
+        .message()
+        .strip_prefix("missing field `")?
+        .strip_suffix('`')?;
+    let span = e.span()?;
+    if span.is_empty() {
+        // The top-level table.
+        return Some(match field {
+            "source" => "source.kind".to_string(),
+            f => f.to_string(),
+        });
+    }
+    let at = text.get(span.clone())?.trim();
+    let table = if at.starts_with('[') {
+        // A `[table]` header.
+        at.trim_matches(['[', ']']).trim().to_string()
+    } else {
+        // An inline table: `table = { … }`.
+        toml_key(text, e)
+    };
+    Some(format!("{table}.{field}"))
+}
+
 /// Best effort: the dotted key a TOML error points at, from the error's span.
 fn toml_key(text: &str, e: &toml::de::Error) -> String {
     let Some(span) = e.span() else {
@@ -655,5 +828,182 @@ mod tests {
         assert_eq!(err.problems[0].key, "semantics.allowed_lateness");
         let err = PipelineConfig::parse("[source]\nkind = \"files\"\n", "p.toml").unwrap_err();
         assert_eq!(err.problems[0].key, "source.clicks");
+    }
+
+    fn keys(text: &str) -> Vec<String> {
+        match PipelineConfig::parse(text, "p.toml") {
+            Ok(_) => Vec::new(),
+            Err(e) => e.problems.into_iter().map(|p| p.key).collect(),
+        }
+    }
+
+    #[test]
+    fn every_shipped_pipeline_is_valid() {
+        for name in ["default", "files", "fluvio-clickhouse"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("pipelines/{name}.toml"));
+            if let Err(e) = PipelineConfig::load(&path) {
+                panic!("{e}");
+            }
+        }
+    }
+
+    /// `1000000000y` parses as a duration but overflows every time computed from it: each
+    /// duration key refuses more than a century, naming itself.
+    #[test]
+    fn durations_beyond_a_century_are_refused() {
+        let base = "[source]\nkind = \"generator\"\n";
+        for (table, key) in [
+            ("semantics", "attribution_window"),
+            ("semantics", "allowed_lateness"),
+            ("semantics", "dedup_window"),
+            ("limits", "max_future"),
+            ("checkpoint", "every"),
+            ("sink.parquet", "roll_age"),
+            ("source.fluvio", "exit_when_idle"),
+            ("source.fluvio", "connect_timeout"),
+            ("sink.clickhouse", "retry_initial"),
+            ("sink.clickhouse", "retry_max"),
+            ("sink.clickhouse", "breaker_cooldown"),
+            ("sink.clickhouse", "request_timeout"),
+        ] {
+            let kind = if table == "source.fluvio" {
+                "[source]\nkind = \"fluvio\"\n"
+            } else {
+                base
+            };
+            let ch = if table == "sink.clickhouse" {
+                "url = \"http://127.0.0.1:8123\"\n"
+            } else {
+                ""
+            };
+            // Keys bounded by another: dedup_window ≥ attribution_window, retry_max ≥
+            // retry_initial.
+            let other = match key {
+                "attribution_window" => "dedup_window = \"100y\"\n",
+                "retry_initial" => "retry_max = \"100y\"\n",
+                _ => "",
+            };
+            let text = |v: &str| format!("{kind}[{table}]\n{ch}{other}{key} = \"{v}\"\n");
+            let err = PipelineConfig::parse(&text("1000000000y"), "p.toml").unwrap_err();
+            let msg = err.to_string();
+            let want = format!("p.toml: key `{table}.{key}`: must be at most 100 years, got ");
+            assert!(msg.contains(&want), "{msg}");
+            // (Past its bounding key, it is also said to be so.)
+            if !["attribution_window", "retry_initial"].contains(&key) {
+                assert_eq!(err.problems.len(), 1, "{msg}");
+            }
+            assert!(keys(&text("101y")).contains(&format!("{table}.{key}")));
+            assert_eq!(keys(&text("100y")), Vec::<String>::new(), "{table}.{key}");
+        }
+        // The generator's durations, numbers of hours, seconds and minutes.
+        let generator = |knob: &str| {
+            keys(&format!(
+                "[source]\nkind = \"generator\"\n[source.generator]\n{knob}\n"
+            ))
+        };
+        assert_eq!(
+            generator("span_hours = 1e12"),
+            ["source.generator.span_hours"]
+        );
+        assert_eq!(
+            generator("max_delay_seconds = 9223372036854775807"),
+            ["source.generator.max_delay_seconds"]
+        );
+        for bad in ["1e15", "-1.0", "nan"] {
+            assert_eq!(
+                generator(&format!("mean_conversion_delay_minutes = {bad}")),
+                ["source.generator.mean_conversion_delay_minutes"]
+            );
+        }
+        assert!(generator("span_hours = 876600.0\nmax_delay_seconds = 3155760000").is_empty());
+    }
+
+    #[test]
+    fn max_json_depth_defaults_to_128_and_is_bounded() {
+        let cfg = PipelineConfig::parse(DEFAULT_PIPELINE, "default").unwrap();
+        assert_eq!(cfg.decode_limits().max_json_depth, 128);
+        let limits = |line: &str| {
+            let text = format!("[source]\nkind = \"generator\"\n[limits]\n{line}\n");
+            (
+                keys(&text),
+                PipelineConfig::parse(&text, "p.toml").map(|c| c.decode_limits()),
+            )
+        };
+        assert_eq!(limits("max_json_depth = 7").1.unwrap().max_json_depth, 7);
+        assert_eq!(limits("max_json_depth = 0").0, ["limits.max_json_depth"]);
+        assert_eq!(
+            limits("max_json_depth = 10001").0,
+            ["limits.max_json_depth"]
+        );
+        assert!(limits("max_json_depth = 10000").0.is_empty());
+        // A line is held in memory up to max_record_bytes: at most 1 GiB.
+        assert_eq!(
+            limits("max_record_bytes = 1073741825").0,
+            ["limits.max_record_bytes"]
+        );
+        assert!(limits("max_record_bytes = 1073741824").0.is_empty());
+    }
+
+    /// A source table or key that `source.kind` does not use is an error, even when empty or
+    /// equal to the defaults; the command line may still switch the kind.
+    #[test]
+    fn source_tables_the_kind_does_not_use_are_errors() {
+        let err = PipelineConfig::parse(
+            "[source]\nkind = \"files\"\nclicks = \"c.ndjson\"\n[source.fluvio]\n",
+            "p.toml",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "p.toml: key `source.fluvio`: is for kind = \"fluvio\", not used by kind = \"files\"; remove it or change source.kind"
+        );
+        let gen_defaults = "[source.generator]\nseed = 42\n";
+        assert_eq!(
+            keys(&format!(
+                "[source]\nkind = \"files\"\nclicks = \"c\"\n{gen_defaults}"
+            )),
+            ["source.generator"]
+        );
+        assert_eq!(
+            keys("[source]\nkind = \"fluvio\"\nclicks = \"c\"\nconversions = \"v\"\n"),
+            ["source.clicks", "source.conversions"]
+        );
+        assert_eq!(
+            keys("[source]\nkind = \"generator\"\nconversions = \"v\"\nfluvio = {}\n"),
+            ["source.conversions", "source.fluvio"]
+        );
+        assert_eq!(
+            keys("source = { kind = \"fluvio\", generator = { seed = 1 } }\n"),
+            ["source.generator"]
+        );
+        // Each kind with its own table is fine; `--clicks` switches a generator pipeline to
+        // files without complaint.
+        assert!(keys("[source]\nkind = \"generator\"\n[source.generator]\n").is_empty());
+        assert!(keys("[source]\nkind = \"fluvio\"\n[source.fluvio]\n").is_empty());
+        let mut cfg = PipelineConfig::parse(DEFAULT_PIPELINE, "default").unwrap();
+        cfg.apply_overrides(Overrides {
+            clicks: Some("c.ndjson".into()),
+            ..Overrides::default()
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn a_missing_source_kind_is_named_source_kind() {
+        for text in [
+            "[source]\nclicks = \"x\"\n",
+            "name = \"x\"\n",
+            "",
+            "source = {}\n",
+            "[semantics]\n[ source ]\n[sink.parquet]\nout = \"y\"\n",
+        ] {
+            let err = PipelineConfig::parse(text, "p.toml").unwrap_err();
+            assert_eq!(err.problems[0].key, "source.kind", "{text:?}: {err}");
+        }
+        let err = PipelineConfig::parse("[source]\n", "p.toml").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "p.toml: key `source.kind`: missing field `kind`"
+        );
     }
 }

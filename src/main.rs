@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -67,7 +67,8 @@ enum Command {
     },
     /// Create the ClickHouse database and tables (numbered migrations; harmless to repeat).
     Migrate {
-        /// HTTP endpoint, e.g. http://127.0.0.1:8123.
+        /// HTTP endpoint, e.g. http://127.0.0.1:8123 (no credentials in it: they come from
+        /// ATTRIBD_CLICKHOUSE_USER / ATTRIBD_CLICKHOUSE_PASSWORD or the pipeline's password_file).
         #[arg(long)]
         clickhouse_url: String,
         #[arg(long, default_value = "attribd")]
@@ -172,6 +173,38 @@ fn main() -> ExitCode {
     }
 }
 
+/// SIGTERM / SIGINT: the first sets the returned flag (stop reading, checkpoint, exit 0); a
+/// second exits at once with 128 + the signal's number (143, 130), like a process killed by
+/// it. That is as safe as a crash: the last checkpoint on disk stays valid and the next run
+/// resumes from it. The signals are handled on a thread of their own, so the line saying so is
+/// logged normally.
+fn stop_on_signals() -> Result<Arc<AtomicBool>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .context("installing the signal handler")?;
+    let flag = stop.clone();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                let name = if sig == SIGINT { "SIGINT" } else { "SIGTERM" };
+                if flag.swap(true, Ordering::SeqCst) {
+                    tracing::warn!(
+                        "second {name}: exiting now without a final checkpoint; the next run \
+                         resumes from the last one"
+                    );
+                    std::process::exit(128 + sig);
+                }
+                tracing::info!(
+                    "{name}: finishing with a final checkpoint; send it again to exit at once"
+                );
+            }
+        })
+        .context("starting the signal thread")?;
+    Ok(stop)
+}
+
 fn dispatch(command: Command) -> Result<()> {
     match command {
         Command::Run(RunArgs {
@@ -185,12 +218,7 @@ fn dispatch(command: Command) -> Result<()> {
             cfg.apply_overrides(overrides)?;
             init_logging(cfg.log.format);
             tracing::info!(pipeline = %cfg.name, out = %cfg.sink.parquet.out.display(), "starting");
-            // SIGTERM / SIGINT: stop reading, checkpoint, exit 0.
-            let stop = Arc::new(AtomicBool::new(false));
-            for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-                signal_hook::flag::register(sig, stop.clone())
-                    .context("installing the signal handler")?;
-            }
+            let stop = stop_on_signals()?;
             let report = run(
                 &cfg,
                 RunOptions {
@@ -294,13 +322,18 @@ fn dispatch(command: Command) -> Result<()> {
             };
             ch.url = clickhouse_url;
             ch.database = database;
-            if let Some((key, problem)) = ch.validate().into_iter().next() {
+            let problems: Vec<_> = ch
+                .validate()
+                .into_iter()
+                .map(|(key, problem)| attribd::config::ConfigProblem {
+                    key: format!("sink.clickhouse.{key}"),
+                    problem,
+                })
+                .collect();
+            if !problems.is_empty() {
                 return Err(ConfigError {
                     file: "(command line)".into(),
-                    problems: vec![attribd::config::ConfigProblem {
-                        key: format!("sink.clickhouse.{key}"),
-                        problem,
-                    }],
+                    problems,
                 }
                 .into());
             }

@@ -126,8 +126,10 @@ fn fixture_into_clickhouse_equals_known_answers_and_parquet_and_replay_adds_noth
     assert!(migrate(&url, &db).contains("applied migrations [1, 2, 3]"));
     let dir = tempfile::tempdir().unwrap();
     let summary = run_fixture(&url, &db, dir.path());
+    // One stats batch at the checkpoint before the end, then the end's own epoch (its
+    // pending conversions resolved, open minutes flushed): one batch per table.
     assert!(
-        summary.contains("clickhouse: batches (skipped)               2 (0)"),
+        summary.contains("clickhouse: batches (skipped)               3 (0)"),
         "{summary}"
     );
 
@@ -173,10 +175,18 @@ fn fixture_into_clickhouse_equals_known_answers_and_parquet_and_replay_adds_noth
         ]
     );
 
-    // Replaying the same input: every batch is found committed, nothing is added.
-    let again = run_fixture(&url, &db, dir.path().join("again").as_path());
+    // A crash right before the final checkpoint: the rerun resumes from the checkpoint before
+    // the end and replays the end; its batches are found committed, nothing is added.
+    let snaps: Vec<_> = files_under(&dir.path().join("_state"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "snap"))
+        .collect();
+    assert_eq!(snaps.len(), 2, "the state before the end, and the end");
+    std::fs::remove_file(snaps.last().unwrap()).unwrap();
+    let again = run_fixture(&url, &db, dir.path());
     assert!(
-        again.contains("clickhouse: batches (skipped)               2 (2)"),
+        again.contains("resumed from checkpoint")
+            && again.contains("clickhouse: batches (skipped)               1 (1)"),
         "{again}"
     );
     assert_eq!(clickhouse_sums(&url, &db), want);

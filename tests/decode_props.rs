@@ -1,13 +1,14 @@
 //! Property tests over the decoders and the state stage behind them: whatever bytes arrive,
 //! nothing panics and nothing vanishes — every line is either a decoded record or a dead
-//! letter carrying the line's exact bytes, and what is accepted respects the limits.
+//! letter carrying the line's exact bytes (an oversize line's first KiB), and what is accepted
+//! respects the limits.
 
 use std::sync::Arc;
 
-use attribd::event::Position;
 use attribd::event::decode::{DecodeLimits, Decoder};
+use attribd::event::{DeadLetter, DeadReason, Position};
 use attribd::rows::SinkBatch;
-use attribd::source::RawBatch;
+use attribd::source::{OVERSIZE_HEAD_BYTES, RawBatch};
 use attribd::state::{Engine, EngineConfig};
 use proptest::prelude::*;
 
@@ -119,6 +120,16 @@ fn plausible_click(i: u32, ts: i64, ip: u8) -> Vec<u8> {
     .into_bytes()
 }
 
+/// A dead letter keeps its line's exact bytes; of an oversize line, the first KiB.
+fn assert_keeps_line(d: &DeadLetter, line: &[u8], limit: usize) {
+    if d.reason == DeadReason::Oversize {
+        assert!(line.len() > limit);
+        assert!(d.raw.len() <= OVERSIZE_HEAD_BYTES && line.starts_with(&d.raw));
+    } else {
+        assert_eq!(&d.raw, line, "dead letter keeps the exact bytes");
+    }
+}
+
 fn check_accounting(lines: &[Vec<u8>]) -> (usize, usize) {
     let limits = DecodeLimits {
         max_record_bytes: 2048,
@@ -137,7 +148,7 @@ fn check_accounting(lines: &[Vec<u8>]) -> (usize, usize) {
     assert_eq!(clicks.clicks.len() + dead.len(), records);
     for d in &dead {
         let line = &lines[d.position.line as usize - 1];
-        assert_eq!(&d.raw, line, "dead letter keeps the exact bytes");
+        assert_keeps_line(d, line, limits.max_record_bytes);
         assert!(!d.detail.is_empty());
     }
     for c in &clicks.clicks {
@@ -147,7 +158,11 @@ fn check_accounting(lines: &[Vec<u8>]) -> (usize, usize) {
     let (convs, dead_c) = decoder.decode_conversions(&raw);
     assert_eq!(convs.conversions.len() + dead_c.len(), records);
     for d in &dead_c {
-        assert_eq!(&d.raw, &lines[d.position.line as usize - 1]);
+        assert_keeps_line(
+            d,
+            &lines[d.position.line as usize - 1],
+            limits.max_record_bytes,
+        );
     }
     for c in &convs.conversions {
         assert!(c.amount_micros >= 0);

@@ -68,9 +68,24 @@ fn memory_gib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0 / 1024.0)
 }
 
+/// The scratch ClickHouse sink of the bench, at `url`.
+fn bench_clickhouse(url: &str) -> ClickHouseConfig {
+    ClickHouseConfig {
+        url: url.to_string(),
+        database: format!("attribd_bench_{}", std::process::id()),
+        ..ClickHouseConfig::default()
+    }
+}
+
 /// Runs every measurement, writes the report files, returns the report.
 pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Refused before minutes of measuring, and without echoing credentials.
+    if let Some(url) = &opts.clickhouse_url
+        && let Some((key, problem)) = bench_clickhouse(url).validate().into_iter().next()
+    {
+        anyhow::bail!("--clickhouse-url (sink.clickhouse.{key}): {problem}");
+    }
     std::fs::create_dir_all(&opts.report_dir)
         .with_context(|| format!("creating {}", opts.report_dir.display()))?;
     let input = measure::scratch(&opts.report_dir, "input");
@@ -115,12 +130,9 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
     }
     let (mut end_to_end_clickhouse, mut ch_stats, mut ch_convs) = (None, None, None);
     if let Some(url) = &opts.clickhouse_url {
-        eprintln!("bench: end to end with ClickHouse at {url} …");
-        let ch = ClickHouseConfig {
-            url: url.clone(),
-            database: format!("attribd_bench_{}", std::process::id()),
-            ..ClickHouseConfig::default()
-        };
+        let ch = bench_clickhouse(url);
+        let shown = crate::sink::clickhouse::loggable_url(url);
+        eprintln!("bench: end to end with ClickHouse at {shown} …");
         crate::sink::clickhouse::migrate(&ch)?;
         let measured = measure::end_to_end(&input, &out, cores, Some(&ch))
             .and_then(|(e, _)| Ok((e, measure::clickhouse_bytes(&ch)?)));

@@ -8,6 +8,8 @@
 //! xxh3 checksum → Fluvio offsets may be committed. The last two snapshots are kept; a corrupt
 //! or truncated one is detected by its checksum and the previous one is used.
 
+pub mod identity;
+pub mod lock;
 pub mod snapshot;
 
 use std::fs::{self, File};
@@ -17,12 +19,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use xxhash_rust::xxh3::xxh3_64;
 
-pub use snapshot::{FORMAT_VERSION, Snapshot, StreamPos};
+pub use snapshot::{FORMAT_VERSION, InputSnap, Snapshot, StreamPos};
 
 const MAGIC: &[u8; 8] = b"ATRBDSNP";
 const HEADER: usize = 8 + 4 + 4 + 8 + 8;
 
-fn snapshot_path(dir: &Path, epoch: u64) -> PathBuf {
+/// Where the snapshot of `epoch` lives.
+pub fn snapshot_path(dir: &Path, epoch: u64) -> PathBuf {
     dir.join(format!("checkpoint-{epoch:010}.snap"))
 }
 
@@ -61,6 +64,27 @@ pub fn write(dir: &Path, snap: &Snapshot) -> Result<u64> {
         let _ = fs::remove_file(old.1);
     }
     Ok((HEADER + payload.len()) as u64)
+}
+
+/// Replaces snapshot file `target` by a copy of `source` (temporary file, fsync, rename,
+/// fsync of the directory).
+pub fn replace_with(target: &Path, source: &Path) -> Result<()> {
+    let dir = target.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(".replace.snap.tmp");
+    let result = (|| -> Result<()> {
+        fs::copy(source, &tmp).with_context(|| format!("copying {}", source.display()))?;
+        File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("fsync {}", tmp.display()))?;
+        fs::rename(&tmp, target).with_context(|| format!("renaming {}", tmp.display()))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("fsync directory {}", dir.display()))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
 }
 
 /// Snapshot files, newest first, as `(epoch, path)`.
@@ -146,7 +170,12 @@ impl std::error::Error for UnknownFormat {}
 
 /// The newest valid snapshot, falling back to older ones (loudly) when one is damaged.
 pub fn load_latest(dir: &Path) -> Result<Option<(u64, rkyv::util::AlignedVec)>> {
-    for (epoch, path) in list(dir)? {
+    load_newest_before(dir, u64::MAX)
+}
+
+/// The newest valid snapshot of an epoch below `limit`.
+pub fn load_newest_before(dir: &Path, limit: u64) -> Result<Option<(u64, rkyv::util::AlignedVec)>> {
+    for (epoch, path) in list(dir)?.into_iter().filter(|(e, _)| *e < limit) {
         match read(&path) {
             Ok(bytes) => {
                 if rkyv::access::<snapshot::ArchivedSnapshot, rkyv::rancor::Error>(&bytes).is_err()

@@ -7,7 +7,7 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 /// Bump when the layout below changes; older or newer snapshots are refused with a clear error.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
@@ -17,7 +17,37 @@ pub struct Snapshot {
     /// Fluvio: next offset per (stream index, partition); stored with the checkpoint so a
     /// restored run reads exactly what comes after it.
     pub partition_offsets: Vec<(u8, u32, u64)>,
+    /// What identifies each file input's consumed prefix (see `identity`).
+    pub inputs: Vec<InputSnap>,
+    /// The pipeline's semantic settings as `(key, value)` text (see `identity`).
+    pub settings: Vec<(String, String)>,
+    /// Taken after the inputs ended and everything pending was resolved and flushed. The
+    /// checkpoint before it holds the state before that end; a rerun that finds more input
+    /// resumes from there, so the longer input gives what a clean run of it gives.
+    pub finished: bool,
+    /// With `finished`: the ClickHouse batches the end wrote (taken back by such a rerun).
+    pub final_batches: Vec<String>,
     pub engine: EngineSnap,
+}
+
+/// One file input at a checkpoint: what the consumed prefix was.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct InputSnap {
+    /// 0 clicks, 1 conversions.
+    pub stream: u8,
+    /// The path as configured (for messages).
+    pub name: String,
+    /// Canonical path.
+    pub path: String,
+    /// 0 stdin, 1 plain file, 2 compressed file.
+    pub kind: u8,
+    /// Plain: bytes consumed. Compressed: size of the compressed file.
+    pub bytes: u64,
+    /// xxh3 of the first and the last 4 KiB of those bytes.
+    pub head: u64,
+    pub tail: u64,
+    /// The consumed prefix ends with a newline (false: a last line without one).
+    pub ends_line: bool,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -18,14 +18,19 @@ use super::{
     Arena, Click, ClickBatch, Conversion, ConversionBatch, DeadLetter, DeadReason, Position,
     Status, Stream,
 };
-use crate::source::RawBatch;
+use crate::source::{OVERSIZE_HEAD_BYTES, RawBatch};
 use crate::state::keys;
 
 /// Bounds a record must respect; set from the pipeline's `[limits]` table.
 #[derive(Debug, Clone)]
 pub struct DecodeLimits {
-    /// Records longer than this are dead-lettered as `oversize` without being parsed.
+    /// Records longer than this are dead-lettered as `oversize` without being parsed; the
+    /// dead letter keeps their first [`OVERSIZE_HEAD_BYTES`] and the detail their length.
     pub max_record_bytes: usize,
+    /// Records whose arrays and objects nest deeper than this (the record's own object is
+    /// level 1) are dead-lettered as `invalid_json`, wherever the nesting is (`metadata`, an
+    /// unknown field).
+    pub max_json_depth: usize,
     /// Earliest accepted event time (epoch ms).
     pub min_ts_ms: i64,
     /// How far ahead of the wall clock an event time may be (ms).
@@ -36,6 +41,7 @@ impl Default for DecodeLimits {
     fn default() -> Self {
         DecodeLimits {
             max_record_bytes: 64 * 1024,
+            max_json_depth: 128,
             // 2000-01-01T00:00:00Z
             min_ts_ms: 946_684_800_000,
             max_future_ms: 7 * 86_400_000,
@@ -392,14 +398,16 @@ impl Decoder {
         Ok(ms)
     }
 
-    /// Checks size and UTF-8, returning the line as text.
-    fn precheck<'a>(&self, line: &'a [u8]) -> Result<&'a str, Reject> {
-        if line.len() > self.limits.max_record_bytes {
+    /// Checks size and UTF-8, returning the line as text. `len` is the record's length in
+    /// its stream, of which `line` may be only the head (see [`crate::source::RawRecord`]).
+    fn precheck<'a>(&self, line: &'a [u8], len: u64) -> Result<&'a str, Reject> {
+        let len = len.max(line.len() as u64);
+        if len > self.limits.max_record_bytes as u64 {
             return Err(reject(
                 DeadReason::Oversize,
                 format!(
-                    "record is {} bytes, limit is {}",
-                    line.len(),
+                    "record is {len} bytes, limit is {}; raw holds at most its first \
+                     {OVERSIZE_HEAD_BYTES} bytes",
                     self.limits.max_record_bytes
                 ),
             ));
@@ -412,27 +420,54 @@ impl Decoder {
         })
     }
 
+    /// Refuses text whose arrays and objects nest deeper than `limits.max_json_depth`.
+    fn depth_check(&self, text: &str) -> Result<(), Reject> {
+        let limit = self.limits.max_json_depth;
+        if nests_deeper_than(text.as_bytes(), limit) {
+            return Err(reject(
+                DeadReason::InvalidJson,
+                format!("nested deeper than {limit} levels (limits.max_json_depth)"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A dead letter with the record's bytes (of an oversize record, its head).
     fn dead(&self, stream: Stream, pos: Position, line: &[u8], r: Reject) -> DeadLetter {
+        let raw = match r.0 {
+            DeadReason::Oversize => head(line, OVERSIZE_HEAD_BYTES),
+            _ => line,
+        };
         DeadLetter {
             reason: r.0,
             detail: r.1,
             stream,
             source: self.source.clone(),
             position: pos,
-            raw: line.to_vec(),
+            raw: raw.to_vec(),
         }
     }
 
-    fn decode_click_into(&self, line: &[u8], now: i64, arena: &mut Arena) -> Result<Click, Reject> {
-        let text = self.precheck(line)?;
+    fn decode_click_into(
+        &self,
+        line: &[u8],
+        len: u64,
+        now: i64,
+        arena: &mut Arena,
+    ) -> Result<Click, Reject> {
+        let text = self.precheck(line, len)?;
         let fast = if self.fast_path {
             fast_click(text)
         } else {
             None
         };
         let raw: RawClick = match fast {
+            // Flat: one level deep.
             Some(raw) => raw,
-            None => serde_json::from_str(text).map_err(json_reject)?,
+            None => {
+                self.depth_check(text)?;
+                serde_json::from_str(text).map_err(json_reject)?
+            }
         };
         let click_id = id_field(&raw.click_id, "click_id")?;
         let ts_ms = self.ts_field(&raw.ts, false, now)?;
@@ -499,11 +534,13 @@ impl Decoder {
     fn decode_conversion_into(
         &self,
         line: &[u8],
+        len: u64,
         pos: Position,
         now: i64,
         arena: &mut Arena,
     ) -> Result<Conversion, Reject> {
-        let text = self.precheck(line)?;
+        let text = self.precheck(line, len)?;
+        self.depth_check(text)?;
         let raw: RawConversion = serde_json::from_str(text).map_err(json_reject)?;
         let click_id = id_field(&raw.click_id, "click_id")?;
         let external_id = id_field(&raw.external_id, "external_id")?;
@@ -559,7 +596,7 @@ impl Decoder {
             if is_blank(line) {
                 continue;
             }
-            match self.decode_click_into(line, now, &mut out.arena) {
+            match self.decode_click_into(line, rec.len, now, &mut out.arena) {
                 Ok(mut c) => {
                     c.position = rec.position;
                     out.clicks.push(c)
@@ -583,7 +620,7 @@ impl Decoder {
             if is_blank(line) {
                 continue;
             }
-            match self.decode_conversion_into(line, rec.position, now, &mut out.arena) {
+            match self.decode_conversion_into(line, rec.len, rec.position, now, &mut out.arena) {
                 Ok(c) => out.conversions.push(c),
                 Err(r) => dead.push(self.dead(Stream::Conversions, rec.position, line, r)),
             }
@@ -664,6 +701,54 @@ fn fast_click(text: &str) -> Option<RawClick<'_>> {
         true
     })?;
     Some(raw)
+}
+
+/// Whether arrays and objects in `json` nest deeper than `limit` levels. One pass without
+/// recursion (and none at all when the text has too few brackets to get there), so any depth
+/// is cheap to refuse; strings are skipped, so brackets inside them do not count.
+fn nests_deeper_than(json: &[u8], limit: usize) -> bool {
+    if memchr::memchr2_iter(b'[', b'{', json).nth(limit).is_none() {
+        return false;
+    }
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < json.len() {
+        match json[i] {
+            // To the closing quote, over escapes; an unterminated string is serde's to report.
+            b'"' => loop {
+                i += 1;
+                match memchr::memchr2(b'"', b'\\', json.get(i..).unwrap_or_default()) {
+                    None => return false,
+                    Some(at) if json[i + at] == b'"' => {
+                        i += at;
+                        break;
+                    }
+                    // A backslash: the next byte is escaped.
+                    Some(at) => i += at + 1,
+                }
+            },
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    false
+}
+
+/// The first `max` bytes of `line`, shortened to a whole UTF-8 character when the cut would
+/// split one (so a text head stays text).
+fn head(line: &[u8], max: usize) -> &[u8] {
+    let cut = &line[..line.len().min(max)];
+    match std::str::from_utf8(cut) {
+        Err(e) if e.error_len().is_none() => &cut[..e.valid_up_to()],
+        _ => cut,
+    }
 }
 
 fn is_blank(line: &[u8]) -> bool {
@@ -963,6 +1048,127 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(reasons(&fd), reasons(&sd));
+    }
+
+    /// `{"click_id":…,"x":[[…]]}` / a conversion whose `metadata` holds `[[…]]`, nested
+    /// `depth` levels deep in all (the record's own object is level 1).
+    fn nested(depth: usize) -> (String, String) {
+        let arrays = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        (
+            format!(
+                r#"{{"click_id":"c","ts":1793527200000,"offer_id":"o","affiliate_id":"a","x":{}}}"#,
+                arrays(depth - 1)
+            ),
+            format!(
+                r#"{{"click_id":"c","external_id":"e","amount":1,"status":"approved","metadata":{{"a":{}}}}}"#,
+                arrays(depth - 2)
+            ),
+        )
+    }
+
+    /// Nesting up to `limits.max_json_depth` is accepted (and stored as sent), one level more
+    /// is `invalid_json`, and so are 3 000 000 levels — refused by an iterative count, without
+    /// a deep stack anywhere (this test runs on a 2 MiB test thread).
+    #[test]
+    fn nesting_deeper_than_the_limit_is_invalid_json() {
+        let d = Decoder::new(
+            Arc::from("t"),
+            DecodeLimits {
+                max_record_bytes: 8 << 20,
+                ..DecodeLimits::default()
+            },
+        );
+        assert_eq!(d.limits.max_json_depth, 128);
+        for fast_path in [true, false] {
+            let d = Decoder {
+                fast_path,
+                ..d.clone()
+            };
+            let (click, conv) = nested(128);
+            let (b, dead) = d.decode_clicks(&batch(&[click.as_bytes()]));
+            assert_eq!((b.clicks.len(), dead.len()), (1, 0));
+            let (b, dead) = d.decode_conversions(&batch(&[conv.as_bytes()]));
+            assert!(dead.is_empty(), "{:?}", dead.first().map(|x| &x.detail));
+            let metadata = b.arena.get(b.conversions[0].metadata);
+            assert_eq!(metadata.len(), 6 + 2 * 126);
+            for depth in [129, 3_000_000] {
+                let (click, conv) = nested(depth);
+                for (line, stream) in [(click, Stream::Clicks), (conv, Stream::Conversions)] {
+                    let raw = batch(&[line.as_bytes()]);
+                    let dead = match stream {
+                        Stream::Clicks => d.decode_clicks(&raw).1,
+                        Stream::Conversions => d.decode_conversions(&raw).1,
+                    };
+                    assert_eq!(dead.len(), 1, "{stream} at depth {depth}");
+                    assert_eq!(dead[0].reason, DeadReason::InvalidJson);
+                    assert_eq!(
+                        dead[0].detail,
+                        "nested deeper than 128 levels (limits.max_json_depth)"
+                    );
+                    assert_eq!(dead[0].raw, line.as_bytes());
+                }
+            }
+        }
+        // A lower limit; brackets inside strings (escaped quotes too) are not nesting.
+        let d = Decoder::new(
+            Arc::from("t"),
+            DecodeLimits {
+                max_json_depth: 3,
+                ..DecodeLimits::default()
+            },
+        );
+        let ok = r#"{"click_id":"c","external_id":"e","amount":1,"status":"approved","metadata":{"a":["[[[\"{{{{"],"b":"\\"}}"#;
+        let (b, dead) = d.decode_conversions(&batch(&[ok.as_bytes()]));
+        assert_eq!((b.conversions.len(), dead.len()), (1, 0));
+        let (_, conv) = nested(4);
+        let (_, dead) = d.decode_conversions(&batch(&[conv.as_bytes()]));
+        assert_eq!(dead[0].reason, DeadReason::InvalidJson);
+        assert!(nests_deeper_than(b"[[[[", 3));
+        assert!(!nests_deeper_than(b"[[[]]][[[]]]", 3));
+        assert!(
+            !nests_deeper_than(br#"[" [[ \"#, 1),
+            "a string ending in a backslash"
+        );
+    }
+
+    /// A record longer than the limit keeps its first KiB (cut at a character) in the dead
+    /// letter, and the detail names its length — also when the reader kept only that head of
+    /// a much longer line (`RawRecord::len`).
+    #[test]
+    fn oversize_dead_letters_keep_the_head_and_the_true_length() {
+        let d = Decoder::new(
+            Arc::from("t"),
+            DecodeLimits {
+                max_record_bytes: 2000,
+                ..DecodeLimits::default()
+            },
+        );
+        // 3 000 bytes of two-byte characters after a 13-byte start: the 1024-byte cut falls
+        // inside a character.
+        let line = format!(r#"{{"click_id":"{}"}}"#, "é".repeat(1500));
+        let (_, dead) = d.decode_clicks(&batch(&[line.as_bytes()]));
+        assert_eq!(dead[0].reason, DeadReason::Oversize);
+        assert_eq!(dead[0].raw.len(), 1023);
+        assert!(line.as_bytes().starts_with(&dead[0].raw));
+        assert!(std::str::from_utf8(&dead[0].raw).is_ok());
+        assert!(
+            dead[0]
+                .detail
+                .starts_with("record is 3015 bytes, limit is 2000")
+        );
+        // What the file reader hands over for a 300 MB line: its head and its length.
+        let mut raw = batch(&[&line.as_bytes()[..1024]]);
+        raw.records[0].len = 300_000_000;
+        let (_, dead) = d.decode_conversions(&raw);
+        assert_eq!(dead[0].reason, DeadReason::Oversize);
+        assert_eq!(dead[0].raw.len(), 1023);
+        assert!(
+            dead[0]
+                .detail
+                .starts_with("record is 300000000 bytes, limit is 2000"),
+            "{}",
+            dead[0].detail
+        );
     }
 
     #[test]

@@ -39,7 +39,7 @@ use crate::rows::{ClickRows, ConversionRow, SinkBatch, StatsRow};
 use crate::sink::clickhouse::{ClickHouseSink, ClickHouseTotals};
 use crate::sink::{SinkTotals, Sinks};
 use crate::source::RawBatch;
-use crate::source::file::{Input, read_batches};
+use crate::source::file::{Input, read_batches_with_limit};
 use crate::source::fluvio::FluvioSource;
 use crate::source::generator::generate;
 use crate::state::{Counters, Engine, StateSizes};
@@ -147,28 +147,54 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
     let state_dir = cfg.state_dir();
     let out = &cfg.sink.parquet.out;
 
+    // One writer per output directory: taken before anything is touched, `--fresh` included.
+    let _lock = checkpoint::lock::lock_dirs(&[out.join("_state"), state_dir.clone()])?;
     if opts.fresh {
-        let _ = std::fs::remove_dir_all(&state_dir);
+        remove_state(&state_dir)?;
         for t in crate::sink::TABLE_DIRS {
             let _ = std::fs::remove_dir_all(out.join(t));
         }
     }
     // Restore the latest checkpoint; what a crashed run wrote after it is written again.
-    let restored = checkpoint::load_latest(&state_dir)?;
+    let inputs_now = checkpoint::identity::track(cfg)?;
+    let settings_now = checkpoint::identity::semantic_settings(cfg);
+    let restore = choose_restore_point(cfg, &state_dir, &inputs_now)?;
     let mut partition_offsets: HashMap<(usize, u32), u64> = HashMap::new();
-    let (mut engine, last_epoch, resume) = match &restored {
+    let (mut engine, last_epoch, resume_at) = match &restore.snapshot {
         Some((epoch, bytes)) => {
             let snap = checkpoint::view(bytes)?;
+            let saved_settings: Vec<(String, String)> = snap
+                .settings
+                .iter()
+                .map(|t| (t.0.to_string(), t.1.to_string()))
+                .collect();
+            let changes = checkpoint::identity::compare(
+                &snap.inputs,
+                &saved_settings,
+                &inputs_now,
+                &settings_now,
+            );
+            if !changes.is_empty() {
+                return Err(checkpoint::identity::Mismatch {
+                    epoch: *epoch,
+                    out: out.clone(),
+                    changes,
+                }
+                .into());
+            }
             let engine = Engine::restore(cfg.engine(), &snap.engine);
-            let resume = [0, 1].map(|i| snap.positions[i].lines.to_native());
+            let resume_at = [0, 1].map(|i| Position {
+                line: snap.positions[i].lines.to_native(),
+                offset: snap.positions[i].bytes.to_native(),
+            });
             for t in snap.partition_offsets.iter() {
                 partition_offsets.insert((usize::from(t.0), t.1.to_native()), t.2.to_native());
             }
             if partition_offsets.is_empty() {
                 tracing::info!(
                     epoch,
-                    clicks_line = resume[0],
-                    conversions_line = resume[1],
+                    clicks_line = resume_at[0].line,
+                    conversions_line = resume_at[1].line,
                     "resuming from checkpoint"
                 );
             } else {
@@ -181,11 +207,15 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
                     .join(" ");
                 tracing::info!(epoch, %offsets, "resuming from checkpoint (next offset per partition)");
             }
-            (engine, *epoch, resume)
+            (engine, *epoch, resume_at)
         }
-        None => (Engine::new(cfg.engine()), 0, [0, 0]),
+        None => (Engine::new(cfg.engine()), 0, [Position::default(); 2]),
     };
-    drop(restored);
+    let resume = resume_at.map(|p| p.line);
+    let resumed_finished = restore.finished;
+    let retract = restore.retract;
+    let superseded = restore.superseded;
+    drop(restore.snapshot);
     let discarded = crate::sink::discard_after(out, last_epoch)?;
     if discarded > 0 {
         tracing::info!(
@@ -194,7 +224,9 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
             "removed outputs written after the checkpoint; they are written again"
         );
     }
-    let epoch = last_epoch + 1;
+    // After going back behind a finished run's end, the epoch that end wrote is skipped, so
+    // no batch of this run is ever taken for one of the outputs just taken back.
+    let epoch = last_epoch + if retract.is_some() { 2 } else { 1 };
 
     // A partitioned source bounds what it has in flight per partition (credits), so its raw
     // channels only need room for every partition's allowance; files are bounded here.
@@ -276,8 +308,9 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
                         _ => None,
                     };
                     let (m, stream) = (metrics.clone(), ["clicks", "conversions"][i]);
+                    let max_line = limits.max_record_bytes;
                     sources.push(spawn_source("source-file", &metrics, move || {
-                        read_batches(reader, |b| {
+                        read_batches_with_limit(reader, max_line, |b| {
                             if let Some(size) = size {
                                 m.source_lag_bytes(
                                     stream,
@@ -337,9 +370,18 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
 
     // Connect and check ClickHouse before reading anything, so a bad URL, credentials or
     // schema stops the run at once with a clear message.
+    let clickhouse_batches = cfg
+        .sink
+        .clickhouse
+        .as_ref()
+        .map(|_| Arc::new(std::sync::Mutex::new(Vec::new())));
     let (ch_tx, clickhouse) = match &cfg.sink.clickhouse {
         Some(ch_cfg) => {
+            let batches = clickhouse_batches.clone().unwrap_or_default();
             let mut sink = ClickHouseSink::connect(ch_cfg)?;
+            if let Some(ids) = &retract {
+                sink.retract(ids)?;
+            }
             sink.start_at(epoch);
             sink.set_metrics(metrics.clone());
             let (tx, rx) = bounded::<ClickHouseMsg>(CHANNEL_BATCHES * 2);
@@ -359,12 +401,15 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
                             }
                             ClickHouseMsg::Barrier(next, ack) => {
                                 let r = sink.barrier(next);
-                                let failed = r.is_err();
-                                let _ = ack.send(r);
-                                if failed {
-                                    m.health.sink_failed.store(true, Ordering::Relaxed);
-                                    anyhow::bail!("ClickHouse sink failed at a checkpoint");
+                                if let Ok(mut b) = batches.lock() {
+                                    *b = sink.take_epoch_batches();
                                 }
+                                if let Err(e) = r {
+                                    m.health.sink_failed.store(true, Ordering::Relaxed);
+                                    let _ = ack.send(Err(anyhow!("{e:#}")));
+                                    return Err(e.context("ClickHouse sink, at a checkpoint"));
+                                }
+                                let _ = ack.send(Ok(()));
                             }
                         }
                     }
@@ -378,6 +423,13 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
         }
         None => (None, None),
     };
+    if let Some(path) = &superseded {
+        // The end's outputs are taken back (Parquet above, ClickHouse at connect). Its
+        // snapshot is replaced by the state before it, under its epoch: the newest checkpoint
+        // is then the one this run resumed from, and a crash before this run's first
+        // checkpoint replays epoch `epoch` again (whose ClickHouse batches it verifies).
+        checkpoint::replace_with(path, &checkpoint::snapshot_path(&state_dir, last_epoch))?;
+    }
     let sinks = [
         ("sink-clicks", click_sink_rx, Queue::SinkClicks, None),
         ("sink-rest", rest_sink_rx, Queue::SinkRest, ch_tx),
@@ -409,7 +461,7 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
         sinks: &sink_tx,
         state_dir: &state_dir,
         epoch,
-        positions: resume.map(|l| Position { line: l, offset: 0 }),
+        positions: resume_at,
         partition_offsets,
         every: cfg.checkpoint.every,
         every_events: cfg.checkpoint.every_events,
@@ -431,6 +483,10 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
         durable_latency: metrics.latency_handle("durable"),
         awaiting_durable: Vec::new(),
         out: SinkBatch::default(),
+        tracked: inputs_now,
+        settings: settings_now,
+        resumed_finished,
+        clickhouse_batches: clickhouse_batches.clone(),
         last_record: None,
         inputs_ended: None,
     };
@@ -513,6 +569,102 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
     })
 }
 
+/// Which checkpoint a run resumes from.
+struct RestorePoint {
+    snapshot: Option<(u64, rkyv::util::AlignedVec)>,
+    /// The snapshot is a finished run's end and no input has more: nothing left to do.
+    finished: bool,
+    /// Going back behind a finished run's end (its input has more now): the ClickHouse
+    /// batches that end wrote, to be taken back with its Parquet files…
+    retract: Option<Vec<String>>,
+    /// …and that end's snapshot, replaced by the one resumed from once they are.
+    superseded: Option<std::path::PathBuf>,
+}
+
+/// The latest valid checkpoint — or, when that is a finished run's end and the input has
+/// grown since (a plain file appended to, stdin, a Fluvio topic), the checkpoint before that
+/// end: what the end resolved (pending conversions released, aggregates flushed) is then
+/// decided again with the new records, as a clean run of the longer input decides it.
+fn choose_restore_point(
+    cfg: &PipelineConfig,
+    state_dir: &std::path::Path,
+    inputs_now: &[checkpoint::identity::TrackedInput],
+) -> Result<RestorePoint> {
+    let Some((epoch, bytes)) = checkpoint::load_latest(state_dir)? else {
+        return Ok(RestorePoint {
+            snapshot: None,
+            finished: false,
+            retract: None,
+            superseded: None,
+        });
+    };
+    let (finished, more, final_batches) = {
+        let snap = checkpoint::view(&bytes)?;
+        let more = match cfg.source.kind {
+            SourceKind::Fluvio => true,
+            SourceKind::Generator => false,
+            SourceKind::Files => inputs_now.iter().any(|t| {
+                snap.inputs
+                    .iter()
+                    .find(|s| s.stream == t.stream())
+                    .is_some_and(|s| t.grew_past(s))
+            }),
+        };
+        let batches: Vec<String> = snap.final_batches.iter().map(|b| b.to_string()).collect();
+        (snap.finished, more, batches)
+    };
+    if !finished || !more {
+        return Ok(RestorePoint {
+            snapshot: Some((epoch, bytes)),
+            finished,
+            retract: None,
+            superseded: None,
+        });
+    }
+    match checkpoint::load_newest_before(state_dir, epoch)? {
+        Some((before, b)) if !checkpoint::view(&b)?.finished => {
+            tracing::info!(
+                ended = epoch,
+                resuming = before,
+                "the input has more since the run ended: resuming from the checkpoint before \
+                 its end; the outputs of that end are taken back and decided again"
+            );
+            Ok(RestorePoint {
+                snapshot: Some((before, b)),
+                finished: false,
+                retract: Some(final_batches),
+                superseded: Some(checkpoint::snapshot_path(state_dir, epoch)),
+            })
+        }
+        _ => anyhow::bail!(
+            "the run in {} ended at checkpoint {epoch} and its input has more since, but the \
+             checkpoint before that end is missing or damaged, so the end cannot be decided \
+             again; start over with --fresh, or write to another --out",
+            state_dir.display()
+        ),
+    }
+}
+
+/// `--fresh`: everything in the state directory goes, except the lock this run holds.
+fn remove_state(state_dir: &std::path::Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(state_dir) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        if e.file_name() == checkpoint::lock::LOCK_FILE {
+            continue;
+        }
+        let path = e.path();
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.with_context(|| format!("removing {} (--fresh)", path.display()))?;
+    }
+    Ok(())
+}
+
 /// One sink thread: writes what it receives, rolls files by age when idle, closes everything
 /// at a checkpoint barrier and at the end; with `forward`, hands conversion and aggregate rows
 /// (and barriers) on to the ClickHouse thread.
@@ -566,12 +718,14 @@ fn sink_loop(
             }
             Ok(SinkMsg::Barrier(next, ack)) => {
                 let r = sinks.barrier(next);
-                let failed = r.is_err();
-                writes.record(!failed);
-                let _ = ack.send(r);
-                if failed {
-                    anyhow::bail!("a sink failed at a checkpoint");
+                writes.record(r.is_ok());
+                if let Err(e) = r {
+                    // The run reports this thread's error: it keeps the cause (the path, the
+                    // OS error); the state stage only learns that the checkpoint failed.
+                    let _ = ack.send(Err(anyhow!("{e:#}")));
+                    return Err(e.context("making the outputs durable at a checkpoint"));
                 }
+                let _ = ack.send(Ok(()));
                 if let Some(tx) = &forward
                     && !tx.send(ClickHouseMsg::Barrier(next, ack), 0)
                 {
@@ -853,6 +1007,15 @@ struct Merge<'a> {
     awaiting_durable: Vec<Instant>,
     /// Rows of runs whose batch is not finished yet.
     out: SinkBatch,
+    /// The file inputs, fingerprinted into every checkpoint, and the semantic settings.
+    tracked: Vec<checkpoint::identity::TrackedInput>,
+    settings: Vec<(String, String)>,
+    /// Resumed from a finished run's end with nothing new: no checkpoint is written, so the
+    /// pair "before the end" / "end" stays on disk for a later rerun over a longer input.
+    resumed_finished: bool,
+    /// The ClickHouse batches of the epoch last closed by a barrier (recorded in a finished
+    /// checkpoint, so a rerun over a longer input can take them back).
+    clickhouse_batches: Option<Arc<std::sync::Mutex<Vec<String>>>>,
     /// When the last record was processed, and when both streams had ended.
     last_record: Option<Instant>,
     inputs_ended: Option<Instant>,
@@ -890,7 +1053,9 @@ impl Merge<'_> {
             if opts.stop.load(Ordering::Relaxed) {
                 self.interrupted = true;
                 tracing::info!("stop requested: checkpointing and exiting");
-                self.checkpoint(&mut inputs)?;
+                if !self.resumed_finished {
+                    self.checkpoint(&mut inputs, false)?;
+                }
                 return Ok(());
             }
             let readiness = [inputs[0].readiness(), inputs[1].readiness()];
@@ -932,7 +1097,7 @@ impl Merge<'_> {
                     && (self.events_since >= self.every_events
                         || self.last_checkpoint.elapsed() >= self.every)
                 {
-                    self.checkpoint(&mut inputs)?;
+                    self.checkpoint(&mut inputs, false)?;
                 }
             } else {
                 // Nothing to merge: wait for whichever stream is missing a batch.
@@ -949,7 +1114,7 @@ impl Merge<'_> {
                 // A quiet live source still gets its processed records checkpointed (and its
                 // offsets committed) on time.
                 if self.events_since > 0 && self.last_checkpoint.elapsed() >= self.every {
-                    self.checkpoint(&mut inputs)?;
+                    self.checkpoint(&mut inputs, false)?;
                 }
             }
             if opts.progress && last_progress.elapsed() >= Duration::from_secs(1) {
@@ -957,10 +1122,20 @@ impl Merge<'_> {
                 print_progress(self.engine, started, tty);
             }
         }
-        let mut out = std::mem::take(&mut self.out);
-        self.engine.finish(&mut out);
-        self.sinks.send(out)?;
-        self.checkpoint(&mut inputs)?;
+        if !self.resumed_finished {
+            // The state before the end, then the end: a rerun that finds the input longer
+            // goes back to the first and decides the end again (see `choose_restore_point`).
+            // Nothing since the last checkpoint (written or restored): that one is the state
+            // before the end, and the end keeps the epoch a crashed end had (same batch ids).
+            let at_last_checkpoint = self.events_since == 0 && self.out.is_empty();
+            if !at_last_checkpoint {
+                self.checkpoint(&mut inputs, false)?;
+            }
+            let mut out = std::mem::take(&mut self.out);
+            self.engine.finish(&mut out);
+            self.sinks.send(out)?;
+            self.checkpoint(&mut inputs, true)?;
+        }
         self.publish();
         if opts.progress && tty {
             eprintln!();
@@ -1089,7 +1264,7 @@ impl Merge<'_> {
 
     /// Outputs durable → snapshot of the state and positions → the next epoch begins →
     /// (Fluvio) the offsets the snapshot covers are committed.
-    fn checkpoint(&mut self, inputs: &mut [StreamInput; 2]) -> Result<()> {
+    fn checkpoint(&mut self, inputs: &mut [StreamInput; 2], finished: bool) -> Result<()> {
         let t = Instant::now();
         // Rows of runs of batches still in progress were processed: they go out before the
         // barrier.
@@ -1120,6 +1295,17 @@ impl Merge<'_> {
                 .iter()
                 .map(|(&(s, p), &o)| (s as u8, p, o))
                 .collect(),
+            inputs: self
+                .tracked
+                .iter()
+                .map(|t| t.snap(self.positions[usize::from(t.stream())].offset))
+                .collect::<Result<_>>()?,
+            settings: self.settings.clone(),
+            finished,
+            final_batches: match (&self.clickhouse_batches, finished) {
+                (Some(b), true) => b.lock().map(|b| b.clone()).unwrap_or_default(),
+                _ => Vec::new(),
+            },
             engine: self.engine.snapshot(),
         };
         self.last_bytes = checkpoint::write(self.state_dir, &snap)?;

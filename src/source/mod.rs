@@ -79,12 +79,28 @@ impl std::fmt::Debug for Credit {
     }
 }
 
+/// How much of a line longer than `limits.max_record_bytes` is kept: its head, enough to
+/// recognise the record in the dead-letter output.
+pub const OVERSIZE_HEAD_BYTES: usize = 1024;
+
 /// One line inside a [`RawBatch`] (without its newline).
 #[derive(Debug, Clone, Copy)]
 pub struct RawRecord {
-    pub start: u32,
-    pub end: u32,
+    /// Where the line's bytes are in the batch's `data`.
+    pub start: usize,
+    pub end: usize,
+    /// The line's length in the stream, bytes (without newline). Longer than `end - start`
+    /// when the reader kept only the head of an oversize line (see [`file::read_batches`]):
+    /// the rest was skipped, never held in memory.
+    pub len: u64,
     pub position: Position,
+}
+
+impl RawRecord {
+    /// Only the head of the line is in the batch.
+    pub fn is_cut(&self) -> bool {
+        self.len > (self.end - self.start) as u64
+    }
 }
 
 impl RawBatch {
@@ -114,11 +130,12 @@ impl RawBatch {
         if self.arrived.is_none() {
             self.arrived = Some(Instant::now());
         }
-        let start = self.data.len() as u32;
+        let start = self.data.len();
         self.data.extend_from_slice(line);
         self.records.push(RawRecord {
             start,
-            end: self.data.len() as u32,
+            end: self.data.len(),
+            len: line.len() as u64,
             position,
         });
         self.end = Position {
@@ -128,7 +145,7 @@ impl RawBatch {
     }
 
     pub fn line(&self, rec: &RawRecord) -> &[u8] {
-        &self.data[rec.start as usize..rec.end as usize]
+        &self.data[rec.start..rec.end]
     }
 
     pub fn len(&self) -> usize {

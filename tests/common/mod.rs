@@ -170,3 +170,70 @@ pub fn generate_input(dir: &Path, knobs: &str) -> PathBuf {
     ]);
     input
 }
+
+/// Click rows, conversion rows, aggregate sums per bucket, dead letters per position.
+pub type Outputs = (
+    Vec<String>,
+    Vec<String>,
+    BTreeMap<String, [i64; 10]>,
+    BTreeMap<String, u64>,
+);
+
+/// Everything a run wrote, in a comparable form.
+pub fn outputs(out: &Path) -> Outputs {
+    let mut clicks: Vec<String> = rows(&read_table(out, "clicks"))
+        .iter()
+        .map(|r| format!("{}/{}", get(r, "click_id"), get(r, "is_unique")))
+        .collect();
+    clicks.sort();
+    let mut convs: Vec<String> = rows(&read_table(out, "conversions"))
+        .iter()
+        .map(|r| {
+            [
+                "tenant_id",
+                "external_id",
+                "version",
+                "status",
+                "amount",
+                "attributed",
+                "offer_id",
+                "click_ts",
+            ]
+            .map(|c| get(r, c).to_string())
+            .join("/")
+        })
+        .collect();
+    convs.sort();
+    let mut key = vec!["minute"];
+    key.extend(DIMS);
+    let stats = stats_sums(out, &key);
+    let mut dead: BTreeMap<String, u64> = BTreeMap::new();
+    for f in files_under(&out.join("dead_letters")) {
+        if f.extension().is_some_and(|e| e == "ndjson") {
+            for line in std::fs::read_to_string(&f).unwrap().lines() {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                *dead
+                    .entry(format!("{}/{}/{}", v["stream"], v["line"], v["reason"]))
+                    .or_default() += 1;
+            }
+        }
+    }
+    (clicks, convs, stats, dead)
+}
+
+pub fn clickhouse_sums(url: &str, db: &str) -> Vec<String> {
+    let sql = format!(
+        "SELECT sum(clicks), sum(unique_clicks), sum(duplicate_clicks), sum(conversions), sum(approved), \
+         sum(pending), sum(rejected), sum(revenue), sum(duplicate_conversions), sum(unattributed), \
+         (SELECT count() FROM {db}.conversions FINAL), \
+         (SELECT sum(cityHash64(tenant_id, external_id, version, status, toString(amount), attributed, offer_id)) FROM {db}.conversions FINAL) FROM {db}.attribution_stats_minute FORMAT TSV"
+    );
+    let o = Command::new("curl")
+        .args(["-sS", url, "--data-binary", &sql])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}

@@ -103,13 +103,21 @@ impl ClickHouseConfig {
         if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
             p.push((
                 "url",
-                format!("must be an http:// or https:// URL, got {:?}", self.url),
+                format!(
+                    "must be an http:// or https:// URL, got {:?}",
+                    loggable_url(&self.url)
+                ),
             ));
         }
-        if self.url.contains('@') {
+        if let Some(what) = url_credentials(&self.url) {
             p.push((
                 "url",
-                "must not contain credentials; use ATTRIBD_CLICKHOUSE_USER / ATTRIBD_CLICKHOUSE_PASSWORD or password_file".to_string(),
+                format!(
+                    "must not contain credentials (it has {what}); give the user in \
+                     ATTRIBD_CLICKHOUSE_USER (or `sink.clickhouse.user`), the password in \
+                     ATTRIBD_CLICKHOUSE_PASSWORD (or a file named by \
+                     `sink.clickhouse.password_file`)"
+                ),
             ));
         }
         if self.database.is_empty() {
@@ -135,6 +143,63 @@ impl ClickHouseConfig {
         }
         p
     }
+}
+
+/// `url` as it may appear in logs and errors: without the query string and fragment (they may
+/// carry `password=` or other tokens) and without a `user:password@` part (everything up to
+/// the last `@`, since a password may itself hold `/`, `?` or `@`).
+pub fn loggable_url(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, url),
+    };
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
+    match scheme {
+        Some(scheme) => format!("{scheme}://{rest}"),
+        None => rest.to_string(),
+    }
+}
+
+/// What in `url` is a credential, described without its value: a `user:password@` part (any
+/// `@`), or a `user` / `password` query parameter (ClickHouse's HTTP interface takes both).
+fn url_credentials(url: &str) -> Option<&'static str> {
+    if url.contains('@') {
+        return Some("a `user:password@` part");
+    }
+    let query = url.split_once('?')?.1;
+    let query = query.split('#').next().unwrap_or_default();
+    query
+        .split('&')
+        .map(|pair| percent_decoded(pair.split('=').next().unwrap_or_default()))
+        .find_map(|key| match key.to_ascii_lowercase().as_str() {
+            "password" => Some("a `password` query parameter"),
+            "user" => Some("a `user` query parameter"),
+            _ => None,
+        })
+}
+
+/// `%XX` escapes decoded (a query key may be spelled `pass%77ord`); anything else kept.
+fn percent_decoded(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
+        match (b[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(if byte == b'+' { b' ' } else { byte });
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// User and password; `Debug` never shows the password.
@@ -262,6 +327,8 @@ pub struct ClickHouseSink {
     stats_seq: u64,
     conversions_seq: u64,
     breaker: Breaker,
+    /// Ids of the batches committed in the current epoch.
+    epoch_batches: Vec<String>,
     pub totals: ClickHouseTotals,
     metrics: Option<crate::telemetry::SharedMetrics>,
 }
@@ -277,10 +344,10 @@ impl ClickHouseSink {
         let server = client(cfg, &creds);
         let version = rt
             .block_on(schema::server_version(&server))
-            .with_context(|| format!("connecting to ClickHouse at {}", cfg.url))?;
+            .with_context(|| format!("connecting to ClickHouse at {}", loggable_url(&cfg.url)))?;
         rt.block_on(schema::check(&server, &cfg.database))?;
         let client = server.with_database(&cfg.database);
-        tracing::info!(url = %cfg.url, database = %cfg.database, user = %creds.user, version = ?version, "ClickHouse sink ready");
+        tracing::info!(url = %loggable_url(&cfg.url), database = %cfg.database, user = %creds.user, version = ?version, "ClickHouse sink ready");
         Ok(ClickHouseSink {
             cfg: cfg.clone(),
             client,
@@ -296,6 +363,7 @@ impl ClickHouseSink {
                 consecutive_failures: 0,
                 open_until: None,
             },
+            epoch_batches: Vec::new(),
             totals: ClickHouseTotals::default(),
             metrics: None,
         })
@@ -339,6 +407,77 @@ impl ClickHouseSink {
     pub fn start_at(&mut self, epoch: u64) {
         self.verify_epoch = epoch;
         self.set_epoch(epoch);
+    }
+
+    /// The ids of the batches committed since the last call (after a barrier: the epoch it
+    /// closed).
+    pub fn take_epoch_batches(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.epoch_batches)
+    }
+
+    /// Takes back the batches a finished run's end wrote, when a rerun over a longer input
+    /// decides that end again: `ALTER TABLE … DELETE` of exactly those batch ids (never another
+    /// instance's), waited for until the server has applied it.
+    pub fn retract(&mut self, ids: &[String]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let timeout = Duration::from_secs(300);
+        for table in ["conversions", "attribution_stats_minute", "attribd_batches"] {
+            let prefix = format!("{table}-e");
+            let mine: Vec<&str> = ids
+                .iter()
+                .map(String::as_str)
+                .filter(|id| table == "attribd_batches" || id.starts_with(&prefix))
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let client = self.client.clone();
+            self.rt
+                .block_on(async {
+                    client
+                        .query(&format!(
+                            "ALTER TABLE {table} DELETE WHERE has(?, batch_id)"
+                        ))
+                        .bind(&mine)
+                        .execute()
+                        .await
+                        .map_err(explain)?;
+                    let started = Instant::now();
+                    loop {
+                        // Done when the rows are gone (asked of the data itself, not of the
+                        // mutation bookkeeping, which 18.16 reports done too early).
+                        let running: u64 = client
+                            .query(&format!(
+                                "SELECT count() FROM {table} WHERE has(?, batch_id)"
+                            ))
+                            .bind(&mine)
+                            .fetch_one()
+                            .await
+                            .map_err(explain)?;
+                        if running == 0 {
+                            return Ok(());
+                        }
+                        if started.elapsed() > timeout {
+                            anyhow::bail!("the delete has not finished after {timeout:?}");
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                })
+                .with_context(|| {
+                    format!(
+                        "taking back {} batches of the previous end from ClickHouse table {table}",
+                        mine.len()
+                    )
+                })?;
+            tracing::info!(
+                table,
+                batches = mine.len(),
+                "took back the batches of the previous run's end"
+            );
+        }
+        Ok(())
     }
 
     /// A checkpoint barrier: everything buffered is committed, then batches of `next_epoch`.
@@ -540,6 +679,7 @@ impl ClickHouseSink {
             });
             match outcome {
                 Ok(skipped) => {
+                    self.epoch_batches.push(id.to_string());
                     if self.breaker.open_until.is_some() || attempt > 1 {
                         tracing::info!(
                             table,
@@ -642,4 +782,113 @@ fn is_permanent(e: &anyhow::Error) -> bool {
         || t.contains("Code: 60")
         || t.contains("Code: 16")
         || t.contains("Code: 47")
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::*;
+
+    fn url_problems(url: &str) -> Vec<String> {
+        ClickHouseConfig {
+            url: url.to_string(),
+            ..ClickHouseConfig::default()
+        }
+        .validate()
+        .into_iter()
+        .filter(|(key, _)| *key == "url")
+        .map(|(_, problem)| problem)
+        .collect()
+    }
+
+    #[test]
+    fn credentials_in_the_url_are_refused_without_naming_them() {
+        for url in [
+            "http://127.0.0.1:8123/?password=hunter2",
+            "http://127.0.0.1:8123/?database=x&user=alice&password=hunter2",
+            "http://127.0.0.1:8123?PASSWORD=hunter2",
+            "http://127.0.0.1:8123/?pass%77ord=hunter2#top",
+            "https://alice:hunter2@ch.example:8443",
+            "http://alice:hun/ter?2@ch.example:8123",
+            "clickhouse://alice:hunter2@127.0.0.1",
+            "alice:hunter2@127.0.0.1:8123",
+        ] {
+            let problems = url_problems(url);
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.contains("must not contain credentials")),
+                "{url}: {problems:?}"
+            );
+            for p in &problems {
+                for secret in ["hunter2", "hun/ter", "alice"] {
+                    assert!(!p.contains(secret), "{url}: `{secret}` echoed in {p:?}");
+                }
+                assert!(!p.contains("hunter"), "{url}: {p:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_url_without_credentials_is_accepted_with_or_without_a_query() {
+        for url in [
+            "http://127.0.0.1:8123",
+            "https://ch.example:8443/",
+            "http://127.0.0.1:8123/?max_execution_time=5",
+        ] {
+            assert_eq!(url_problems(url), Vec::<String>::new(), "{url}");
+        }
+    }
+
+    #[test]
+    fn the_problem_names_the_way_to_pass_credentials() {
+        let problems = url_problems("http://127.0.0.1:8123/?user=alice");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        for way in [
+            "ATTRIBD_CLICKHOUSE_USER",
+            "ATTRIBD_CLICKHOUSE_PASSWORD",
+            "password_file",
+            "`user` query parameter",
+        ] {
+            assert!(
+                problems[0].contains(way),
+                "{way} missing in {}",
+                problems[0]
+            );
+        }
+    }
+
+    #[test]
+    fn a_logged_url_has_no_query_string_fragment_or_user_info() {
+        for (url, logged) in [
+            ("http://127.0.0.1:8123", "http://127.0.0.1:8123"),
+            (
+                "http://127.0.0.1:8123/?session_id=t0k3n&password=x",
+                "http://127.0.0.1:8123/",
+            ),
+            ("https://ch.example/db#frag", "https://ch.example/db"),
+            (
+                "http://alice:hunter2@ch.example:8123/",
+                "http://ch.example:8123/",
+            ),
+            ("http://alice:p@ss/w?rd@ch.example", "http://ch.example"),
+            ("alice:hunter2@ch.example:8123", "ch.example:8123"),
+        ] {
+            assert_eq!(loggable_url(url), logged, "{url}");
+        }
+    }
+
+    #[test]
+    fn a_wrong_scheme_is_reported_without_the_credentials() {
+        let problems = url_problems("clickhouse://u:hunter2@127.0.0.1/?password=hunter3");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("got \"clickhouse://127.0.0.1/\"")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().all(|p| !p.contains("hunter")),
+            "{problems:?}"
+        );
+    }
 }

@@ -1,0 +1,103 @@
+//! One writer per output directory: an exclusive advisory lock held for the life of a run.
+//!
+//! Two runs writing the same `--out` would both append rows (double counts) and each would
+//! delete the other's in-progress temporary files when it starts. So the first thing `run`
+//! does — before `--fresh` deletes anything, before a checkpoint is read — is take an
+//! exclusive `flock` on `OUT/_state/attribd.lock` (and on `STATE/attribd.lock` when the state
+//! directory lives elsewhere). The kernel drops the lock when the process ends, however it
+//! ends (kill -9 included), so a stale lock file never blocks a restart. The holder writes its
+//! pid into the file so the second run can say who holds it.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+/// The lock file's name inside a state directory.
+pub const LOCK_FILE: &str = "attribd.lock";
+
+/// Held locks; dropping it releases them (so does the process ending).
+#[derive(Debug)]
+pub struct DirLock {
+    _files: Vec<File>,
+}
+
+/// Locks every directory of `dirs` (created if missing) or fails at once naming the holder.
+pub fn lock_dirs(dirs: &[PathBuf]) -> Result<DirLock> {
+    let mut files = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        if !dirs[..i].contains(dir) {
+            files.push(lock_one(dir)?);
+        }
+    }
+    Ok(DirLock { _files: files })
+}
+
+fn lock_one(dir: &Path) -> Result<File> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating state directory {}", dir.display()))?;
+    let path = dir.join(LOCK_FILE);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("opening lock file {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            let who = if holder.is_empty() {
+                "another process".to_string()
+            } else {
+                format!("another attribd run (pid {holder})")
+            };
+            bail!(
+                "{} is locked by {who}: one run writes an output directory at a time. \
+                 Stop that run first, or give this one another --out",
+                path.display()
+            );
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("locking {}", path.display()));
+        }
+    }
+    // The pid is for the message above only; the lock itself is the flock.
+    file.set_len(0)
+        .and_then(|_| file.seek(SeekFrom::Start(0)))
+        .and_then(|_| writeln!(file, "{}", std::process::id()))
+        .with_context(|| format!("writing lock file {}", path.display()))?;
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_lock_on_the_same_directory_is_refused_until_the_first_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("_state");
+        let first = lock_dirs(std::slice::from_ref(&state)).unwrap();
+        let err = lock_dirs(std::slice::from_ref(&state))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("pid {}", std::process::id())) && err.contains("--out"),
+            "{err}"
+        );
+        drop(first);
+        lock_dirs(&[state]).unwrap();
+    }
+
+    #[test]
+    fn one_directory_named_twice_is_locked_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_path_buf();
+        lock_dirs(&[d.clone(), d]).unwrap();
+    }
+}
