@@ -22,6 +22,9 @@ pub enum Stream {
 }
 
 impl Stream {
+    /// Both, in index order (0 clicks, 1 conversions).
+    pub const ALL: [Stream; 2] = [Stream::Clicks, Stream::Conversions];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Stream::Clicks => "clicks",

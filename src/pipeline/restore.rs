@@ -1,0 +1,253 @@
+//! Restore at start: the first thing a run does, before any thread starts.
+//!
+//! Takes the output directory's lock (one writer per directory), applies `--fresh`, picks the
+//! checkpoint to resume from (the newest valid one, or the one before a finished run's end
+//! when the input has grown since — see `choose_restore_point`), checks that this run's
+//! inputs and settings are the ones it was taken with (`checkpoint::identity`), rebuilds the
+//! engine from it, and deletes the outputs written after it (the replay writes them again).
+//! The checkpoint protocol itself (barrier → snapshot → commit) is the state stage's, in
+//! `state_stage.rs`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+use crate::checkpoint;
+use crate::checkpoint::identity::TrackedInput;
+use crate::checkpoint::lock::DirLock;
+use crate::config::{PipelineConfig, SourceKind};
+use crate::event::Position;
+use crate::state::Engine;
+
+/// Where a run starts from.
+pub(super) struct Restored {
+    /// Held for the life of the run.
+    pub(super) lock: DirLock,
+    pub(super) engine: Engine,
+    /// The checkpoint resumed from (0: none).
+    pub(super) last_epoch: u64,
+    /// The epoch of the outputs this run writes first.
+    pub(super) epoch: u64,
+    /// Lines and bytes consumed per stream at that checkpoint.
+    pub(super) positions: [Position; 2],
+    /// Fluvio: next offset per (stream, partition).
+    pub(super) partition_offsets: HashMap<(usize, u32), u64>,
+    /// Resumed from a finished run's end with nothing new (see `StateStage::resumed_finished`).
+    pub(super) resumed_finished: bool,
+    /// Going back behind a finished run's end: its ClickHouse batches, to take back.
+    pub(super) retract: Option<Vec<String>>,
+    /// …and its snapshot, replaced once they are (`drop_superseded_end`).
+    superseded: Option<PathBuf>,
+    /// The file inputs (fingerprinted into every checkpoint) and the semantic settings.
+    pub(super) tracked: Vec<TrackedInput>,
+    pub(super) settings: Vec<(String, String)>,
+}
+
+impl Restored {
+    /// Lines consumed per stream: where the sources resume.
+    pub(super) fn lines(&self) -> [u64; 2] {
+        self.positions.map(|p| p.line)
+    }
+
+    /// After the end's ClickHouse batches are taken back (at connect): its snapshot is
+    /// replaced by the state before it, under its epoch. The newest checkpoint is then the one
+    /// this run resumed from, and a crash before this run's first checkpoint replays the same
+    /// epoch again (whose ClickHouse batches it verifies).
+    pub(super) fn drop_superseded_end(&self, cfg: &PipelineConfig) -> Result<()> {
+        if let Some(path) = &self.superseded {
+            let state_dir = cfg.state_dir();
+            checkpoint::replace_with(
+                path,
+                &checkpoint::snapshot_path(&state_dir, self.last_epoch),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Lock, `--fresh`, choose, verify, rebuild, discard: see the module doc.
+pub(super) fn restore(cfg: &PipelineConfig, fresh: bool) -> Result<Restored> {
+    let state_dir = cfg.state_dir();
+    let out = &cfg.sink.parquet.out;
+    // One writer per output directory: taken before anything is touched, `--fresh` included.
+    let lock = checkpoint::lock::lock_dirs(&[out.join("_state"), state_dir.clone()])?;
+    if fresh {
+        remove_state(&state_dir)?;
+        for t in crate::sink::TABLE_DIRS {
+            let _ = std::fs::remove_dir_all(out.join(t));
+        }
+    }
+    // Restore the latest checkpoint; what a crashed run wrote after it is written again.
+    let tracked = checkpoint::identity::track(cfg)?;
+    let settings = checkpoint::identity::semantic_settings(cfg);
+    let point = choose_restore_point(cfg, &state_dir, &tracked)?;
+    let mut partition_offsets: HashMap<(usize, u32), u64> = HashMap::new();
+    let (engine, last_epoch, positions) = match &point.snapshot {
+        Some((epoch, bytes)) => {
+            let snap = checkpoint::view(bytes)?;
+            let saved_settings: Vec<(String, String)> = snap
+                .settings
+                .iter()
+                .map(|t| (t.0.to_string(), t.1.to_string()))
+                .collect();
+            let changes =
+                checkpoint::identity::compare(&snap.inputs, &saved_settings, &tracked, &settings);
+            if !changes.is_empty() {
+                return Err(checkpoint::identity::Mismatch {
+                    epoch: *epoch,
+                    out: out.clone(),
+                    changes,
+                }
+                .into());
+            }
+            let engine = Engine::restore(cfg.engine(), &snap.engine);
+            let positions = [0, 1].map(|i| Position {
+                line: snap.positions[i].lines.to_native(),
+                offset: snap.positions[i].bytes.to_native(),
+            });
+            for t in snap.partition_offsets.iter() {
+                partition_offsets.insert((usize::from(t.0), t.1.to_native()), t.2.to_native());
+            }
+            if partition_offsets.is_empty() {
+                tracing::info!(
+                    epoch,
+                    clicks_line = positions[0].line,
+                    conversions_line = positions[1].line,
+                    "resuming from checkpoint"
+                );
+            } else {
+                let mut offsets: Vec<_> = partition_offsets.iter().collect();
+                offsets.sort();
+                let offsets = offsets
+                    .iter()
+                    .map(|((s, p), o)| format!("{}/{p}@{o}", ["clicks", "conversions"][*s]))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                tracing::info!(epoch, %offsets, "resuming from checkpoint (next offset per partition)");
+            }
+            (engine, *epoch, positions)
+        }
+        None => (Engine::new(cfg.engine()), 0, [Position::default(); 2]),
+    };
+    let discarded = crate::sink::discard_after(out, last_epoch)?;
+    if discarded > 0 {
+        tracing::info!(
+            files = discarded,
+            epoch = last_epoch,
+            "removed outputs written after the checkpoint; they are written again"
+        );
+    }
+    // After going back behind a finished run's end, the epoch that end wrote is skipped, so
+    // no batch of this run is ever taken for one of the outputs just taken back.
+    let epoch = last_epoch + if point.retract.is_some() { 2 } else { 1 };
+    Ok(Restored {
+        lock,
+        engine,
+        last_epoch,
+        epoch,
+        positions,
+        partition_offsets,
+        resumed_finished: point.finished,
+        retract: point.retract,
+        superseded: point.superseded,
+        tracked,
+        settings,
+    })
+}
+
+/// Which checkpoint a run resumes from.
+pub(super) struct RestorePoint {
+    snapshot: Option<(u64, rkyv::util::AlignedVec)>,
+    /// The snapshot is a finished run's end and no input has more: nothing left to do.
+    finished: bool,
+    /// Going back behind a finished run's end (its input has more now): the ClickHouse
+    /// batches that end wrote, to be taken back with its Parquet files…
+    retract: Option<Vec<String>>,
+    /// …and that end's snapshot, replaced by the one resumed from once they are.
+    superseded: Option<std::path::PathBuf>,
+}
+
+/// The latest valid checkpoint — or, when that is a finished run's end and the input has
+/// grown since (a plain file appended to, stdin, a Fluvio topic), the checkpoint before that
+/// end: what the end resolved (pending conversions released, aggregates flushed) is then
+/// decided again with the new records, as a clean run of the longer input decides it.
+pub(super) fn choose_restore_point(
+    cfg: &PipelineConfig,
+    state_dir: &std::path::Path,
+    inputs_now: &[checkpoint::identity::TrackedInput],
+) -> Result<RestorePoint> {
+    let Some((epoch, bytes)) = checkpoint::load_latest(state_dir)? else {
+        return Ok(RestorePoint {
+            snapshot: None,
+            finished: false,
+            retract: None,
+            superseded: None,
+        });
+    };
+    let (finished, more, final_batches) = {
+        let snap = checkpoint::view(&bytes)?;
+        let more = match cfg.source.kind {
+            SourceKind::Fluvio => true,
+            SourceKind::Generator => false,
+            SourceKind::Files => inputs_now.iter().any(|t| {
+                snap.inputs
+                    .iter()
+                    .find(|s| s.stream == t.stream())
+                    .is_some_and(|s| t.grew_past(s))
+            }),
+        };
+        let batches: Vec<String> = snap.final_batches.iter().map(|b| b.to_string()).collect();
+        (snap.finished, more, batches)
+    };
+    if !finished || !more {
+        return Ok(RestorePoint {
+            snapshot: Some((epoch, bytes)),
+            finished,
+            retract: None,
+            superseded: None,
+        });
+    }
+    match checkpoint::load_newest_before(state_dir, epoch)? {
+        Some((before, b)) if !checkpoint::view(&b)?.finished => {
+            tracing::info!(
+                ended = epoch,
+                resuming = before,
+                "the input has more since the run ended: resuming from the checkpoint before \
+                 its end; the outputs of that end are taken back and decided again"
+            );
+            Ok(RestorePoint {
+                snapshot: Some((before, b)),
+                finished: false,
+                retract: Some(final_batches),
+                superseded: Some(checkpoint::snapshot_path(state_dir, epoch)),
+            })
+        }
+        _ => anyhow::bail!(
+            "the run in {} ended at checkpoint {epoch} and its input has more since, but the \
+             checkpoint before that end is missing or damaged, so the end cannot be decided \
+             again; start over with --fresh, or write to another --out",
+            state_dir.display()
+        ),
+    }
+}
+
+/// `--fresh`: everything in the state directory goes, except the lock this run holds.
+pub(super) fn remove_state(state_dir: &std::path::Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(state_dir) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        if e.file_name() == checkpoint::lock::LOCK_FILE {
+            continue;
+        }
+        let path = e.path();
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.with_context(|| format!("removing {} (--fresh)", path.display()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,354 @@
+//! The sink side: fan-out of the state stage's rows to the sink threads, the checkpoint
+//! barrier protocol, and the threads themselves.
+//!
+//! Clicks are most of the rows, so they get a thread of their own (`sink-clicks`);
+//! conversions, aggregates and dead letters share the other (`sink-rest`). Each table is
+//! written by exactly one thread. With a ClickHouse sink, the `sink-rest` thread hands its
+//! conversion and aggregate rows on (moved, not copied) to a `sink-clickhouse` thread after
+//! writing them to Parquet, and forwards barriers to it.
+//!
+//! Barrier: the state stage sends `Barrier(next_epoch, ack)` down both sink queues; each sink
+//! makes everything so far durable (Parquet files closed and renamed, ClickHouse batches
+//! committed), names its next outputs after `next_epoch` and acks. Only when every sink has
+//! acked does the state stage write the snapshot.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+use crossbeam_channel::{Receiver, Sender, bounded};
+
+use super::channel::{CHANNEL_BATCHES, Metered};
+use crate::config::PipelineConfig;
+use crate::rows::{ConversionRow, SinkBatch, StatsRow};
+use crate::sink::clickhouse::{ClickHouseSink, ClickHouseTotals};
+use crate::sink::{SinkTotals, Sinks};
+use crate::telemetry::{Metrics, Queue, SharedMetrics, SinkKind};
+
+/// Where the ClickHouse thread records the batch ids of the epoch a barrier closed.
+pub(super) type EpochBatches = Arc<Mutex<Vec<String>>>;
+
+/// The running sink threads (joined at the end of the run).
+pub(super) struct SinkThreads {
+    parquet: Vec<JoinHandle<Result<SinkTotals>>>,
+    clickhouse: Option<JoinHandle<Result<ClickHouseTotals>>>,
+}
+
+/// Connects and checks ClickHouse (before anything is read, so a bad URL, credentials or
+/// schema stops the run at once), takes back `retract` (a finished run's end being decided
+/// again), then starts the sink threads writing outputs of `epoch` onwards. Returns the state
+/// stage's senders, the threads, and where the ClickHouse thread records the batches of each
+/// epoch it closes.
+pub(super) fn start(
+    cfg: &PipelineConfig,
+    epoch: u64,
+    retract: Option<&[String]>,
+    metrics: &SharedMetrics,
+) -> Result<(SinkSenders, SinkThreads, Option<EpochBatches>)> {
+    let (click_sink_tx, click_sink_rx) = bounded::<SinkMsg>(CHANNEL_BATCHES * 2);
+    let (rest_sink_tx, rest_sink_rx) = bounded::<SinkMsg>(CHANNEL_BATCHES * 2);
+    let clickhouse_batches = cfg
+        .sink
+        .clickhouse
+        .as_ref()
+        .map(|_| Arc::new(Mutex::new(Vec::new())));
+    let (ch_tx, clickhouse) = match &cfg.sink.clickhouse {
+        Some(ch_cfg) => {
+            let batches = clickhouse_batches.clone().unwrap_or_default();
+            let mut sink = ClickHouseSink::connect(ch_cfg)?;
+            if let Some(ids) = retract {
+                sink.retract(ids)?;
+            }
+            sink.start_at(epoch);
+            sink.set_metrics(metrics.clone());
+            let (tx, rx) = bounded::<ClickHouseMsg>(CHANNEL_BATCHES * 2);
+            let depth = metrics.queue(Queue::SinkClickHouse).clone();
+            let m = metrics.clone();
+            let handle = thread::Builder::new()
+                .name("sink-clickhouse".into())
+                .spawn(move || -> Result<ClickHouseTotals> {
+                    for msg in rx {
+                        match msg {
+                            ClickHouseMsg::Rows(conversions, stats) => {
+                                depth.dec_by((conversions.len() + stats.len()) as i64);
+                                if let Err(e) = sink.write(conversions, stats) {
+                                    m.health.sink_failed.store(true, Ordering::Relaxed);
+                                    return Err(e);
+                                }
+                            }
+                            ClickHouseMsg::Barrier(next, ack) => {
+                                let r = sink.barrier(next);
+                                if let Ok(mut b) = batches.lock() {
+                                    *b = sink.take_epoch_batches();
+                                }
+                                if let Err(e) = r {
+                                    m.health.sink_failed.store(true, Ordering::Relaxed);
+                                    let _ = ack.send(Err(anyhow!("{e:#}")));
+                                    return Err(e.context("ClickHouse sink, at a checkpoint"));
+                                }
+                                let _ = ack.send(Ok(()));
+                            }
+                        }
+                    }
+                    sink.close()
+                })
+                .context("spawning the ClickHouse sink thread")?;
+            (
+                Some(Metered::new(tx, metrics, Queue::SinkClickHouse)),
+                Some(handle),
+            )
+        }
+        None => (None, None),
+    };
+    let parquet = [
+        ("sink-clicks", click_sink_rx, Queue::SinkClicks, None),
+        ("sink-rest", rest_sink_rx, Queue::SinkRest, ch_tx),
+    ]
+    .into_iter()
+    .map(|(name, rx, queue, forward)| {
+        let parquet_cfg = cfg.sink.parquet.clone();
+        let m = metrics.clone();
+        thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let r = sink_loop(&parquet_cfg, epoch, rx, forward, &m, queue);
+                if r.is_err() {
+                    m.health.sink_failed.store(true, Ordering::Relaxed);
+                }
+                r
+            })
+            .with_context(|| format!("spawning thread {name}"))
+    })
+    .collect::<Result<Vec<_>>>()?;
+    let senders = SinkSenders {
+        clicks: Metered::new(click_sink_tx, metrics, Queue::SinkClicks),
+        rest: Metered::new(rest_sink_tx, metrics, Queue::SinkRest),
+        with_clickhouse: clickhouse.is_some(),
+    };
+    Ok((
+        senders,
+        SinkThreads {
+            parquet,
+            clickhouse,
+        },
+        clickhouse_batches,
+    ))
+}
+
+impl SinkThreads {
+    /// Waits for every sink thread (their senders dropped): the totals, or the first error. A
+    /// sink's error explains a state-stage send failure, so the caller reports it first.
+    pub(super) fn join(self) -> Result<(SinkTotals, Option<ClickHouseTotals>)> {
+        let mut totals = SinkTotals::default();
+        let mut first_error = None;
+        for h in self.parquet {
+            match h.join().map_err(|_| anyhow!("a sink thread panicked"))? {
+                Ok(t) => totals = totals + t,
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        let clickhouse = match self.clickhouse {
+            Some(h) => Some(
+                h.join()
+                    .map_err(|_| anyhow!("the ClickHouse sink thread panicked"))??,
+            ),
+            None => None,
+        };
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok((totals, clickhouse)),
+        }
+    }
+}
+
+/// Messages to a sink thread.
+pub(super) enum SinkMsg {
+    Batch(SinkBatch),
+    /// Make everything so far durable, then name outputs after the given epoch; ack when done.
+    Barrier(u64, Sender<Result<()>>),
+}
+
+/// Messages to the ClickHouse thread.
+enum ClickHouseMsg {
+    Rows(Vec<ConversionRow>, Vec<StatsRow>),
+    Barrier(u64, Sender<Result<()>>),
+}
+
+/// One sink thread: writes what it receives, rolls files by age when idle, closes everything
+/// at a checkpoint barrier and at the end; with `forward`, hands conversion and aggregate rows
+/// (and barriers) on to the ClickHouse thread.
+fn sink_loop(
+    cfg: &crate::sink::parquet::ParquetConfig,
+    epoch: u64,
+    rx: Receiver<SinkMsg>,
+    forward: Option<Metered<ClickHouseMsg>>,
+    metrics: &Metrics,
+    queue: Queue,
+) -> Result<SinkTotals> {
+    let mut sinks = Sinks::new(cfg, epoch)?;
+    let stopped = || anyhow!("the ClickHouse sink stopped; see its error");
+    let depth = metrics.queue(queue).clone();
+    let mut throttle = Throttle::new(cfg.throttle_rows_per_second);
+    // Counter handles taken once: no label lookup per batch.
+    let writes = metrics.sink_write_handles(SinkKind::Parquet);
+    let table_rows = [
+        (SinkKind::Parquet, "clicks"),
+        (SinkKind::Parquet, "conversions"),
+        (SinkKind::Parquet, "stats_minute"),
+        (SinkKind::DeadLetters, "dead_letters"),
+    ]
+    .map(|(sink, table)| metrics.sink_rows_handle(sink, table));
+    loop {
+        match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(SinkMsg::Batch(batch)) => {
+                let rows = batch.rows();
+                depth.dec_by(rows as i64);
+                let written = sinks.write(&batch);
+                writes.record(written.is_ok());
+                written?;
+                let counts = [
+                    batch.click_rows(),
+                    batch.conversions.len(),
+                    batch.stats.len(),
+                    batch.dead_letters.len(),
+                ];
+                for (counter, n) in table_rows.iter().zip(counts) {
+                    counter.inc_by(n as u64);
+                }
+                throttle.wait(rows as u64);
+                if let Some(tx) = &forward
+                    && !(batch.conversions.is_empty() && batch.stats.is_empty())
+                {
+                    let n = batch.conversions.len() + batch.stats.len();
+                    if !tx.send(ClickHouseMsg::Rows(batch.conversions, batch.stats), n) {
+                        return Err(stopped());
+                    }
+                }
+            }
+            Ok(SinkMsg::Barrier(next, ack)) => {
+                let r = sinks.barrier(next);
+                writes.record(r.is_ok());
+                if let Err(e) = r {
+                    // The run reports this thread's error: it keeps the cause (the path, the
+                    // OS error); the state stage only learns that the checkpoint failed.
+                    let _ = ack.send(Err(anyhow!("{e:#}")));
+                    return Err(e.context("making the outputs durable at a checkpoint"));
+                }
+                let _ = ack.send(Ok(()));
+                if let Some(tx) = &forward
+                    && !tx.send(ClickHouseMsg::Barrier(next, ack), 0)
+                {
+                    return Err(stopped());
+                }
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                let r = sinks.tick();
+                if r.is_err() {
+                    writes.record(false);
+                }
+                r?
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let closed = sinks.close();
+    writes.record(closed.is_ok());
+    closed
+}
+
+/// `sink.parquet.throttle_rows_per_second`: holds a sink thread to a row rate (to spare a
+/// shared disk — and to test that a slow sink slows the sources instead of filling memory).
+struct Throttle {
+    rate: u64,
+    /// When the rows written so far are paid for.
+    paid_until: Instant,
+}
+
+impl Throttle {
+    fn new(rate: u64) -> Throttle {
+        Throttle {
+            rate,
+            paid_until: Instant::now(),
+        }
+    }
+
+    fn wait(&mut self, rows: u64) {
+        if self.rate == 0 {
+            return;
+        }
+        let now = Instant::now();
+        // Idle time banks at most one second of budget: no burst above the rate after a pause.
+        if let Some(floor) = now.checked_sub(Duration::from_secs(1))
+            && self.paid_until < floor
+        {
+            self.paid_until = floor;
+        }
+        self.paid_until += Duration::from_secs_f64(rows as f64 / self.rate as f64);
+        if self.paid_until > now {
+            thread::sleep(self.paid_until - now);
+        }
+    }
+}
+
+/// The state stage's side of the sink threads.
+pub(super) struct SinkSenders {
+    clicks: Metered<SinkMsg>,
+    rest: Metered<SinkMsg>,
+    with_clickhouse: bool,
+}
+
+impl SinkSenders {
+    /// Splits a batch between the two sink threads (clicks; everything else).
+    pub(super) fn send(&self, batch: SinkBatch) -> Result<()> {
+        let SinkBatch {
+            clicks,
+            conversions,
+            stats,
+            dead_letters,
+        } = batch;
+        let stopped = || anyhow!("a sink stopped; see its error");
+        if !clicks.is_empty() {
+            let batch = SinkBatch {
+                clicks,
+                ..SinkBatch::default()
+            };
+            let n = batch.rows();
+            if !self.clicks.send(SinkMsg::Batch(batch), n) {
+                return Err(stopped());
+            }
+        }
+        let rest = SinkBatch {
+            conversions,
+            stats,
+            dead_letters,
+            ..SinkBatch::default()
+        };
+        let n = rest.rows();
+        if n > 0 && !self.rest.send(SinkMsg::Batch(rest), n) {
+            return Err(stopped());
+        }
+        Ok(())
+    }
+
+    /// Sends a barrier to every sink and waits until all outputs so far are durable.
+    pub(super) fn barrier(&self, next_epoch: u64) -> Result<()> {
+        let (ack_tx, ack_rx) = bounded::<Result<()>>(4);
+        let stopped = || anyhow!("a sink stopped; see its error");
+        if !self
+            .clicks
+            .send(SinkMsg::Barrier(next_epoch, ack_tx.clone()), 0)
+            || !self.rest.send(SinkMsg::Barrier(next_epoch, ack_tx), 0)
+        {
+            return Err(stopped());
+        }
+        let expected = 2 + usize::from(self.with_clickhouse);
+        for _ in 0..expected {
+            ack_rx.recv().map_err(|_| stopped())??;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,238 @@
+//! Starting the sources: each kind from its config, resuming where the checkpoint stopped.
+//!
+//! A source is one or more threads (or, for Fluvio, tasks on its own runtime) that read
+//! records and ship them as `RawBatch`es into the two raw queues (clicks, conversions).
+//! Resuming: files and the generator are read again from the start and the batches a
+//! restored run already processed are not sent on (`forward_after`); Fluvio readers start at
+//! the checkpointed offsets; stdin cannot be re-read and is taken as it comes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+use anyhow::{Context, Result};
+
+use super::channel::{Metered, spawn};
+use crate::config::{PipelineConfig, SourceKind};
+use crate::event::{Position, Stream};
+use crate::source::RawBatch;
+use crate::source::file::{Input, read_batches_with_limit};
+use crate::source::fluvio::FluvioSource;
+use crate::source::generator::generate;
+use crate::telemetry::SharedMetrics;
+
+/// The running sources.
+pub(super) struct Sources {
+    /// File and generator threads.
+    pub(super) threads: Vec<JoinHandle<Result<()>>>,
+    pub(super) fluvio: Option<FluvioSource>,
+}
+
+/// Starts the source `cfg.source.kind` names, delivering into `raw` (0 clicks,
+/// 1 conversions). `resume` is the lines per stream a restored run already processed,
+/// `partition_offsets` the Fluvio offsets it continues from.
+pub(super) fn start(
+    cfg: &PipelineConfig,
+    resume: [u64; 2],
+    partition_offsets: &HashMap<(usize, u32), u64>,
+    raw: [Metered<RawBatch>; 2],
+    metrics: &SharedMetrics,
+    stop: &Arc<AtomicBool>,
+) -> Result<Sources> {
+    let mut sources = Sources {
+        threads: Vec::new(),
+        fluvio: None,
+    };
+    match cfg.source.kind {
+        SourceKind::Fluvio => {
+            let deliver = raw.map(|tx| {
+                let deliver: crate::source::fluvio::Deliver = Arc::new(move |b: RawBatch| {
+                    let n = b.len();
+                    tx.send(b, n)
+                });
+                deliver
+            });
+            sources.fluvio = Some(crate::source::fluvio::start(
+                &cfg.source.fluvio,
+                partition_offsets,
+                deliver,
+                metrics.clone(),
+                stop.clone(),
+            )?);
+        }
+        SourceKind::Generator => {
+            let gen_cfg = cfg.source.generator.clone();
+            let [clicks, conversions] = raw;
+            sources
+                .threads
+                .push(spawn_source("source-generator", metrics, move || {
+                    generator_source(&gen_cfg, clicks, conversions, resume)
+                })?);
+        }
+        SourceKind::Files => {
+            let paths = [cfg.source.clicks.clone(), cfg.source.conversions.clone()];
+            for (i, (path, tx)) in paths.into_iter().zip(raw).enumerate() {
+                // Without a path the sender is dropped here and that stream is simply empty.
+                if let Some(path) = path {
+                    sources.threads.push(start_file(
+                        cfg,
+                        &path,
+                        Stream::ALL[i],
+                        resume[i],
+                        tx,
+                        metrics,
+                    )?);
+                }
+            }
+        }
+    }
+    if sources.fluvio.is_none() {
+        // A Fluvio source says so itself, once every partition stream is open.
+        metrics
+            .health
+            .sources_connected
+            .store(true, Ordering::Relaxed);
+    }
+    Ok(sources)
+}
+
+/// One NDJSON file (or stdin) read on its own thread.
+fn start_file(
+    cfg: &PipelineConfig,
+    path: &str,
+    stream: Stream,
+    resume: u64,
+    tx: Metered<RawBatch>,
+    metrics: &SharedMetrics,
+) -> Result<JoinHandle<Result<()>>> {
+    let input = Input::parse(path);
+    // Open before spawning so a missing file fails the run at once.
+    let reader = input.open()?;
+    // stdin cannot be re-read: a restored run takes it as it comes.
+    let upto = if input == Input::Stdin { 0 } else { resume };
+    // Bytes left to read, for plain files (compressed sizes do not compare).
+    let size = match &input {
+        Input::Path(p) if !matches!(p.extension().and_then(|e| e.to_str()), Some("gz" | "zst")) => {
+            std::fs::metadata(p).ok().map(|m| m.len())
+        }
+        _ => None,
+    };
+    let m = metrics.clone();
+    let stream_name = stream.as_str();
+    let max_line = cfg.decode_limits().max_record_bytes;
+    spawn_source("source-file", metrics, move || {
+        read_batches_with_limit(reader, max_line, |b| {
+            if let Some(size) = size {
+                m.source_lag_bytes(stream_name, size.saturating_sub(b.end.offset) as i64);
+            }
+            forward_after(&tx, b, upto)
+        })
+        .map(|_| ())
+        .with_context(|| format!("reading {}", input.name()))
+    })
+}
+
+/// Sends `b` on unless a restored run already processed it (its lines up to `upto`); a batch
+/// that straddles the restore point (batch cuts of another version) keeps only its lines
+/// after it. False once the receiver is gone.
+fn forward_after(tx: &Metered<RawBatch>, mut b: RawBatch, upto: u64) -> bool {
+    if upto > 0 && b.end.line <= upto {
+        return true;
+    }
+    if upto > 0 && b.records.first().is_some_and(|r| r.position.line <= upto) {
+        b.records.retain(|r| r.position.line > upto);
+    }
+    let n = b.len();
+    tx.send(b, n)
+}
+
+/// The name dead letters and logs give a stream's source.
+pub(super) fn source_name(cfg: &PipelineConfig, stream: Stream) -> Arc<str> {
+    match cfg.source.kind {
+        SourceKind::Generator => Arc::from("generator"),
+        SourceKind::Fluvio => Arc::from(format!("fluvio:{}", cfg.source.fluvio.endpoint)),
+        SourceKind::Files => {
+            let path = match stream {
+                Stream::Clicks => &cfg.source.clicks,
+                Stream::Conversions => &cfg.source.conversions,
+            };
+            Arc::from(
+                path.as_deref()
+                    .map(|p| Input::parse(p).name())
+                    .unwrap_or_default(),
+            )
+        }
+    }
+}
+
+/// A source thread: an error marks the pipeline not ready and stops the state stage (which
+/// must not go on attributing against a stream that has died); the error itself is reported
+/// when the thread is joined.
+pub(super) fn spawn_source(
+    name: &str,
+    metrics: &SharedMetrics,
+    f: impl FnOnce() -> Result<()> + Send + 'static,
+) -> Result<JoinHandle<Result<()>>> {
+    let metrics = metrics.clone();
+    spawn(name, move || {
+        let r = f();
+        if r.is_err() {
+            metrics.health.source_failed.store(true, Ordering::Relaxed);
+        }
+        r
+    })
+}
+
+/// Runs the generator, cutting its output into pairs of raw batches: a click batch, then the
+/// conversions generated meanwhile (possibly none). The state stage takes them in exactly that
+/// alternation, so neither side can starve the other and the order is the same on every run.
+/// Pairs whose click batch ends at or before `resume` are generated but not sent.
+fn generator_source(
+    cfg: &crate::source::generator::GeneratorConfig,
+    clicks: Metered<RawBatch>,
+    conversions: Metered<RawBatch>,
+    resume: [u64; 2],
+) -> Result<()> {
+    use crate::source::BATCH_LINES;
+    let mut bufs = [RawBatch::default(), RawBatch::default()];
+    let mut lines = [0u64, 0u64];
+    let mut offsets = [0u64, 0u64];
+    let mut open = true;
+    let send_pair = |bufs: &mut [RawBatch; 2], lines: &[u64; 2], offsets: &[u64; 2]| {
+        let [mut c, mut v] = std::mem::take(bufs);
+        c.end = Position {
+            line: lines[0],
+            offset: offsets[0],
+        };
+        v.end = Position {
+            line: lines[1],
+            offset: offsets[1],
+        };
+        if resume[0] > 0 && c.end.line <= resume[0] {
+            return true;
+        }
+        let (nc, nv) = (c.len(), v.len());
+        clicks.send(c, nc) && conversions.send(v, nv)
+    };
+    generate(cfg, |stream, line| {
+        let i = usize::from(stream == Stream::Conversions);
+        lines[i] += 1;
+        bufs[i].push_line(
+            line,
+            Position {
+                line: lines[i],
+                offset: offsets[i],
+            },
+        );
+        offsets[i] += line.len() as u64 + 1;
+        if i == 0 && bufs[0].len() >= BATCH_LINES {
+            open = send_pair(&mut bufs, &lines, &offsets);
+        }
+        open
+    })?;
+    if open && !(bufs[0].is_empty() && bufs[1].is_empty()) {
+        send_pair(&mut bufs, &lines, &offsets);
+    }
+    Ok(())
+}
