@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use attribd::event::Status;
+use attribd::rows::Attribution;
 use attribd::rows::{ConversionRow, Measures, StatsRow};
 use attribd::sink::clickhouse::{ClickHouseConfig, ClickHouseSink, migrate};
-use attribd::state::dedup::Attribution;
 
 fn main() -> anyhow::Result<()> {
     let Ok(url) = std::env::var("ATTRIBD_CLICKHOUSE_URL") else {

@@ -332,77 +332,8 @@ impl PipelineConfig {
                 }
             }
             SourceKind::Generator => {
-                let g = &self.source.generator;
-                let rates = [
-                    ("conversion_rate", g.conversion_rate),
-                    ("duplicate_click_rate", g.duplicate_click_rate),
-                    ("duplicate_postback_rate", g.duplicate_postback_rate),
-                    ("status_change_rate", g.status_change_rate),
-                    ("unknown_click_rate", g.unknown_click_rate),
-                    ("out_of_order_rate", g.out_of_order_rate),
-                    ("malformed_rate", g.malformed_rate),
-                    ("repeat_ip_rate", g.repeat_ip_rate),
-                ];
-                for (k, v) in rates {
-                    if !(0.0..=1.0).contains(&v) {
-                        bad(
-                            &format!("source.generator.{k}"),
-                            format!("must be between 0 and 1, got {v}"),
-                        );
-                    }
-                }
-                if parse_rfc3339_ms(&g.start).is_none() {
-                    bad(
-                        "source.generator.start",
-                        format!("must be an RFC 3339 timestamp, got {:?}", g.start),
-                    );
-                }
-                // The generator's durations are numbers of a unit; the same century bounds them.
-                let century = MAX_DURATION.as_secs_f64();
-                if g.span_hours <= 0.0 || !g.span_hours.is_finite() {
-                    bad(
-                        "source.generator.span_hours",
-                        format!("must be positive, got {}", g.span_hours),
-                    );
-                } else if g.span_hours * 3600.0 > century {
-                    bad(
-                        "source.generator.span_hours",
-                        format!("must be at most 100 years, got {} hours", g.span_hours),
-                    );
-                }
-                if g.max_delay_seconds as f64 > century {
-                    bad(
-                        "source.generator.max_delay_seconds",
-                        format!(
-                            "must be at most 100 years, got {} seconds",
-                            g.max_delay_seconds
-                        ),
-                    );
-                }
-                let mean = g.mean_conversion_delay_minutes;
-                if !(0.0..=century / 60.0).contains(&mean) {
-                    bad(
-                        "source.generator.mean_conversion_delay_minutes",
-                        format!("must be 0 to 100 years, got {mean} minutes"),
-                    );
-                }
-                if g.zipf_exponent <= 0.0 || !g.zipf_exponent.is_finite() {
-                    bad(
-                        "source.generator.zipf_exponent",
-                        format!("must be positive, got {}", g.zipf_exponent),
-                    );
-                }
-                for (k, v) in [
-                    ("offers", g.offers),
-                    ("affiliates", g.affiliates),
-                    ("tenants", g.tenants),
-                ] {
-                    if v == 0 {
-                        bad(
-                            &format!("source.generator.{k}"),
-                            "must be at least 1".into(),
-                        );
-                    }
+                for (key, problem) in self.source.generator.validate() {
+                    bad(&key, problem);
                 }
             }
         }
@@ -449,24 +380,8 @@ impl PipelineConfig {
                 ),
             );
         }
-        let pq = &self.sink.parquet;
-        if !(1..=22).contains(&pq.zstd_level) {
-            bad(
-                "sink.parquet.zstd_level",
-                format!("must be 1..=22, got {}", pq.zstd_level),
-            );
-        }
-        if pq.roll_rows == 0 {
-            bad("sink.parquet.roll_rows", "must be at least 1".into());
-        }
-        if pq.roll_megabytes == 0 {
-            bad("sink.parquet.roll_megabytes", "must be at least 1".into());
-        }
-        if pq.max_open_files == 0 {
-            bad("sink.parquet.max_open_files", "must be at least 1".into());
-        }
-        if pq.out.as_os_str().is_empty() {
-            bad("sink.parquet.out", "must not be empty".into());
+        for (key, problem) in self.sink.parquet.validate() {
+            bad(key, problem);
         }
         if self.checkpoint.every.is_zero() || self.checkpoint.every_events == 0 {
             bad(

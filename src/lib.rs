@@ -6,15 +6,16 @@
 //! source ──► event::decode ──► state (dedup, attribution, aggregate) ──► rows ──► sink
 //! ```
 //!
-//! [`pipeline`] wires the stages with bounded channels; [`config`] describes a pipeline.
-//! See `DESIGN.md` for the contracts and `README.md` for how to run it.
+//! [`raw`] holds what travels from a source to a decoder. [`pipeline`] wires the stages with
+//! bounded channels; [`config`] describes a pipeline. `docs/architecture.md` is the floor
+//! plan; `README.md` says how to run it.
 
-pub mod aggregate;
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod event;
 pub mod pipeline;
+pub mod raw;
 pub mod report;
 pub mod rows;
 pub mod sink;

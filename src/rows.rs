@@ -7,7 +7,34 @@
 use std::sync::Arc;
 
 use crate::event::{ClickBatch, DeadLetter, Status};
-use crate::state::dedup::Attribution;
+
+/// Why a conversion is or is not attributed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Attribution {
+    Attributed = 0,
+    UnknownClick = 1,
+    OutsideWindow = 2,
+}
+
+impl Attribution {
+    /// The `reason` column: empty for attributed conversions.
+    pub fn reason(self) -> Option<&'static str> {
+        match self {
+            Attribution::Attributed => None,
+            Attribution::UnknownClick => Some("unknown_click"),
+            Attribution::OutsideWindow => Some("outside_window"),
+        }
+    }
+
+    pub fn from_bits(v: u64) -> Attribution {
+        match v {
+            0 => Attribution::Attributed,
+            1 => Attribution::UnknownClick,
+            _ => Attribution::OutsideWindow,
+        }
+    }
+}
 
 /// Accepted (non-duplicate) clicks of one decoded batch; the rows are read straight out of the
 /// batch's arena by the sink.

@@ -18,13 +18,13 @@ use crate::checkpoint::snapshot::{ClickSnap, DedupSnap};
 use crate::checkpoint::{self, Snapshot};
 use crate::event::Status;
 use crate::event::decode::{DecodeLimits, Decoder};
+use crate::event::keys::{click_key, conversion_key};
 use crate::rows::SinkBatch;
 use crate::sink::Sinks;
 use crate::sink::parquet::ParquetConfig;
 use crate::source::file::{Input, read_batches};
 use crate::state::click_index::{ClickIndex, IndexedClick};
 use crate::state::dedup::{Attribution, ConvEntry, DedupMap};
-use crate::state::keys::{click_key, conversion_key};
 use crate::state::{Engine, EngineConfig};
 
 /// Resident set size of this process, bytes.

@@ -13,13 +13,13 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 use serde_json::value::RawValue;
 
+use super::keys;
 use super::time::{now_ms, parse_rfc3339_ms};
 use super::{
     Arena, Click, ClickBatch, Conversion, ConversionBatch, DeadLetter, DeadReason, Position,
     Status, Stream,
 };
-use crate::source::{OVERSIZE_HEAD_BYTES, RawBatch};
-use crate::state::keys;
+use crate::raw::{OVERSIZE_HEAD_BYTES, RawBatch};
 
 /// Bounds a record must respect; set from the pipeline's `[limits]` table.
 #[derive(Debug, Clone)]
@@ -766,7 +766,7 @@ fn json_reject(e: serde_json::Error) -> Reject {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::RawBatch;
+    use crate::raw::RawBatch;
 
     fn decoder() -> Decoder {
         Decoder::new(Arc::from("test"), DecodeLimits::default())

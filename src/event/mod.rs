@@ -10,9 +10,12 @@
 
 pub mod decode;
 pub mod fast;
+pub mod keys;
 pub mod time;
 
 use std::fmt;
+
+pub use crate::raw::Position;
 
 /// Which of the two input streams a record came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -152,15 +155,6 @@ impl Arena {
     }
 }
 
-/// Where a record came from, for dead letters and (later) checkpoints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Position {
-    /// 1-based line number (file/stdin/generator) or record offset (Fluvio).
-    pub line: u64,
-    /// Byte offset of the start of the record in its source.
-    pub offset: u64,
-}
-
 /// One decoded click. All strings are spans into the batch arena.
 #[derive(Debug, Clone, Copy)]
 pub struct Click {
@@ -176,7 +170,7 @@ pub struct Click {
     pub user_agent: Span,
     pub referrer: Span,
     pub subs: [Span; 5],
-    /// Precomputed by the decoder (in parallel with the state stage), see [`crate::state::keys`]:
+    /// Precomputed by the decoder (in parallel with the state stage), see [`keys`]:
     /// hash of `click_id`.
     pub click_key: u64,
     /// Hash of the aggregate dimensions `(tenant_id, offer_id, affiliate_id, country)`.

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use super::{BATCH_LINES, OVERSIZE_HEAD_BYTES, RawBatch, RawRecord};
-use crate::event::Position;
+use crate::raw::Position;
 
 /// Where a file source reads from.
 #[derive(Debug, Clone, PartialEq, Eq)]

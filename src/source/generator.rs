@@ -17,8 +17,9 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Exp, Zipf};
 use serde::{Deserialize, Serialize};
 
+use crate::config::MAX_DURATION;
 use crate::event::Stream;
-use crate::event::time::format_ms;
+use crate::event::time::{format_ms, parse_rfc3339_ms};
 
 /// Knobs of the generator. Every field has a default; see `pipelines/default.toml`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -60,6 +61,87 @@ pub struct GeneratorConfig {
     pub repeat_ip_rate: f64,
     /// Mean delay from click to conversion, minutes (exponential).
     pub mean_conversion_delay_minutes: f64,
+}
+
+impl GeneratorConfig {
+    /// Every problem of these knobs as `(key, what is wrong)`; `PipelineConfig::validate`
+    /// reports them with the file.
+    pub fn validate(&self) -> Vec<(String, String)> {
+        let mut p = Vec::new();
+        let mut bad = |key: &str, problem: String| p.push((key.to_string(), problem));
+        let rates = [
+            ("conversion_rate", self.conversion_rate),
+            ("duplicate_click_rate", self.duplicate_click_rate),
+            ("duplicate_postback_rate", self.duplicate_postback_rate),
+            ("status_change_rate", self.status_change_rate),
+            ("unknown_click_rate", self.unknown_click_rate),
+            ("out_of_order_rate", self.out_of_order_rate),
+            ("malformed_rate", self.malformed_rate),
+            ("repeat_ip_rate", self.repeat_ip_rate),
+        ];
+        for (k, v) in rates {
+            if !(0.0..=1.0).contains(&v) {
+                bad(
+                    &format!("source.generator.{k}"),
+                    format!("must be between 0 and 1, got {v}"),
+                );
+            }
+        }
+        if parse_rfc3339_ms(&self.start).is_none() {
+            bad(
+                "source.generator.start",
+                format!("must be an RFC 3339 timestamp, got {:?}", self.start),
+            );
+        }
+        // The generator's durations are numbers of a unit; the same century bounds them.
+        let century = MAX_DURATION.as_secs_f64();
+        if self.span_hours <= 0.0 || !self.span_hours.is_finite() {
+            bad(
+                "source.generator.span_hours",
+                format!("must be positive, got {}", self.span_hours),
+            );
+        } else if self.span_hours * 3600.0 > century {
+            bad(
+                "source.generator.span_hours",
+                format!("must be at most 100 years, got {} hours", self.span_hours),
+            );
+        }
+        if self.max_delay_seconds as f64 > century {
+            bad(
+                "source.generator.max_delay_seconds",
+                format!(
+                    "must be at most 100 years, got {} seconds",
+                    self.max_delay_seconds
+                ),
+            );
+        }
+        let mean = self.mean_conversion_delay_minutes;
+        if !(0.0..=century / 60.0).contains(&mean) {
+            bad(
+                "source.generator.mean_conversion_delay_minutes",
+                format!("must be 0 to 100 years, got {mean} minutes"),
+            );
+        }
+        if self.zipf_exponent <= 0.0 || !self.zipf_exponent.is_finite() {
+            bad(
+                "source.generator.zipf_exponent",
+                format!("must be positive, got {}", self.zipf_exponent),
+            );
+        }
+        for (k, v) in [
+            ("offers", self.offers),
+            ("affiliates", self.affiliates),
+            ("tenants", self.tenants),
+        ] {
+            if v == 0 {
+                bad(
+                    &format!("source.generator.{k}"),
+                    "must be at least 1".into(),
+                );
+            }
+        }
+        p
+    }
 }
 
 impl Default for GeneratorConfig {

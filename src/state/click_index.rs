@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
-use super::keys::BuildIdentity;
+use crate::event::keys::BuildIdentity;
 
 /// What the index keeps per click.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

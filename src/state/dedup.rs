@@ -2,42 +2,15 @@
 //! and the current status.
 //!
 //! One entry must stay small (target ≤ 64 bytes per key including the map's overhead), so the
-//! key is a 64-bit hash ([`super::keys::conversion_key`]) and the value is 24 bytes: time,
+//! key is a 64-bit hash ([`crate::event::keys::conversion_key`]) and the value is 24 bytes: time,
 //! version, status, attribution reason and a pending flag packed in one word, the amount, the
 //! aggregate bucket's dimensions as one interned id, and the click-to-conversion delay.
 
 use dashmap::DashMap;
 
-use super::keys::BuildIdentity;
 use crate::event::Status;
-
-/// Why a conversion is or is not attributed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum Attribution {
-    Attributed = 0,
-    UnknownClick = 1,
-    OutsideWindow = 2,
-}
-
-impl Attribution {
-    /// The `reason` column: empty for attributed conversions.
-    pub fn reason(self) -> Option<&'static str> {
-        match self {
-            Attribution::Attributed => None,
-            Attribution::UnknownClick => Some("unknown_click"),
-            Attribution::OutsideWindow => Some("outside_window"),
-        }
-    }
-
-    pub fn from_bits(v: u64) -> Attribution {
-        match v {
-            0 => Attribution::Attributed,
-            1 => Attribution::UnknownClick,
-            _ => Attribution::OutsideWindow,
-        }
-    }
-}
+use crate::event::keys::BuildIdentity;
+pub use crate::rows::Attribution;
 
 const TS_BITS: u32 = 44;
 const TS_MASK: u64 = (1 << TS_BITS) - 1;

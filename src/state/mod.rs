@@ -13,10 +13,10 @@
 //! The outcome of every rule depends only on the order *within* each stream, never on how the
 //! two streams interleave (see `DESIGN.md`, Semantics).
 
+pub mod aggregate;
 pub mod click_index;
 pub mod dedup;
 pub mod interner;
-pub mod keys;
 pub mod pending;
 pub mod snapshot;
 pub mod unique;
@@ -24,12 +24,13 @@ pub mod unique;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::aggregate::Aggregator;
+use crate::event::keys;
 use crate::event::time::{MS_PER_HOUR, MS_PER_MINUTE, day_of, minute_floor};
 use crate::event::{
     ClickBatch, Conversion, ConversionBatch, DeadLetter, DeadReason, Status, Stream,
 };
 use crate::rows::{ClickRows, ConversionRow, SinkBatch};
+use aggregate::Aggregator;
 use click_index::{ClickIndex, Extras, IndexedClick};
 use dedup::{Attribution, ConvEntry, DedupMap};
 use interner::{Dims, DimsTable, Interner, Sym};

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use super::keys::BuildIdentity;
+use crate::event::keys::BuildIdentity;
 use crate::rows::ConversionRow;
 
 /// A first postback waiting for its click, with what happened to it meanwhile.

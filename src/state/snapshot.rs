@@ -202,7 +202,7 @@ impl Engine {
         let clicks = &e.clicks;
         let unique_days: Vec<(
             i64,
-            std::collections::HashSet<u64, super::keys::BuildIdentity>,
+            std::collections::HashSet<u64, crate::event::keys::BuildIdentity>,
         )> = std::thread::scope(|s| {
             let days = s.spawn(|| {
                 snap.unique
@@ -210,7 +210,7 @@ impl Engine {
                     .map(|day| {
                         let mut set = std::collections::HashSet::with_capacity_and_hasher(
                             day.1.len(),
-                            super::keys::BuildIdentity::default(),
+                            crate::event::keys::BuildIdentity::default(),
                         );
                         set.extend(day.1.iter().map(|v| v.to_native()));
                         (day.0.to_native(), set)

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use super::keys::BuildIdentity;
+use crate::event::keys::BuildIdentity;
 
 #[derive(Debug, Default)]
 pub struct UniqueClicks {

@@ -50,6 +50,33 @@ pub struct ParquetConfig {
     pub throttle_rows_per_second: u64,
 }
 
+impl ParquetConfig {
+    /// Every problem of `[sink.parquet]` as `(key, what is wrong)`.
+    pub fn validate(&self) -> Vec<(&'static str, String)> {
+        let mut p = Vec::new();
+        let mut bad = |key: &'static str, problem: String| p.push((key, problem));
+        if !(1..=22).contains(&self.zstd_level) {
+            bad(
+                "sink.parquet.zstd_level",
+                format!("must be 1..=22, got {}", self.zstd_level),
+            );
+        }
+        if self.roll_rows == 0 {
+            bad("sink.parquet.roll_rows", "must be at least 1".into());
+        }
+        if self.roll_megabytes == 0 {
+            bad("sink.parquet.roll_megabytes", "must be at least 1".into());
+        }
+        if self.max_open_files == 0 {
+            bad("sink.parquet.max_open_files", "must be at least 1".into());
+        }
+        if self.out.as_os_str().is_empty() {
+            bad("sink.parquet.out", "must not be empty".into());
+        }
+        p
+    }
+}
+
 impl Default for ParquetConfig {
     fn default() -> Self {
         ParquetConfig {

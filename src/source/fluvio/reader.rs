@@ -23,7 +23,7 @@ use futures_util::{FutureExt, Stream, StreamExt};
 
 use super::admin::Backoff;
 use super::offsets::{Check, OffsetTracker};
-use crate::event::Position;
+use crate::raw::Position;
 use crate::source::{BATCH_LINES, Credit, RawBatch, Signal};
 use crate::telemetry::SharedMetrics;
 

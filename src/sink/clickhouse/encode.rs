@@ -2,7 +2,8 @@
 //!
 //! Types are the same on every server version (Decimal(18, 6) travels as `i64` micro-units,
 //! DateTime as `u32` seconds, millisecond times as `i64`), so one encoding serves 18.16 and
-//! current servers alike.
+//! current servers alike. The column lists here are what `migrations.rs` checks the server's
+//! tables against before anything is written.
 
 use clickhouse::Row;
 use serde::Serialize;

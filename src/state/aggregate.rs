@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 
 use rustc_hash::FxHashMap;
 
+use super::interner::{DimsTable, Interner};
 use crate::rows::{Measures, StatsRow};
-use crate::state::interner::{DimsTable, Interner};
 
 #[derive(Debug, Default)]
 pub struct Aggregator {

@@ -1,10 +1,17 @@
 //! ClickHouse DDL: numbered migrations from `schemas/clickhouse/`, rendered for the server's
 //! version, applied by `attribd migrate`, and the compatibility check `attribd run` does before
 //! it writes anything.
+//!
+//! The server's version decides the DDL ([`ServerVersion::modern`]: LowCardinality,
+//! DateTime64, TTL) and whether inserts carry a deduplication token
+//! ([`ServerVersion::dedup_tokens`]); 18.16 is the oldest server attribd writes to.
 
 use anyhow::{Context, Result, bail};
 use clickhouse::Client;
 use serde::Deserialize;
+
+use super::config::{ClickHouseConfig, Credentials, block_on, client};
+use super::error::explain;
 
 /// `schemas/clickhouse/NNN_name.sql`, in order.
 pub const MIGRATIONS: [(u32, &str, &str); 3] = [
@@ -137,36 +144,27 @@ pub async fn server_version(client: &Client) -> Result<ServerVersion> {
     ServerVersion::parse(&v).with_context(|| format!("unrecognised ClickHouse version {v:?}"))
 }
 
-/// Turns a client error into a message that names the likely cause.
-pub fn explain(e: clickhouse::error::Error) -> anyhow::Error {
-    let text = e.to_string();
-    if text.contains("Code: 516")
-        || text.contains("Code: 192")
-        || text.contains("Code: 193")
-        || text.contains("password")
-        || text.contains("Unknown user")
-        || text.contains("Authentication failed")
-    {
-        anyhow::anyhow!(
-            "ClickHouse refused the credentials (user from ATTRIBD_CLICKHOUSE_USER / sink.clickhouse.user, password from ATTRIBD_CLICKHOUSE_PASSWORD or sink.clickhouse.password_file): {}",
-            first_line(&text)
-        )
-    } else if text.contains("Code: 81") {
-        anyhow::anyhow!(
-            "ClickHouse database does not exist: {}; create it with `attribd migrate`",
-            first_line(&text)
-        )
-    } else {
-        anyhow::anyhow!("ClickHouse: {}", first_line(&text))
-    }
+/// `attribd migrate`: creates the database and applies pending migrations; returns the numbers
+/// of the migrations applied now.
+pub fn migrate(cfg: &ClickHouseConfig) -> Result<Vec<u32>> {
+    let creds = Credentials::load(cfg)?;
+    let c = client(cfg, &creds);
+    block_on(apply(&c, &cfg.database, cfg.retention()))?
 }
 
-fn first_line(s: &str) -> &str {
-    s.lines().next().unwrap_or(s)
+/// Drops `cfg.database` with everything in it (`attribd bench` cleans up its scratch database).
+pub fn drop_database(cfg: &ClickHouseConfig) -> Result<()> {
+    let creds = Credentials::load(cfg)?;
+    let c = client(cfg, &creds);
+    block_on(
+        c.query(&format!("DROP DATABASE IF EXISTS `{}`", cfg.database))
+            .execute(),
+    )??;
+    Ok(())
 }
 
 /// Creates the database and applies every migration not applied yet. Harmless to repeat.
-pub async fn migrate(client: &Client, db: &str, retention: Retention) -> Result<Vec<u32>> {
+pub async fn apply(client: &Client, db: &str, retention: Retention) -> Result<Vec<u32>> {
     let version = server_version(client).await?;
     client
         .query(&format!(
@@ -216,14 +214,15 @@ pub async fn migrate(client: &Client, db: &str, retention: Retention) -> Result<
 }
 
 async fn applied(client: &Client, db: &str) -> Result<Vec<u32>> {
-    client
+    let versions = client
         .query(&format!(
             "SELECT DISTINCT version FROM {}.attribd_migrations ORDER BY version",
             quote_ident(db)
         ))
         .fetch_all::<u32>()
         .await
-        .map_err(explain)
+        .map_err(explain)?;
+    Ok(versions)
 }
 
 #[derive(Debug, clickhouse::Row, Deserialize)]
@@ -237,7 +236,7 @@ struct ColumnInfo {
 /// The columns attribd writes, per table, with the type it writes them as. A server-side type
 /// may wrap these in `LowCardinality(…)`.
 pub fn expected_columns() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
-    use super::rows::{CONVERSION_COLUMNS, STATS_COLUMNS};
+    use super::encode::{CONVERSION_COLUMNS, STATS_COLUMNS};
     let mut out = Vec::new();
     for (table, cols) in [
         ("attribution_stats_minute", STATS_COLUMNS.as_slice()),
