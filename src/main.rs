@@ -1,4 +1,11 @@
-//! The `attribd` command line: `run`, `gen`, `check`.
+//! The `attribd` command line: signals, logging, and one arm per command —
+//!
+//! * `run` (the default): a pipeline to the end of its input, resuming from its checkpoint;
+//! * `gen`: generated clicks and conversions as NDJSON files;
+//! * `check`: validates a pipeline file (exit code 2 when it is wrong);
+//! * `produce`: loads an NDJSON file into a Fluvio topic, keyed by `click_id`;
+//! * `migrate`: creates the ClickHouse database and tables;
+//! * `bench`: measures this machine and writes a capacity plan.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

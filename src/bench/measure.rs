@@ -20,7 +20,7 @@ use crate::event::Status;
 use crate::event::decode::{DecodeLimits, Decoder};
 use crate::event::keys::{click_key, conversion_key};
 use crate::rows::SinkBatch;
-use crate::sink::Sinks;
+use crate::sink::FileSinks;
 use crate::sink::parquet::ParquetConfig;
 use crate::source::file::{Input, read_batches};
 use crate::state::click_index::{ClickIndex, IndexedClick};
@@ -298,7 +298,7 @@ pub fn stages(input: &Path, out: &Path) -> Result<StageRates> {
         ..ParquetConfig::default()
     };
     let rows: usize = outs.iter().map(SinkBatch::rows).sum();
-    let mut sinks = Sinks::new(&cfg, 1)?;
+    let mut sinks = FileSinks::new(&cfg, 1)?;
     let t = Instant::now();
     for o in &outs {
         sinks.write(o)?;

@@ -1,7 +1,7 @@
 //! Checkpoints: the state stage's memory and the source positions, on disk, so a crashed run
 //! resumes instead of starting over.
 //!
-//! Order of a checkpoint (see DESIGN.md, Delivery guarantee): every sink closes its open files
+//! Order of a checkpoint (docs/architecture.md, "The checkpoint protocol"): every sink closes its open files
 //! and flushes ClickHouse (outputs durable) → the engine's state and the source positions are
 //! serialized with rkyv into `STATE/checkpoint-<epoch>.snap`, written atomically (temporary
 //! file, fsync, rename, fsync of the directory) behind a header with a format version and an

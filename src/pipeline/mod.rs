@@ -3,13 +3,15 @@
 //! ```text
 //!  source thread(s) ──raw──► decode (clicks) ─────┐                        ┌► sink: clicks
 //!                    ──raw──► decode (conversions)┴─► state (this thread) ─┤
-//!                                                                         └► sink: the rest
+//!                                                                         └► sink: conversions,
+//!                                                                            aggregates,
+//!                                                                            dead letters
 //! ```
 //!
 //! Clicks are most of the rows, so they get a sink thread of their own; conversions,
 //! aggregates and dead letters share the other. Each table is written by exactly one thread.
-//! With a ClickHouse sink configured, the "rest" thread hands its conversion and aggregate rows
-//! on (moved, not copied) to a ClickHouse thread after writing them to Parquet.
+//! With a ClickHouse sink configured, that second thread hands its conversion and aggregate
+//! rows on (moved, not copied) to a ClickHouse thread after writing them to Parquet.
 //!
 //! Every channel is bounded: when the sink is slow the state stage blocks on it, the decoders
 //! block on the state stage, and the sources block on the decoders — memory stays flat and
@@ -51,7 +53,8 @@ use channel::{CHANNEL_BATCHES, Metered, ZeroQueuesOnExit};
 use inputs::Decoded;
 use state_stage::StateStage;
 
-/// How `run` reports while it works.
+/// How to run a pipeline besides its config: progress line, `--fresh`, the stop flag, and
+/// where the metrics go.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     /// Print a progress line to stderr every second.

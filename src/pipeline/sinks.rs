@@ -2,10 +2,11 @@
 //! barrier protocol, and the threads themselves.
 //!
 //! Clicks are most of the rows, so they get a thread of their own (`sink-clicks`);
-//! conversions, aggregates and dead letters share the other (`sink-rest`). Each table is
-//! written by exactly one thread. With a ClickHouse sink, the `sink-rest` thread hands its
-//! conversion and aggregate rows on (moved, not copied) to a `sink-clickhouse` thread after
-//! writing them to Parquet, and forwards barriers to it.
+//! conversions, aggregates and dead letters share the other (`sink-conv-stats`;
+//! its queue is `sink_rest` in the metrics). Each table is written by exactly one thread. With
+//! a ClickHouse sink, that thread hands its conversion and aggregate rows on (moved, not
+//! copied) to a `sink-clickhouse` thread after writing them to Parquet, and forwards barriers
+//! to it.
 //!
 //! Barrier: the state stage sends `Barrier(next_epoch, ack)` down both sink queues; each sink
 //! makes everything so far durable (Parquet files closed and renamed, ClickHouse batches
@@ -24,7 +25,7 @@ use super::channel::{CHANNEL_BATCHES, Metered};
 use crate::config::PipelineConfig;
 use crate::rows::{ConversionRow, SinkBatch, StatsRow};
 use crate::sink::clickhouse::{ClickHouseSink, ClickHouseTotals};
-use crate::sink::{SinkTotals, Sinks};
+use crate::sink::{FileSinks, SinkTotals};
 use crate::telemetry::{Metrics, Queue, SharedMetrics, SinkKind};
 
 /// Where the ClickHouse thread records the batch ids of the epoch a barrier closed.
@@ -48,7 +49,7 @@ pub(super) fn start(
     metrics: &SharedMetrics,
 ) -> Result<(SinkSenders, SinkThreads, Option<EpochBatches>)> {
     let (click_sink_tx, click_sink_rx) = bounded::<SinkMsg>(CHANNEL_BATCHES * 2);
-    let (rest_sink_tx, rest_sink_rx) = bounded::<SinkMsg>(CHANNEL_BATCHES * 2);
+    let (others_tx, others_rx) = bounded::<SinkMsg>(CHANNEL_BATCHES * 2);
     let clickhouse_batches = cfg
         .sink
         .clickhouse
@@ -104,7 +105,9 @@ pub(super) fn start(
     };
     let parquet = [
         ("sink-clicks", click_sink_rx, Queue::SinkClicks, None),
-        ("sink-rest", rest_sink_rx, Queue::SinkRest, ch_tx),
+        // Every table but clicks. Its queue keeps the metrics label `sink_rest`, which
+        // dashboards and alerts use.
+        ("sink-conv-stats", others_rx, Queue::SinkRest, ch_tx),
     ]
     .into_iter()
     .map(|(name, rx, queue, forward)| {
@@ -124,7 +127,7 @@ pub(super) fn start(
     .collect::<Result<Vec<_>>>()?;
     let senders = SinkSenders {
         clicks: Metered::new(click_sink_tx, metrics, Queue::SinkClicks),
-        rest: Metered::new(rest_sink_tx, metrics, Queue::SinkRest),
+        others: Metered::new(others_tx, metrics, Queue::SinkRest),
         with_clickhouse: clickhouse.is_some(),
     };
     Ok((
@@ -189,7 +192,7 @@ fn sink_loop(
     metrics: &Metrics,
     queue: Queue,
 ) -> Result<SinkTotals> {
-    let mut sinks = Sinks::new(cfg, epoch)?;
+    let mut files = FileSinks::new(cfg, epoch)?;
     let stopped = || anyhow!("the ClickHouse sink stopped; see its error");
     let depth = metrics.queue(queue).clone();
     let mut throttle = Throttle::new(cfg.throttle_rows_per_second);
@@ -207,7 +210,7 @@ fn sink_loop(
             Ok(SinkMsg::Batch(batch)) => {
                 let rows = batch.rows();
                 depth.dec_by(rows as i64);
-                let written = sinks.write(&batch);
+                let written = files.write(&batch);
                 writes.record(written.is_ok());
                 written?;
                 let counts = [
@@ -230,7 +233,7 @@ fn sink_loop(
                 }
             }
             Ok(SinkMsg::Barrier(next, ack)) => {
-                let r = sinks.barrier(next);
+                let r = files.barrier(next);
                 writes.record(r.is_ok());
                 if let Err(e) = r {
                     // The run reports this thread's error: it keeps the cause (the path, the
@@ -246,7 +249,7 @@ fn sink_loop(
                 }
             }
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                let r = sinks.tick();
+                let r = files.tick();
                 if r.is_err() {
                     writes.record(false);
                 }
@@ -255,7 +258,7 @@ fn sink_loop(
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
         }
     }
-    let closed = sinks.close();
+    let closed = files.close();
     writes.record(closed.is_ok());
     closed
 }
@@ -263,6 +266,7 @@ fn sink_loop(
 /// `sink.parquet.throttle_rows_per_second`: holds a sink thread to a row rate (to spare a
 /// shared disk — and to test that a slow sink slows the sources instead of filling memory).
 struct Throttle {
+    /// Rows per second; 0 = no limit.
     rate: u64,
     /// When the rows written so far are paid for.
     paid_until: Instant,
@@ -276,11 +280,19 @@ impl Throttle {
         }
     }
 
+    /// Pays for `rows` just written: sleeps until the rate allows them.
     fn wait(&mut self, rows: u64) {
-        if self.rate == 0 {
-            return;
+        let wait = self.pay(rows, Instant::now());
+        if !wait.is_zero() {
+            thread::sleep(wait);
         }
-        let now = Instant::now();
+    }
+
+    /// Pays for `rows` written at `now`; returns how long to wait before writing more.
+    fn pay(&mut self, rows: u64, now: Instant) -> Duration {
+        if self.rate == 0 {
+            return Duration::ZERO;
+        }
         // Idle time banks at most one second of budget: no burst above the rate after a pause.
         if let Some(floor) = now.checked_sub(Duration::from_secs(1))
             && self.paid_until < floor
@@ -288,21 +300,21 @@ impl Throttle {
             self.paid_until = floor;
         }
         self.paid_until += Duration::from_secs_f64(rows as f64 / self.rate as f64);
-        if self.paid_until > now {
-            thread::sleep(self.paid_until - now);
-        }
+        self.paid_until.saturating_duration_since(now)
     }
 }
 
 /// The state stage's side of the sink threads.
 pub(super) struct SinkSenders {
     clicks: Metered<SinkMsg>,
-    rest: Metered<SinkMsg>,
+    /// Conversions, aggregates and dead letters (`sink-conv-stats`).
+    others: Metered<SinkMsg>,
     with_clickhouse: bool,
 }
 
 impl SinkSenders {
-    /// Splits a batch between the two sink threads (clicks; everything else).
+    /// Splits a batch between the two sink threads: clicks; conversions, aggregates and dead
+    /// letters.
     pub(super) fn send(&self, batch: SinkBatch) -> Result<()> {
         let SinkBatch {
             clicks,
@@ -321,14 +333,14 @@ impl SinkSenders {
                 return Err(stopped());
             }
         }
-        let rest = SinkBatch {
+        let others = SinkBatch {
             conversions,
             stats,
             dead_letters,
             ..SinkBatch::default()
         };
-        let n = rest.rows();
-        if n > 0 && !self.rest.send(SinkMsg::Batch(rest), n) {
+        let n = others.rows();
+        if n > 0 && !self.others.send(SinkMsg::Batch(others), n) {
             return Err(stopped());
         }
         Ok(())
@@ -341,7 +353,7 @@ impl SinkSenders {
         if !self
             .clicks
             .send(SinkMsg::Barrier(next_epoch, ack_tx.clone()), 0)
-            || !self.rest.send(SinkMsg::Barrier(next_epoch, ack_tx), 0)
+            || !self.others.send(SinkMsg::Barrier(next_epoch, ack_tx), 0)
         {
             return Err(stopped());
         }
@@ -350,5 +362,70 @@ impl SinkSenders {
             ack_rx.recv().map_err(|_| stopped())??;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn throttle_rate_zero_is_off() {
+        let start = Instant::now();
+        let mut t = Throttle {
+            rate: 0,
+            paid_until: start,
+        };
+        for rows in [0, 1, 1_000_000, u64::MAX] {
+            assert_eq!(t.pay(rows, start), Duration::ZERO);
+        }
+        // Nothing is owed either: the budget is untouched.
+        assert_eq!(t.paid_until, start);
+    }
+
+    #[test]
+    fn throttle_makes_each_batch_wait_until_the_rows_so_far_are_paid_for() {
+        let start = Instant::now();
+        let mut t = Throttle {
+            rate: 1000,
+            paid_until: start,
+        };
+        // 250 rows at 1000 rows/s cost 250 ms; the debt adds up while no time passes.
+        assert_eq!(t.pay(250, start), ms(250));
+        assert_eq!(t.pay(250, start), ms(500));
+        assert_eq!(t.paid_until, start + ms(500));
+        // Having waited, the next batch only waits for itself.
+        assert_eq!(t.pay(500, start + ms(500)), ms(500));
+        assert_eq!(t.paid_until, start + ms(1000));
+        // Slower than the rate: nothing to wait.
+        assert_eq!(t.pay(250, start + ms(1500)), Duration::ZERO);
+        assert_eq!(t.paid_until, start + ms(1250));
+        // An empty batch costs nothing.
+        assert_eq!(t.pay(0, start + ms(1000)), ms(250));
+    }
+
+    #[test]
+    fn throttle_banks_at_most_one_second_of_idle_time() {
+        let start = Instant::now();
+        let mut t = Throttle {
+            rate: 1000,
+            paid_until: start,
+        };
+        // Idle for 10 s: one second of rows goes through at once, not ten.
+        let later = start + Duration::from_secs(10);
+        assert_eq!(t.pay(1000, later), Duration::ZERO);
+        assert_eq!(t.paid_until, later);
+        assert_eq!(t.pay(500, later), ms(500));
+        // Idle for half a second: half a second banked, the rest is waited for.
+        let mut t = Throttle {
+            rate: 1000,
+            paid_until: start,
+        };
+        assert_eq!(t.pay(750, start + ms(500)), ms(250));
+        assert_eq!(t.paid_until, start + ms(750));
     }
 }

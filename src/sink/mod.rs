@@ -1,8 +1,10 @@
 //! Sinks: where the state stage's [`SinkBatch`]es end up.
 //!
-//! [`Sinks`] routes each part of a batch to its writer: clicks, conversion versions and minute
-//! aggregates to the Parquet tables, dead letters to NDJSON. It runs on its own thread (Parquet
-//! encoding is the most CPU-hungry stage after decoding) behind a bounded channel.
+//! [`FileSinks`] routes each part of a batch to its file writer: clicks, conversion versions
+//! and minute aggregates to the Parquet tables (`parquet`), dead letters to NDJSON
+//! (`deadletter`). Each sink thread holds one (Parquet encoding is the most CPU-hungry stage
+//! after decoding): `sink-clicks` gets only clicks, `sink-conv-stats` the rest.
+//! ClickHouse (`clickhouse`) is a sink of its own, on a thread of its own.
 
 pub mod clickhouse;
 pub mod deadletter;
@@ -68,19 +70,21 @@ impl std::ops::Add for SinkTotals {
     }
 }
 
-pub struct Sinks {
+/// The file outputs of one sink thread: the three Parquet tables and the dead-letter NDJSON
+/// (not ClickHouse, which has a sink of its own).
+pub struct FileSinks {
     clicks: PartitionedTable<ClickBuilders>,
     conversions: PartitionedTable<ConversionBuilders>,
     stats: PartitionedTable<StatsBuilders>,
     dead: DeadLetterWriter,
 }
 
-impl Sinks {
-    /// Sinks writing files of `epoch`.
-    pub fn new(cfg: &ParquetConfig, epoch: u64) -> Result<Sinks> {
+impl FileSinks {
+    /// File sinks writing files of `epoch`.
+    pub fn new(cfg: &ParquetConfig, epoch: u64) -> Result<FileSinks> {
         let out = &cfg.out;
         let tag = parquet::epoch_tag(epoch);
-        Ok(Sinks {
+        Ok(FileSinks {
             clicks: PartitionedTable::new(out, "clicks", &tag, cfg)?,
             conversions: PartitionedTable::new(out, "conversions", &tag, cfg)?,
             stats: PartitionedTable::new(out, "stats_minute", &tag, cfg)?,

@@ -388,7 +388,8 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Alternates the two timestamp forms of the input contract.
+/// Writes `ts_ms` in one of the two timestamp forms of the input contract: an RFC 3339 string
+/// or integer epoch milliseconds (the callers mix the two).
 fn write_ts(out: &mut Vec<u8>, ts_ms: i64, rfc3339: bool) {
     if rfc3339 {
         out.push(b'"');

@@ -17,7 +17,7 @@
 //! wait, and the run.
 
 use std::future::Future;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clickhouse::Client;
@@ -54,11 +54,50 @@ pub(super) struct Committed {
     pub failed_attempts: u64,
 }
 
-/// Closed → counts failures; open → no attempts until the cooldown passes.
+/// The circuit breaker. Closed, it counts failures in a row; the `failures_to_open`th opens it
+/// for `cooldown`, during which no attempt is made. After the cooldown one attempt goes
+/// through: a success closes it, a failure opens it again at once. Decides only — the commit
+/// loop does the waiting.
 #[derive(Debug)]
 struct Breaker {
+    failures_to_open: u32,
+    cooldown: Duration,
     consecutive_failures: u32,
     open_until: Option<Instant>,
+}
+
+impl Breaker {
+    fn new(failures_to_open: u32, cooldown: Duration) -> Breaker {
+        Breaker {
+            failures_to_open,
+            cooldown,
+            consecutive_failures: 0,
+            open_until: None,
+        }
+    }
+
+    /// How long the next attempt must wait at `now` (zero unless open).
+    fn hold(&self, now: Instant) -> Duration {
+        self.open_until
+            .map_or(Duration::ZERO, |until| until.saturating_duration_since(now))
+    }
+
+    /// An attempt failed at `now`: returns whether the breaker is open now.
+    fn failed(&mut self, now: Instant) -> bool {
+        self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+        let open = self.consecutive_failures >= self.failures_to_open;
+        if open {
+            self.open_until = Some(now + self.cooldown);
+        }
+        open
+    }
+
+    /// An attempt succeeded: the breaker closes and the count starts again. Returns whether
+    /// it had been open.
+    fn succeeded(&mut self) -> bool {
+        self.consecutive_failures = 0;
+        self.open_until.take().is_some()
+    }
 }
 
 /// Commits batches to the sink's database, each exactly once.
@@ -87,10 +126,7 @@ impl Committer {
             client,
             version,
             rt,
-            breaker: Breaker {
-                consecutive_failures: 0,
-                open_until: None,
-            },
+            breaker: Breaker::new(cfg.breaker_failures, cfg.breaker_cooldown),
             metrics: None,
         }
     }
@@ -128,11 +164,9 @@ impl Committer {
         let mut attempt = 0u32;
         let mut failed_attempts = 0u64;
         loop {
-            if let Some(until) = self.breaker.open_until {
-                let now = Instant::now();
-                if until > now {
-                    std::thread::sleep(until - now);
-                }
+            let hold = self.breaker.hold(Instant::now());
+            if !hold.is_zero() {
+                std::thread::sleep(hold);
             }
             attempt += 1;
             let client = self.client.clone().with_setting(
@@ -165,7 +199,8 @@ impl Committer {
             });
             match outcome {
                 Ok(skipped) => {
-                    if self.breaker.open_until.is_some() || attempt > 1 {
+                    let was_open = self.breaker.succeeded();
+                    if was_open || attempt > 1 {
                         tracing::info!(
                             table,
                             batch = id,
@@ -173,8 +208,6 @@ impl Committer {
                             "ClickHouse is back; batch committed"
                         );
                     }
-                    self.breaker.consecutive_failures = 0;
-                    self.breaker.open_until = None;
                     if let Some(m) = &self.metrics {
                         m.sink_write(SinkKind::ClickHouse, true);
                         m.set_circuit_open(false);
@@ -204,16 +237,15 @@ impl Committer {
                 }
                 Err(e) => {
                     failed_attempts += 1;
-                    self.breaker.consecutive_failures += 1;
-                    let opens = self.breaker.consecutive_failures >= self.cfg.breaker_failures;
+                    let open = self.breaker.failed(Instant::now());
                     if let Some(m) = &self.metrics {
                         m.sink_write(SinkKind::ClickHouse, false);
-                        m.set_circuit_open(opens);
+                        m.set_circuit_open(open);
                     }
                     let jitter = rand::rng().random_range(0.5..1.5);
                     let wait = delay.mul_f64(jitter);
-                    if self.breaker.consecutive_failures >= self.cfg.breaker_failures {
-                        self.breaker.open_until = Some(Instant::now() + self.cfg.breaker_cooldown);
+                    if open {
+                        // The next attempt waits for the cooldown (at the top of the loop).
                         tracing::warn!(table, batch = id, attempt, error = %e, cooldown = ?self.cfg.breaker_cooldown, "ClickHouse insert failed; circuit breaker open, pipeline waits");
                     } else {
                         tracing::warn!(table, batch = id, attempt, error = %e, retry_in = ?wait, "ClickHouse insert failed; retrying");
@@ -255,6 +287,78 @@ async fn is_committed(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const COOLDOWN: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn the_breaker_opens_at_the_nth_failure_in_a_row_for_the_cooldown() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(3, COOLDOWN);
+        assert_eq!(b.hold(t0), Duration::ZERO);
+        assert!(!b.failed(t0));
+        assert!(!b.failed(t0 + Duration::from_secs(1)));
+        // Two failures: still closed, attempts go through at once.
+        assert_eq!(b.hold(t0 + Duration::from_secs(2)), Duration::ZERO);
+        let third = t0 + Duration::from_secs(3);
+        assert!(b.failed(third));
+        // Open: the next attempt waits out the cooldown from the third failure…
+        assert_eq!(b.hold(third), COOLDOWN);
+        let (four, six) = (Duration::from_secs(4), Duration::from_secs(6));
+        assert_eq!(b.hold(third + four), six);
+        // …and none after it.
+        assert_eq!(b.hold(third + COOLDOWN), Duration::ZERO);
+        assert_eq!(b.hold(third + COOLDOWN * 2), Duration::ZERO);
+    }
+
+    #[test]
+    fn after_the_cooldown_one_failure_opens_the_breaker_again() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(2, COOLDOWN);
+        b.failed(t0);
+        assert!(b.failed(t0));
+        let retry = t0 + COOLDOWN;
+        assert_eq!(b.hold(retry), Duration::ZERO);
+        // The attempt let through fails: open again for a whole cooldown, not after 2 more.
+        assert!(b.failed(retry));
+        assert_eq!(b.hold(retry), COOLDOWN);
+    }
+
+    #[test]
+    fn a_success_closes_the_breaker_and_the_count_starts_again() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(3, COOLDOWN);
+        for _ in 0..3 {
+            b.failed(t0);
+        }
+        assert_eq!(b.hold(t0), COOLDOWN);
+        // It had been open.
+        assert!(b.succeeded());
+        assert_eq!(b.hold(t0), Duration::ZERO);
+        // Failures before the success do not count: three more are needed.
+        assert!(!b.failed(t0));
+        assert!(!b.failed(t0));
+        assert!(b.failed(t0));
+        // A success while closed: it had not been open; the count is reset all the same.
+        let mut b = Breaker::new(3, COOLDOWN);
+        b.failed(t0);
+        b.failed(t0);
+        assert!(!b.succeeded());
+        assert!(!b.failed(t0));
+        assert!(!b.failed(t0));
+        assert!(b.failed(t0));
+    }
+
+    #[test]
+    fn a_breaker_that_opens_at_one_failure_opens_at_every_failure() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(1, COOLDOWN);
+        for i in 0..3 {
+            let at = t0 + COOLDOWN * i;
+            assert_eq!(b.hold(at), Duration::ZERO, "attempt {i}");
+            assert!(b.failed(at), "attempt {i}");
+            assert_eq!(b.hold(at), COOLDOWN, "attempt {i}");
+        }
+    }
 
     #[test]
     fn a_batch_id_starts_with_its_table_and_epoch_and_sorts_by_flush() {

@@ -112,7 +112,9 @@ struct Partition<B> {
 /// One table (`clicks`, `conversions` or `stats_minute`) split into `dt=/hour=` partitions.
 pub struct PartitionedTable<B: RowBuilder> {
     dir: PathBuf,
-    run_id: String,
+    /// The epoch the files opened now belong to, as it goes into their names
+    /// ([`epoch_tag`]).
+    epoch_tag: String,
     cfg: ParquetConfig,
     props: WriterProperties,
     partitions: FxHashMap<i64, Partition<B>>,
@@ -123,7 +125,7 @@ pub struct PartitionedTable<B: RowBuilder> {
 }
 
 impl<B: RowBuilder> PartitionedTable<B> {
-    pub fn new(out: &Path, table: &str, run_id: &str, cfg: &ParquetConfig) -> Result<Self> {
+    pub fn new(out: &Path, table: &str, epoch_tag: &str, cfg: &ParquetConfig) -> Result<Self> {
         let level = ZstdLevel::try_new(cfg.zstd_level).with_context(|| {
             format!("sink.parquet.zstd_level: {} is not 1..=22", cfg.zstd_level)
         })?;
@@ -145,7 +147,7 @@ impl<B: RowBuilder> PartitionedTable<B> {
         let props = props.build();
         Ok(PartitionedTable {
             dir: out.join(table),
-            run_id: run_id.to_string(),
+            epoch_tag: epoch_tag.to_string(),
             cfg: cfg.clone(),
             props,
             partitions: FxHashMap::default(),
@@ -200,7 +202,7 @@ impl<B: RowBuilder> PartitionedTable<B> {
         if p.file.is_none() {
             p.file = Some(open_file(
                 &self.dir,
-                &self.run_id,
+                &self.epoch_tag,
                 hour,
                 self.next_seq,
                 B::schema(),
@@ -278,7 +280,7 @@ impl<B: RowBuilder> PartitionedTable<B> {
 
     /// Starts naming files for `epoch` (after a checkpoint); sequence numbers restart.
     pub fn set_epoch(&mut self, epoch: u64) {
-        self.run_id = epoch_tag(epoch);
+        self.epoch_tag = epoch_tag(epoch);
         self.next_seq = 0;
     }
 
@@ -308,7 +310,7 @@ pub fn epoch_of(file_name: &str) -> Option<u64> {
 
 fn open_file(
     dir: &Path,
-    run_id: &str,
+    epoch_tag: &str,
     hour: i64,
     seq: u64,
     schema: arrow::datatypes::SchemaRef,
@@ -317,7 +319,7 @@ fn open_file(
     let (dt, hh) = partition_of(hour * 3_600_000);
     let part_dir = dir.join(format!("dt={dt}")).join(format!("hour={hh:02}"));
     fs::create_dir_all(&part_dir).with_context(|| format!("creating {}", part_dir.display()))?;
-    let name = format!("part-{run_id}-{seq:06}.parquet");
+    let name = format!("part-{epoch_tag}-{seq:06}.parquet");
     let tmp_path = part_dir.join(format!(".{name}.tmp"));
     let final_path = part_dir.join(name);
     let file =
@@ -411,7 +413,8 @@ mod tests {
             ..ParquetConfig::default()
         };
         let mut t =
-            PartitionedTable::<StatsBuilders>::new(dir.path(), "stats_minute", "r", &cfg).unwrap();
+            PartitionedTable::<StatsBuilders>::new(dir.path(), "stats_minute", &epoch_tag(3), &cfg)
+                .unwrap();
         // Three full write batches in one hour → three files rolled by rows.
         write(&mut t, 3 * WRITE_BATCH_ROWS as i64, 490_000);
         let done: Vec<_> = parquet_files(dir.path())
@@ -422,7 +425,7 @@ mod tests {
         assert!(
             done[0]
                 .to_string_lossy()
-                .contains("stats_minute/dt=2025-11-24/hour=16/part-r-")
+                .contains("stats_minute/dt=2025-11-24/hour=16/part-e00000003-000000.parquet")
         );
         // A few rows in another hour stay buffered until the age roll or the close.
         write(&mut t, 10, 490_001);
@@ -446,7 +449,8 @@ mod tests {
             ..ParquetConfig::default()
         };
         let mut t =
-            PartitionedTable::<StatsBuilders>::new(dir.path(), "stats_minute", "r", &cfg).unwrap();
+            PartitionedTable::<StatsBuilders>::new(dir.path(), "stats_minute", &epoch_tag(3), &cfg)
+                .unwrap();
         // Distinct strings defeat the dictionary, so the file grows past 1 MiB quickly.
         for i in 0..200_000i64 {
             let mut r = stats_row(490_000 * 3_600_000);

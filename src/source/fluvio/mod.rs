@@ -251,84 +251,98 @@ async fn run(
     board: Arc<reader::Board>,
     commit_task: commit::CommitTask,
 ) -> Result<()> {
-    // Connecting may take as long as the cluster is away; a stop request ends the wait.
-    let stopping = async {
-        while !(stop.load(Ordering::Relaxed) || board.finish.load(Ordering::Relaxed)) {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    // Connecting, and every question asked while setting up, may take as long as the cluster
+    // is away (or an SPU hangs); a stop request ends the wait.
+    let stop_requested = || {
+        let (stop, board) = (stop.clone(), board.clone());
+        async move {
+            while !(stop.load(Ordering::Relaxed) || board.finish.load(Ordering::Relaxed)) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
     };
     let fluvio = tokio::select! {
         connected = admin::connect(&cfg, cfg.connect_timeout, |_| {
             metrics.health.sources_connected.store(false, Ordering::Relaxed);
         }) => connected?,
-        _ = stopping => return Ok(()),
+        _ = stop_requested() => return Ok(()),
     };
     let fluvio = Arc::new(fluvio);
     let topics = [Stream::Clicks, Stream::Conversions].map(|s| cfg.topic(s).to_string());
-    let mut ends = admin::log_ends(&fluvio, &topics).await?;
-    let mut readers = Vec::new();
-    for (i, stream) in [Stream::Clicks, Stream::Conversions]
-        .into_iter()
-        .enumerate()
-    {
-        let topic = &topics[i];
-        let count = admin::partition_count(&fluvio, topic)
-            .await?
-            .ok_or_else(|| {
-                anyhow!(
-                    "Fluvio topic {topic:?} does not exist (source.fluvio.{}_topic)",
-                    stream.as_str()
-                )
-            })?;
-        let owned: Vec<u32> = if cfg.partitions.is_empty() {
-            (0..count).collect()
-        } else {
-            cfg.partitions.clone()
-        };
-        if let Some(p) = owned.iter().find(|&&p| p >= count) {
-            anyhow::bail!(
-                "partition {p} does not exist in Fluvio topic {topic:?} ({count} partitions: 0..={}) (source.fluvio.partitions)",
-                count.saturating_sub(1)
-            );
-        }
-        let committed = admin::committed_offsets(&fluvio, &cfg.consumer, topic).await?;
-        let offsets: Vec<String> = owned
-            .iter()
-            .map(|p| {
+    let setup = async {
+        let ends = admin::log_ends(&fluvio, &topics).await?;
+        let mut readers = Vec::new();
+        for (i, stream) in [Stream::Clicks, Stream::Conversions]
+            .into_iter()
+            .enumerate()
+        {
+            let topic = &topics[i];
+            let count = admin::partition_count(&fluvio, topic)
+                .await?
+                .ok_or_else(|| {
+                    anyhow!(
+                        "Fluvio topic {topic:?} does not exist (source.fluvio.{}_topic)",
+                        stream.as_str()
+                    )
+                })?;
+            let owned: Vec<u32> = if cfg.partitions.is_empty() {
+                (0..count).collect()
+            } else {
+                cfg.partitions.clone()
+            };
+            if let Some(p) = owned.iter().find(|&&p| p >= count) {
+                anyhow::bail!(
+                    "partition {p} does not exist in Fluvio topic {topic:?} ({count} partitions: 0..={}) (source.fluvio.partitions)",
+                    count.saturating_sub(1)
+                );
+            }
+            let committed = admin::committed_offsets(&fluvio, &cfg.consumer, topic).await?;
+            let offsets: Vec<String> = owned
+                .iter()
+                .map(|p| {
+                    let next = resume
+                        .get(&(i, *p))
+                        .map(|&o| format!("{o} (checkpoint)"))
+                        .or_else(|| committed.get(p).map(|o| format!("{o} (committed)")))
+                        .unwrap_or_else(|| format!("{:?}", cfg.start).to_lowercase());
+                    format!("{p}@{next}")
+                })
+                .collect();
+            tracing::info!(%topic, partitions = %offsets.join(" "), "reading Fluvio partitions");
+            if !(deliver[i])(RawBatch::signal(Signal::Partitions(owned.clone()), None)) {
+                return Ok(None);
+            }
+            for p in owned {
                 let next = resume
-                    .get(&(i, *p))
-                    .map(|&o| format!("{o} (checkpoint)"))
-                    .or_else(|| committed.get(p).map(|o| format!("{o} (committed)")))
-                    .unwrap_or_else(|| format!("{:?}", cfg.start).to_lowercase());
-                format!("{p}@{next}")
-            })
-            .collect();
-        tracing::info!(%topic, partitions = %offsets.join(" "), "reading Fluvio partitions");
-        if !(deliver[i])(RawBatch::signal(Signal::Partitions(owned.clone()), None)) {
-            return Ok(());
+                    .get(&(i, p))
+                    .map(|&o| o as i64)
+                    .or_else(|| committed.get(&p).copied());
+                readers.push(reader::PartitionReader {
+                    fluvio: fluvio.clone(),
+                    topic: topic.clone(),
+                    partition: p,
+                    start: match cfg.start {
+                        StartFrom::Beginning => fluvio::Offset::beginning(),
+                        StartFrom::End => fluvio::Offset::end(),
+                    },
+                    tracker: offsets::OffsetTracker::new(next),
+                    max_fetch_bytes: cfg.max_fetch_bytes.min(i32::MAX as u32) as i32,
+                    credits: Arc::new(tokio::sync::Semaphore::new(reader::CREDITS)),
+                    send: deliver[i].clone(),
+                    board: board.clone(),
+                    metrics: metrics.clone(),
+                });
+            }
         }
-        for p in owned {
-            let next = resume
-                .get(&(i, p))
-                .map(|&o| o as i64)
-                .or_else(|| committed.get(&p).copied());
-            readers.push(reader::PartitionReader {
-                fluvio: fluvio.clone(),
-                topic: topic.clone(),
-                partition: p,
-                start: match cfg.start {
-                    StartFrom::Beginning => fluvio::Offset::beginning(),
-                    StartFrom::End => fluvio::Offset::end(),
-                },
-                tracker: offsets::OffsetTracker::new(next),
-                max_fetch_bytes: cfg.max_fetch_bytes.min(i32::MAX as u32) as i32,
-                credits: Arc::new(tokio::sync::Semaphore::new(reader::CREDITS)),
-                send: deliver[i].clone(),
-                board: board.clone(),
-                metrics: metrics.clone(),
-            });
-        }
-    }
+        Ok::<_, anyhow::Error>(Some((ends, readers)))
+    };
+    let (mut ends, readers) = tokio::select! {
+        set_up = setup => match set_up? {
+            Some(set_up) => set_up,
+            None => return Ok(()),
+        },
+        _ = stop_requested() => return Ok(()),
+    };
     drop(deliver);
     board
         .partitions
