@@ -19,7 +19,7 @@ use crate::event::{Position, Stream};
 use crate::source::RawBatch;
 use crate::source::file::{Input, read_batches_with_limit};
 use crate::source::fluvio::FluvioSource;
-use crate::source::generator::generate;
+use crate::source::generator::generate_paced;
 use crate::telemetry::SharedMetrics;
 
 /// The running sources.
@@ -201,7 +201,10 @@ pub(super) fn spawn_source(
 /// Runs the generator, cutting its output into pairs of raw batches: a click batch, then the
 /// conversions generated meanwhile (possibly none). The state stage takes them in exactly that
 /// alternation, so neither side can starve the other and the order is the same on every run.
-/// Pairs whose click batch ends at or before `resume` are generated but not sent.
+/// Records a restored run already processed (`resume`: lines per stream) are generated but
+/// not sent; a pair that straddles that point keeps only what comes after it. Live
+/// (`rate`): a pair also goes out whenever the generator waits for the clock, so records
+/// reach the state stage when they are due, not a batch later.
 fn generator_source(
     cfg: &crate::source::generator::GeneratorConfig,
     clicks: Metered<RawBatch>,
@@ -209,44 +212,76 @@ fn generator_source(
     resume: [u64; 2],
 ) -> Result<()> {
     use crate::source::BATCH_LINES;
-    let mut bufs = [RawBatch::default(), RawBatch::default()];
-    let mut lines = [0u64, 0u64];
-    let mut offsets = [0u64, 0u64];
-    let mut open = true;
-    let send_pair = |bufs: &mut [RawBatch; 2], lines: &[u64; 2], offsets: &[u64; 2]| {
-        let [mut c, mut v] = std::mem::take(bufs);
+    use std::cell::RefCell;
+    // Shared by the two callbacks (a line, a wait for the clock); one thread, no contention.
+    struct Pairing {
+        bufs: [RawBatch; 2],
+        lines: [u64; 2],
+        offsets: [u64; 2],
+        open: bool,
+    }
+    let state = RefCell::new(Pairing {
+        bufs: [RawBatch::default(), RawBatch::default()],
+        lines: [0, 0],
+        offsets: [0, 0],
+        open: true,
+    });
+    let send_pair = |p: &mut Pairing| {
+        let [mut c, mut v] = std::mem::take(&mut p.bufs);
         c.end = Position {
-            line: lines[0],
-            offset: offsets[0],
+            line: p.lines[0],
+            offset: p.offsets[0],
         };
         v.end = Position {
-            line: lines[1],
-            offset: offsets[1],
+            line: p.lines[1],
+            offset: p.offsets[1],
         };
-        if resume[0] > 0 && c.end.line <= resume[0] {
+        // What a restored run already processed is trimmed; a side left with nothing still
+        // goes out (empty, with its end) so the pair stays a pair.
+        let trim = |b: RawBatch, upto: u64| {
+            let end = b.end;
+            after_restore_point(b, upto).unwrap_or_else(|| RawBatch {
+                end,
+                ..RawBatch::default()
+            })
+        };
+        let (c, v) = (trim(c, resume[0]), trim(v, resume[1]));
+        if c.is_empty() && v.is_empty() && c.end.line <= resume[0] {
             return true;
         }
         let (nc, nv) = (c.len(), v.len());
-        clicks.send(c, nc) && conversions.send(v, nv)
+        p.open = clicks.send(c, nc) && conversions.send(v, nv);
+        p.open
     };
-    generate(cfg, |stream, line| {
-        let i = usize::from(stream == Stream::Conversions);
-        lines[i] += 1;
-        bufs[i].push_line(
-            line,
-            Position {
-                line: lines[i],
-                offset: offsets[i],
-            },
-        );
-        offsets[i] += line.len() as u64 + 1;
-        if i == 0 && bufs[0].len() >= BATCH_LINES {
-            open = send_pair(&mut bufs, &lines, &offsets);
-        }
-        open
-    })?;
-    if open && !(bufs[0].is_empty() && bufs[1].is_empty()) {
-        send_pair(&mut bufs, &lines, &offsets);
+    generate_paced(
+        cfg,
+        resume[0],
+        |stream, line| {
+            let mut p = state.borrow_mut();
+            let i = usize::from(stream == Stream::Conversions);
+            p.lines[i] += 1;
+            let position = Position {
+                line: p.lines[i],
+                offset: p.offsets[i],
+            };
+            p.bufs[i].push_line(line, position);
+            p.offsets[i] += line.len() as u64 + 1;
+            if i == 0 && p.bufs[0].len() >= BATCH_LINES {
+                send_pair(&mut p);
+            }
+            p.open
+        },
+        || {
+            let mut p = state.borrow_mut();
+            if !(p.bufs[0].is_empty() && p.bufs[1].is_empty()) {
+                send_pair(&mut p);
+            }
+            p.open
+        },
+    )?;
+    let mut p = state.into_inner();
+    if p.open && !(p.bufs[0].is_empty() && p.bufs[1].is_empty()) {
+        send_pair(&mut p);
     }
     Ok(())
 }
@@ -355,7 +390,7 @@ mod tests {
     fn expected_pairs(cfg: &GeneratorConfig) -> Vec<[Vec<Vec<u8>>; 2]> {
         let mut pairs: Vec<[Vec<Vec<u8>>; 2]> = Vec::new();
         let mut clicks_so_far = 0usize;
-        generate(cfg, |stream, line| {
+        crate::source::generator::generate(cfg, |stream, line| {
             let i = match stream {
                 Stream::Clicks => {
                     clicks_so_far += 1;
@@ -374,7 +409,7 @@ mod tests {
     }
 
     /// What `generator_source` sends: (click batches, conversion batches).
-    fn generator_batches(cfg: &GeneratorConfig, resume: u64) -> [Vec<RawBatch>; 2] {
+    fn generator_batches(cfg: &GeneratorConfig, resume: [u64; 2]) -> [Vec<RawBatch>; 2] {
         let metrics = Metrics::new();
         let (ctx, crx) = crossbeam_channel::unbounded();
         let (vtx, vrx) = crossbeam_channel::unbounded();
@@ -382,7 +417,7 @@ mod tests {
             cfg,
             Metered::new(ctx, &metrics, Queue::RawClicks),
             Metered::new(vtx, &metrics, Queue::RawConversions),
-            [resume, 0],
+            resume,
         )
         .unwrap();
         [crx.try_iter().collect(), vrx.try_iter().collect()]
@@ -420,7 +455,7 @@ mod tests {
         assert_eq!(expected.len(), 3);
         assert_eq!(expected[2][0].len(), 100);
         assert!(expected.iter().all(|p| !p[1].is_empty()));
-        assert_pairs(&generator_batches(&cfg, 0), &expected, 0);
+        assert_pairs(&generator_batches(&cfg, [0, 0]), &expected, 0);
     }
 
     #[test]
@@ -431,7 +466,7 @@ mod tests {
         assert_eq!(expected.len(), 3);
         assert!(expected[2][0].is_empty());
         assert!(!expected[2][1].is_empty());
-        let sent = generator_batches(&cfg, 0);
+        let sent = generator_batches(&cfg, [0, 0]);
         assert_pairs(&sent, &expected, 0);
         // The empty click batch still says where the click stream stands.
         assert_eq!(sent[0][2].end.line, 2 * b);
@@ -442,11 +477,40 @@ mod tests {
         let b = BATCH_LINES as u64;
         let cfg = generator(2 * b + 100);
         let expected = expected_pairs(&cfg);
+        // A checkpoint falls between pairs: the lines per stream after the first `n` pairs.
+        let after =
+            |n: usize| [0, 1].map(|s| expected[..n].iter().map(|p| p[s].len() as u64).sum::<u64>());
         // Resuming after the first pair: from the second on.
-        assert_pairs(&generator_batches(&cfg, b), &expected, 1);
+        assert_pairs(&generator_batches(&cfg, after(1)), &expected, 1);
         // After the second.
-        assert_pairs(&generator_batches(&cfg, 2 * b), &expected, 2);
+        assert_pairs(&generator_batches(&cfg, after(2)), &expected, 2);
         // After the end of the input (a finished run): nothing.
-        assert_pairs(&generator_batches(&cfg, 2 * b + 100), &expected, 3);
+        assert_pairs(&generator_batches(&cfg, after(3)), &expected, 3);
+    }
+
+    /// Live pairs are cut by the clock, so after a restart a pair may straddle the point
+    /// where the checkpoint was taken: each side keeps exactly its lines after it.
+    #[test]
+    fn a_pair_straddling_the_restore_point_keeps_only_what_comes_after_it() {
+        let b = BATCH_LINES as u64;
+        let cfg = generator(2 * b + 100);
+        let expected = expected_pairs(&cfg);
+        let all = generator_batches(&cfg, [0, 0]);
+        let resume = [b + 10, expected[0][1].len() as u64 + 3];
+        let sent = generator_batches(&cfg, resume);
+        for s in 0..2 {
+            let lines = |batches: &[RawBatch]| -> Vec<u64> {
+                batches
+                    .iter()
+                    .flat_map(|b| b.records.iter().map(|r| r.position.line))
+                    .collect()
+            };
+            let want: Vec<u64> = lines(&all[s])
+                .into_iter()
+                .filter(|l| *l > resume[s])
+                .collect();
+            assert_eq!(lines(&sent[s]), want, "stream {s}");
+        }
+        assert_eq!(sent[0].len(), sent[1].len(), "still pairs");
     }
 }

@@ -61,6 +61,15 @@ pub struct GeneratorConfig {
     pub repeat_ip_rate: f64,
     /// Mean delay from click to conversion, minutes (exponential).
     pub mean_conversion_delay_minutes: f64,
+    /// Live mode: records leave at this steady rate, events per wall-clock second (clicks and
+    /// postbacks together, on average), at their arrival time — instead of as fast as
+    /// possible. Event time then advances `time_scale` times faster than wall time and
+    /// `span_hours` is not used (the rate and the scale set it).
+    pub rate: Option<f64>,
+    /// Live mode: event time per wall time (1440 = a day of event time per wall minute).
+    pub time_scale: f64,
+    /// Live mode: never end (`clicks` is ignored); `attribd run` runs until SIGTERM.
+    pub unbounded: bool,
 }
 
 impl GeneratorConfig {
@@ -122,6 +131,30 @@ impl GeneratorConfig {
                 format!("must be 0 to 100 years, got {mean} minutes"),
             );
         }
+        if let Some(rate) = self.rate
+            && !(rate > 0.0 && rate <= 1e9)
+        {
+            bad(
+                "source.generator.rate",
+                format!("must be above 0 (events per second), got {rate}"),
+            );
+        }
+        if !(self.time_scale > 0.0 && self.time_scale <= 1e7) {
+            bad(
+                "source.generator.time_scale",
+                format!(
+                    "must be above 0 and at most 10000000, got {}",
+                    self.time_scale
+                ),
+            );
+        }
+        if self.unbounded && self.rate.is_none() {
+            bad(
+                "source.generator.unbounded",
+                "needs `rate`: an unbounded generator at full speed would only fill the disk"
+                    .into(),
+            );
+        }
         if self.zipf_exponent <= 0.0 || !self.zipf_exponent.is_finite() {
             bad(
                 "source.generator.zipf_exponent",
@@ -165,6 +198,9 @@ impl Default for GeneratorConfig {
             zipf_exponent: 1.1,
             repeat_ip_rate: 0.2,
             mean_conversion_delay_minutes: 120.0,
+            rate: None,
+            time_scale: 1.0,
+            unbounded: false,
         }
     }
 }
@@ -221,7 +257,50 @@ pub struct GeneratedCounts {
 /// arrival order. `emit` returning `false` stops early.
 pub fn generate(
     cfg: &GeneratorConfig,
+    emit: impl FnMut(Stream, &[u8]) -> bool,
+) -> anyhow::Result<GeneratedCounts> {
+    generate_paced(cfg, 0, emit, || true)
+}
+
+/// Records per click on average, for turning `rate` (events/s) into clicks per second.
+fn events_per_click(cfg: &GeneratorConfig) -> f64 {
+    let postbacks =
+        cfg.conversion_rate * (1.0 + cfg.duplicate_postback_rate + cfg.status_change_rate);
+    1.0 + cfg.duplicate_click_rate + postbacks
+}
+
+/// Live mode's clock: a record leaves when wall time has caught up with its arrival time,
+/// scaled. Starts at the first record after `after_clicks` click lines (the ones a restored
+/// run already processed go out at full speed).
+struct Pace {
+    after_clicks: u64,
+    time_scale: f64,
+    /// Wall time and arrival time of the first paced record.
+    origin: Option<(std::time::Instant, i64)>,
+}
+
+impl Pace {
+    /// How long the record arriving at `arrival_ms` must still wait.
+    fn wait(&mut self, arrival_ms: i64, click_lines: u64) -> std::time::Duration {
+        if click_lines < self.after_clicks {
+            return std::time::Duration::ZERO;
+        }
+        let (wall, event) = *self
+            .origin
+            .get_or_insert((std::time::Instant::now(), arrival_ms));
+        let due = (arrival_ms - event).max(0) as f64 / 1000.0 / self.time_scale;
+        std::time::Duration::from_secs_f64(due).saturating_sub(wall.elapsed())
+    }
+}
+
+/// [`generate`] with live mode: with `cfg.rate`, each record waits for its time (see [`Pace`])
+/// and `idle()` is called before every wait, so the caller can hand on what it has batched
+/// (it returns `false` to stop). `after_clicks`: click lines a restored run already processed.
+pub fn generate_paced(
+    cfg: &GeneratorConfig,
+    after_clicks: u64,
     mut emit: impl FnMut(Stream, &[u8]) -> bool,
+    mut idle: impl FnMut() -> bool,
 ) -> anyhow::Result<GeneratedCounts> {
     let start_ms = crate::event::time::parse_rfc3339_ms(&cfg.start)
         .ok_or_else(|| anyhow::anyhow!("generator.start is not RFC 3339: {:?}", cfg.start))?;
@@ -233,11 +312,18 @@ pub fn generate(
     let conv_delay = Exp::new(1.0 / (cfg.mean_conversion_delay_minutes.max(0.01) * 60_000.0))
         .map_err(|e| anyhow::anyhow!("generator.mean_conversion_delay_minutes: {e}"))?;
     let span_ms = (cfg.span_hours * 3_600_000.0) as i64;
-    let step = if cfg.clicks > 0 {
-        span_ms as f64 / cfg.clicks as f64
-    } else {
-        0.0
+    let mut pace = cfg.rate.map(|_| Pace {
+        after_clicks,
+        time_scale: cfg.time_scale,
+        origin: None,
+    });
+    let step = match cfg.rate {
+        // Event-time ms between clicks: wall seconds per click × the scale.
+        Some(rate) => 1000.0 * cfg.time_scale * events_per_click(cfg) / rate,
+        None if cfg.clicks > 0 => span_ms as f64 / cfg.clicks as f64,
+        None => 0.0,
     };
+    let clicks = if cfg.unbounded { u64::MAX } else { cfg.clicks };
     let mut heap: BinaryHeap<Reverse<Scheduled>> = BinaryHeap::new();
     let mut seq = 0u64;
     let mut counts = GeneratedCounts::default();
@@ -273,6 +359,19 @@ pub fn generate(
             let Some(Reverse(mut s)) = heap.pop() else {
                 break;
             };
+            if let Some(pace) = pace.as_mut() {
+                // Wait in short steps: a stop (or the caller's flush) is never far away.
+                loop {
+                    let wait = pace.wait(s.arrival_ms, counts.click_lines);
+                    if wait.is_zero() {
+                        break;
+                    }
+                    if !idle() {
+                        return false;
+                    }
+                    std::thread::sleep(wait.min(std::time::Duration::from_millis(50)));
+                }
+            }
             if rng.random_bool(cfg.malformed_rate.clamp(0.0, 1.0)) {
                 s.line = malform(rng, s.stream, &s.line);
                 counts.malformed += 1;
@@ -288,7 +387,7 @@ pub fn generate(
         true
     };
 
-    for i in 0..cfg.clicks {
+    for i in 0..clicks {
         let ts = start_ms + (i as f64 * step) as i64;
         let click_id = format!("{:016x}{:08x}", mix(cfg.seed ^ i), i as u32);
         let tenant = (mix(i.wrapping_mul(31)) % cfg.tenants.max(1)) as usize;
@@ -361,7 +460,9 @@ pub fn generate(
                 schedule(&mut heap, &mut rng, Stream::Conversions, change_at, line);
             }
         }
-        if i % 1024 == 0 && !flush_until(&mut heap, &mut rng, ts, &mut counts) {
+        // Live: every click's time is due in turn; at full speed, in steps of 1024 clicks.
+        let due = cfg.rate.is_some() || i % 1024 == 0;
+        if due && !flush_until(&mut heap, &mut rng, ts, &mut counts) {
             return Ok(counts);
         }
     }
