@@ -3,6 +3,9 @@
 use std::fmt::Write;
 
 use crate::pipeline::RunReport;
+use crate::rows::Unit;
+use crate::state::Counters;
+use crate::state::counters::CounterInfo;
 
 fn money(micros: i64) -> String {
     format!(
@@ -10,6 +13,15 @@ fn money(micros: i64) -> String {
         micros / 1_000_000,
         (micros % 1_000_000).abs() / 10_000
     )
+}
+
+/// A counter's value (`Counters::values` form) as the summary shows it.
+fn show(info: &CounterInfo, v: i64) -> String {
+    match info.unit {
+        Unit::Money => money(v),
+        Unit::Count if info.only_grows => (v as u64).to_string(),
+        Unit::Count => v.to_string(),
+    }
 }
 
 /// Renders the summary printed by `attribd run`.
@@ -20,28 +32,15 @@ pub fn summary(r: &RunReport, cores: usize) -> String {
         let _ = writeln!(s, "  {k:<34} {v:>14}");
     };
     row("events in", c.events_in().to_string());
-    row("  click records", c.click_records.to_string());
-    row("  conversion records", c.conversion_records.to_string());
-    row("clicks accepted", c.clicks.to_string());
-    row("  unique clicks", c.unique_clicks.to_string());
-    row("  duplicate clicks", c.duplicate_clicks.to_string());
-    row("conversions accepted", c.conversions.to_string());
-    row("  approved (current)", c.approved.to_string());
-    row("  pending (current)", c.pending.to_string());
-    row("  rejected (current)", c.rejected.to_string());
-    row("  status changes applied", c.status_changes.to_string());
-    row("  duplicate postbacks", c.duplicate_conversions.to_string());
-    row(
-        "  refused changes (→ pending)",
-        c.refused_changes.to_string(),
-    );
-    row("  attributed", c.attributed.to_string());
-    row("  unattributed: unknown_click", c.unknown_click.to_string());
-    row(
-        "  unattributed: outside_window",
-        c.outside_window.to_string(),
-    );
-    row("revenue (approved)", money(c.revenue_micros));
+    // The counters in table order, counts before money.
+    let values = c.values();
+    for unit in [Unit::Count, Unit::Money] {
+        for (info, &v) in Counters::INFO.iter().zip(&values) {
+            if info.unit == unit {
+                row(info.summary, show(info, v));
+            }
+        }
+    }
     row("dead letters", c.dead_letter_total().to_string());
     for (reason, n) in &c.dead_letters {
         row(&format!("  {reason}"), n.to_string());

@@ -84,68 +84,82 @@ impl ConversionRow {
     }
 }
 
-/// Signed measures of one aggregate bucket (a delta: rows for the same bucket add up).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Measures {
-    pub clicks: i64,
-    pub unique_clicks: i64,
-    pub duplicate_clicks: i64,
-    pub conversions: i64,
-    pub approved: i64,
-    pub pending: i64,
-    pub rejected: i64,
-    /// Sum of amounts of conversions whose current status is approved, micro-units.
-    pub revenue_micros: i64,
-    pub duplicate_conversions: i64,
-    pub unattributed: i64,
+/// What a number counts: a measure's or a counter's unit decides its column type and how it is
+/// shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    /// A count: `Int64` columns, a plain number in the summary.
+    Count,
+    /// An amount in micro-units: `Decimal(18, 6)` columns, shown with two decimals.
+    Money,
 }
 
-impl Measures {
-    pub fn add(&mut self, o: &Measures) {
-        self.clicks += o.clicks;
-        self.unique_clicks += o.unique_clicks;
-        self.duplicate_clicks += o.duplicate_clicks;
-        self.conversions += o.conversions;
-        self.approved += o.approved;
-        self.pending += o.pending;
-        self.rejected += o.rejected;
-        self.revenue_micros += o.revenue_micros;
-        self.duplicate_conversions += o.duplicate_conversions;
-        self.unattributed += o.unattributed;
-    }
-
-    /// The measures in column order (`sink::parquet::schema::MEASURES`).
-    pub fn to_array(&self) -> [i64; 10] {
-        [
-            self.clicks,
-            self.unique_clicks,
-            self.duplicate_clicks,
-            self.conversions,
-            self.approved,
-            self.pending,
-            self.rejected,
-            self.revenue_micros,
-            self.duplicate_conversions,
-            self.unattributed,
-        ]
-    }
-
-    /// Inverse of [`Self::to_array`].
-    pub fn from_array(v: [i64; 10]) -> Measures {
-        Measures {
-            clicks: v[0],
-            unique_clicks: v[1],
-            duplicate_clicks: v[2],
-            conversions: v[3],
-            approved: v[4],
-            pending: v[5],
-            rejected: v[6],
-            revenue_micros: v[7],
-            duplicate_conversions: v[8],
-            unattributed: v[9],
+/// The measures of an aggregate bucket, in column order: the one list of them. Each line is
+/// `field => column: unit`. [`Measures`] (its fields, [`Measures::add`], the array form the
+/// snapshot stores), the `stats_minute` Parquet columns and the ClickHouse row and column list
+/// all follow from it; adding a measure is a line here (plus what users and old checkpoints
+/// need: a ClickHouse migration adding the column, and a snapshot `FORMAT_VERSION` bump, which
+/// `checkpoint::snapshot` refuses to compile without).
+///
+/// The list is handed to the macro named by the caller (`for_each_measure!(then)` expands to
+/// `then! { clicks => clicks: Count, … }`), so code that needs one item per measure — a struct
+/// with a field per column — is generated where it belongs.
+macro_rules! for_each_measure {
+    ($then:ident) => {
+        $then! {
+            clicks => clicks: Count,
+            unique_clicks => unique_clicks: Count,
+            duplicate_clicks => duplicate_clicks: Count,
+            conversions => conversions: Count,
+            approved => approved: Count,
+            pending => pending: Count,
+            rejected => rejected: Count,
+            /// Sum of amounts of conversions whose current status is approved, micro-units.
+            revenue_micros => revenue: Money,
+            duplicate_conversions => duplicate_conversions: Count,
+            unattributed => unattributed: Count,
         }
-    }
+    };
+}
+pub(crate) use for_each_measure;
 
+/// Defines [`Measures`] from the list in `for_each_measure`.
+macro_rules! define_measures {
+    ($($(#[$doc:meta])* $field:ident => $column:ident: $unit:ident,)*) => {
+        /// Signed measures of one aggregate bucket (a delta: rows for the same bucket add up).
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        pub struct Measures {
+            $($(#[$doc])* pub $field: i64,)*
+        }
+
+        impl Measures {
+            /// How many measures there are.
+            pub const COUNT: usize = [$(stringify!($column)),*].len();
+            /// Column names (Parquet and ClickHouse), in column order.
+            pub const COLUMNS: [&'static str; Self::COUNT] = [$(stringify!($column)),*];
+            /// Units, in column order.
+            pub const UNITS: [Unit; Self::COUNT] = [$(Unit::$unit),*];
+
+            pub fn add(&mut self, o: &Measures) {
+                $(self.$field += o.$field;)*
+            }
+
+            /// The measures in column order ([`Self::COLUMNS`]).
+            pub fn to_array(&self) -> [i64; Self::COUNT] {
+                [$(self.$field),*]
+            }
+
+            /// Inverse of [`Self::to_array`].
+            pub fn from_array(v: [i64; Self::COUNT]) -> Measures {
+                let [$($field),*] = v;
+                Measures { $($field),* }
+            }
+        }
+    };
+}
+for_each_measure!(define_measures);
+
+impl Measures {
     /// Adds `delta` to the counter of `status`.
     pub fn add_status(&mut self, status: Status, delta: i64) {
         match status {

@@ -6,8 +6,18 @@
 
 use rkyv::{Archive, Deserialize, Serialize};
 
+use crate::rows::Measures;
+
 /// Bump when the layout below changes; older or newer snapshots are refused with a clear error.
 pub const FORMAT_VERSION: u32 = 2;
+
+/// Measures per bucket in this format version. A bucket stores its measures as a fixed array, so
+/// a measure added to `rows::Measures` changes the layout: bump [`FORMAT_VERSION`] with this.
+const FORMAT_MEASURES: usize = 10;
+const _: () = assert!(
+    Measures::COUNT == FORMAT_MEASURES,
+    "the measures changed the snapshot layout: bump FORMAT_VERSION and FORMAT_MEASURES"
+);
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
@@ -140,13 +150,14 @@ pub struct PendingSnap {
 pub struct BucketSnap {
     pub minute_ms: i64,
     pub dims: u32,
-    /// clicks, unique, duplicate clicks, conversions, approved, pending, rejected, revenue,
-    /// duplicate conversions, unattributed.
-    pub measures: [i64; 10],
+    /// In column order (`Measures::to_array`).
+    pub measures: [i64; Measures::COUNT],
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
 pub struct CountersSnap {
+    /// In the order of `state::counters` (`Counters::values`); an older snapshot without the
+    /// counters added since restores them as 0.
     pub values: Vec<i64>,
     pub dead_letters: Vec<(String, u64)>,
 }

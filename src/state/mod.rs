@@ -15,13 +15,14 @@
 
 pub mod aggregate;
 pub mod click_index;
+pub mod counters;
 pub mod dedup;
 pub mod interner;
 pub mod pending;
 pub mod snapshot;
 pub mod unique;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::event::keys;
@@ -36,6 +37,8 @@ use dedup::{Attribution, ConvEntry, DedupMap};
 use interner::{Dims, DimsTable, Interner, Sym};
 use pending::{PendingBuffer, PendingConversion};
 use unique::UniqueClicks;
+
+pub use counters::Counters;
 
 /// The windows of the semantics, from the pipeline's `[semantics]` table.
 #[derive(Debug, Clone, Copy)]
@@ -54,48 +57,6 @@ impl Default for EngineConfig {
             attribution_window_ms: 30 * 24 * MS_PER_HOUR,
             allowed_lateness_ms: 5 * MS_PER_MINUTE,
             dedup_window_ms: 90 * 24 * MS_PER_HOUR,
-        }
-    }
-}
-
-/// Run totals, printed as the summary table (and exported as metrics later).
-#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Counters {
-    pub click_records: u64,
-    pub conversion_records: u64,
-    pub clicks: u64,
-    pub unique_clicks: u64,
-    pub duplicate_clicks: u64,
-    /// Accepted first postbacks.
-    pub conversions: u64,
-    /// Current status of accepted conversions (after changes).
-    pub approved: i64,
-    pub pending: i64,
-    pub rejected: i64,
-    pub revenue_micros: i64,
-    pub status_changes: u64,
-    pub duplicate_conversions: u64,
-    pub refused_changes: u64,
-    pub attributed: u64,
-    pub unknown_click: u64,
-    pub outside_window: u64,
-    pub dead_letters: BTreeMap<&'static str, u64>,
-}
-
-impl Counters {
-    pub fn events_in(&self) -> u64 {
-        self.click_records + self.conversion_records
-    }
-
-    pub fn dead_letter_total(&self) -> u64 {
-        self.dead_letters.values().sum()
-    }
-
-    fn status(&mut self, s: Status, delta: i64) {
-        match s {
-            Status::Approved => self.approved += delta,
-            Status::Pending => self.pending += delta,
-            Status::Rejected => self.rejected += delta,
         }
     }
 }

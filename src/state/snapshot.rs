@@ -150,24 +150,7 @@ impl Engine {
             convs_closed: self.convs_closed,
             last_sweep_ms: self.last_sweep_ms,
             counters: CountersSnap {
-                values: vec![
-                    c.click_records as i64,
-                    c.conversion_records as i64,
-                    c.clicks as i64,
-                    c.unique_clicks as i64,
-                    c.duplicate_clicks as i64,
-                    c.conversions as i64,
-                    c.approved,
-                    c.pending,
-                    c.rejected,
-                    c.revenue_micros,
-                    c.status_changes as i64,
-                    c.duplicate_conversions as i64,
-                    c.refused_changes as i64,
-                    c.attributed as i64,
-                    c.unknown_click as i64,
-                    c.outside_window as i64,
-                ],
+                values: c.values().to_vec(),
                 dead_letters: c
                     .dead_letters
                     .iter()
@@ -288,25 +271,8 @@ impl Engine {
         e.clicks_closed = snap.clicks_closed;
         e.convs_closed = snap.convs_closed;
         e.last_sweep_ms = snap.last_sweep_ms.to_native();
-        let v: Vec<i64> = snap.counters.values.iter().map(|x| x.to_native()).collect();
-        let get = |i: usize| v.get(i).copied().unwrap_or(0);
         let c = &mut e.counters;
-        c.click_records = get(0) as u64;
-        c.conversion_records = get(1) as u64;
-        c.clicks = get(2) as u64;
-        c.unique_clicks = get(3) as u64;
-        c.duplicate_clicks = get(4) as u64;
-        c.conversions = get(5) as u64;
-        c.approved = get(6);
-        c.pending = get(7);
-        c.rejected = get(8);
-        c.revenue_micros = get(9);
-        c.status_changes = get(10) as u64;
-        c.duplicate_conversions = get(11) as u64;
-        c.refused_changes = get(12) as u64;
-        c.attributed = get(13) as u64;
-        c.unknown_click = get(14) as u64;
-        c.outside_window = get(15) as u64;
+        c.set_values(snap.counters.values.iter().map(|x| x.to_native()));
         for t in snap.counters.dead_letters.iter() {
             if let Some(r) = crate::event::DeadReason::ALL
                 .iter()

@@ -25,6 +25,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::event::{DeadReason, Stream};
+use crate::rows::Unit;
+use crate::state::counters::{CounterInfo, Metric, MetricFamily};
 use crate::state::{Counters, StateSizes};
 
 type Labels = [(&'static str, String); 1];
@@ -102,23 +104,106 @@ impl SinkKind {
     }
 }
 
-/// Engine counters mirrored as Prometheus counters (values are stored, not added: the engine
-/// counts, this only shows).
+/// The metric one engine counter is mirrored into, by its kind (see `state::counters`). Values
+/// are stored, not added: the engine counts, this only shows.
+enum Mirror {
+    /// An unsigned count: a counter.
+    Count(Counter),
+    /// A signed count (conversions by current status): a gauge.
+    Level(Gauge),
+    /// Money in micro-units: a gauge in units.
+    Money(GaugeF),
+}
+
+/// A family of mirrors, one series per label value; its kind is that of its members.
+enum MirrorFamily {
+    Count(Family<Labels, Counter>),
+    Level(Family<Labels, Gauge>),
+    Money(Family<Labels, GaugeF>),
+}
+
+impl MirrorFamily {
+    /// Registers `family` in `r` with the kind of its member `info`.
+    fn register(r: &mut Registry, family: &MetricFamily, info: &CounterInfo) -> MirrorFamily {
+        let (name, help) = (family.name, family.help);
+        match (info.unit, info.only_grows) {
+            (Unit::Money, _) => {
+                let f = Family::<Labels, GaugeF>::default();
+                r.register(name, help, f.clone());
+                MirrorFamily::Money(f)
+            }
+            (Unit::Count, true) => {
+                let f = Family::<Labels, Counter>::default();
+                r.register(name, help, f.clone());
+                MirrorFamily::Count(f)
+            }
+            (Unit::Count, false) => {
+                let f = Family::<Labels, Gauge>::default();
+                r.register(name, help, f.clone());
+                MirrorFamily::Level(f)
+            }
+        }
+    }
+}
+
+impl Mirror {
+    /// Registers the metric of `info` in `r`, or its series in its family (registered with the
+    /// family's first member and kept in `families`).
+    fn register(
+        r: &mut Registry,
+        families: &mut Vec<(&'static str, MirrorFamily)>,
+        info: &CounterInfo,
+    ) -> Mirror {
+        match info.metric {
+            Metric::Own { name, help } => {
+                let m = match (info.unit, info.only_grows) {
+                    (Unit::Money, _) => Mirror::Money(GaugeF::default()),
+                    (Unit::Count, true) => Mirror::Count(Counter::default()),
+                    (Unit::Count, false) => Mirror::Level(Gauge::default()),
+                };
+                match &m {
+                    Mirror::Count(c) => r.register(name, help, c.clone()),
+                    Mirror::Level(g) => r.register(name, help, g.clone()),
+                    Mirror::Money(g) => r.register(name, help, g.clone()),
+                }
+                m
+            }
+            Metric::Series { family, value } => {
+                let i = match families.iter().position(|(n, _)| *n == family.name) {
+                    Some(i) => i,
+                    None => {
+                        families.push((family.name, MirrorFamily::register(r, family, info)));
+                        families.len() - 1
+                    }
+                };
+                let l = label(family.label, value);
+                match &families[i].1 {
+                    MirrorFamily::Count(f) => Mirror::Count(f.get_or_create_owned(&l)),
+                    MirrorFamily::Level(f) => Mirror::Level(f.get_or_create_owned(&l)),
+                    MirrorFamily::Money(f) => Mirror::Money(f.get_or_create_owned(&l)),
+                }
+            }
+        }
+    }
+
+    fn set(&self, v: i64) {
+        match self {
+            Mirror::Count(c) => c.inner().store(v as u64, Ordering::Relaxed),
+            Mirror::Level(g) => {
+                g.set(v);
+            }
+            Mirror::Money(g) => {
+                g.set(v as f64 / 1e6);
+            }
+        }
+    }
+}
+
+/// Engine counters and state sizes, mirrored.
 struct EngineCounters {
-    records_in: [Counter; 2],
-    clicks: Counter,
-    unique_clicks: Counter,
-    duplicate_clicks: Counter,
-    conversions: Counter,
-    status_changes: Counter,
-    duplicate_conversions: Counter,
-    refused_changes: Counter,
-    attributed: Counter,
-    unknown_click: Counter,
-    outside_window: Counter,
+    /// One per counter, in the order of `Counters::INFO`.
+    counters: [Mirror; Counters::COUNT],
     dead_letters: Vec<(&'static str, Counter)>,
-    by_status: [Gauge; 3],
-    revenue: GaugeF,
     state: [(&'static str, Gauge); 7],
     watermark_lag: [GaugeF; 2],
 }
@@ -220,35 +305,13 @@ impl Metrics {
             r.register(name, help, m.clone());
             m
         };
-        let records_in: Family<Labels, Counter> = Family::default();
-        r.register(
-            "events_in",
-            "Input records read, valid or not, by stream",
-            records_in.clone(),
-        );
-        let unattributed: Family<Labels, Counter> = Family::default();
-        r.register(
-            "conversions_unattributed",
-            "Accepted conversions not attributed to a click, by reason",
-            unattributed.clone(),
-        );
+        let mut families = Vec::new();
+        let counters = Counters::INFO.map(|info| Mirror::register(&mut r, &mut families, &info));
         let dead: Family<Labels, Counter> = Family::default();
         r.register(
             "dead_letters",
             "Records written to the dead-letter output, by reason",
             dead.clone(),
-        );
-        let by_status: Family<Labels, Gauge> = Family::default();
-        r.register(
-            "conversions_by_status",
-            "Accepted conversions by their current status (a status change moves one between statuses)",
-            by_status.clone(),
-        );
-        let revenue = GaugeF::default();
-        r.register(
-            "approved_revenue",
-            "Sum of amounts of conversions currently approved (mixed currencies; a trend, not money)",
-            revenue.clone(),
         );
         let state: Family<Labels, Gauge> = Family::default();
         r.register(
@@ -263,50 +326,7 @@ impl Metrics {
             watermark_lag.clone(),
         );
         let engine = EngineCounters {
-            records_in: ["clicks", "conversions"]
-                .map(|s| records_in.get_or_create_owned(&label("stream", s))),
-            clicks: c(
-                &mut r,
-                "clicks",
-                "Valid clicks accepted (duplicates excluded)",
-            ),
-            unique_clicks: c(
-                &mut r,
-                "unique_clicks",
-                "Accepted clicks that were the first of their visitor (ip, offer) that UTC day",
-            ),
-            duplicate_clicks: c(
-                &mut r,
-                "duplicate_clicks",
-                "Clicks dropped because their click_id was already indexed",
-            ),
-            conversions: c(
-                &mut r,
-                "conversions",
-                "Accepted conversions (first postback of each external_id)",
-            ),
-            status_changes: c(
-                &mut r,
-                "conversion_status_changes",
-                "Postbacks that changed the status of a known conversion",
-            ),
-            duplicate_conversions: c(
-                &mut r,
-                "duplicate_conversions",
-                "Postbacks dropped as duplicates of a known conversion (same external_id, same status)",
-            ),
-            refused_changes: c(
-                &mut r,
-                "refused_status_changes",
-                "Postbacks refused because the status change is not allowed",
-            ),
-            attributed: c(
-                &mut r,
-                "conversions_attributed",
-                "Accepted conversions attributed to their click",
-            ),
-            unknown_click: unattributed.get_or_create_owned(&label("reason", "unknown_click")),
-            outside_window: unattributed.get_or_create_owned(&label("reason", "outside_window")),
+            counters,
             dead_letters: DeadReason::ALL
                 .iter()
                 .map(|d| {
@@ -316,9 +336,6 @@ impl Metrics {
                     )
                 })
                 .collect(),
-            by_status: ["approved", "pending", "rejected"]
-                .map(|s| by_status.get_or_create_owned(&label("status", s))),
-            revenue,
             state: [
                 "click_index",
                 "click_extras",
@@ -487,26 +504,13 @@ impl Metrics {
         now_ms: i64,
     ) {
         let e = &self.engine;
-        let set = |m: &Counter, v: u64| m.inner().store(v, Ordering::Relaxed);
-        set(&e.records_in[0], c.click_records);
-        set(&e.records_in[1], c.conversion_records);
-        set(&e.clicks, c.clicks);
-        set(&e.unique_clicks, c.unique_clicks);
-        set(&e.duplicate_clicks, c.duplicate_clicks);
-        set(&e.conversions, c.conversions);
-        set(&e.status_changes, c.status_changes);
-        set(&e.duplicate_conversions, c.duplicate_conversions);
-        set(&e.refused_changes, c.refused_changes);
-        set(&e.attributed, c.attributed);
-        set(&e.unknown_click, c.unknown_click);
-        set(&e.outside_window, c.outside_window);
-        for (reason, m) in &e.dead_letters {
-            set(m, c.dead_letters.get(reason).copied().unwrap_or(0));
+        for (m, v) in e.counters.iter().zip(c.values()) {
+            m.set(v);
         }
-        e.by_status[0].set(c.approved);
-        e.by_status[1].set(c.pending);
-        e.by_status[2].set(c.rejected);
-        e.revenue.set(c.revenue_micros as f64 / 1e6);
+        for (reason, m) in &e.dead_letters {
+            let n = c.dead_letters.get(reason).copied().unwrap_or(0);
+            m.inner().store(n, Ordering::Relaxed);
+        }
         let sizes = [
             s.indexed_clicks,
             s.click_extras,

@@ -8,10 +8,10 @@
 use clickhouse::Row;
 use serde::Serialize;
 
-use crate::rows::{ConversionRow, StatsRow};
+use crate::rows::{ConversionRow, Measures, StatsRow, Unit, for_each_measure};
 
-/// Columns of `attribution_stats_minute` attribd writes, with their ClickHouse types.
-pub const STATS_COLUMNS: [(&str, &str); 17] = [
+/// Columns of `attribution_stats_minute` before the measures.
+const STATS_KEY_COLUMNS: [(&str, &str); 7] = [
     ("batch_id", "String"),
     ("minute", "DateTime"),
     ("tenant_id", "String"),
@@ -19,17 +19,32 @@ pub const STATS_COLUMNS: [(&str, &str); 17] = [
     ("affiliate_id", "String"),
     ("country", "String"),
     ("currency", "String"),
-    ("clicks", "Int64"),
-    ("unique_clicks", "Int64"),
-    ("duplicate_clicks", "Int64"),
-    ("conversions", "Int64"),
-    ("approved", "Int64"),
-    ("pending", "Int64"),
-    ("rejected", "Int64"),
-    ("revenue", "Decimal(18, 6)"),
-    ("duplicate_conversions", "Int64"),
-    ("unattributed", "Int64"),
 ];
+
+/// The ClickHouse type of a measure column.
+const fn measure_type(unit: Unit) -> &'static str {
+    match unit {
+        Unit::Count => "Int64",
+        Unit::Money => "Decimal(18, 6)",
+    }
+}
+
+/// Columns of `attribution_stats_minute` attribd writes, with their ClickHouse types: the key
+/// columns, then the measures (`rows::Measures::COLUMNS`).
+pub const STATS_COLUMNS: [(&str, &str); STATS_KEY_COLUMNS.len() + Measures::COUNT] = {
+    let mut cols = [("", ""); STATS_KEY_COLUMNS.len() + Measures::COUNT];
+    let mut i = 0;
+    while i < STATS_KEY_COLUMNS.len() {
+        cols[i] = STATS_KEY_COLUMNS[i];
+        i += 1;
+    }
+    let mut m = 0;
+    while m < Measures::COUNT {
+        cols[i + m] = (Measures::COLUMNS[m], measure_type(Measures::UNITS[m]));
+        m += 1;
+    }
+    cols
+};
 
 /// Columns of `conversions` attribd writes, with their ClickHouse types.
 pub const CONVERSION_COLUMNS: [(&str, &str); 27] = [
@@ -62,51 +77,41 @@ pub const CONVERSION_COLUMNS: [(&str, &str); 27] = [
     ("seconds_to_convert", "Nullable(Int64)"),
 ];
 
-#[derive(Debug, Row, Serialize)]
-pub struct StatsIngest<'a> {
-    pub batch_id: &'a str,
-    pub minute: u32,
-    pub tenant_id: &'a str,
-    pub offer_id: &'a str,
-    pub affiliate_id: &'a str,
-    pub country: &'a str,
-    pub currency: &'a str,
-    pub clicks: i64,
-    pub unique_clicks: i64,
-    pub duplicate_clicks: i64,
-    pub conversions: i64,
-    pub approved: i64,
-    pub pending: i64,
-    pub rejected: i64,
-    pub revenue: i64,
-    pub duplicate_conversions: i64,
-    pub unattributed: i64,
-}
-
-impl<'a> StatsIngest<'a> {
-    pub fn new(batch_id: &'a str, r: &'a StatsRow) -> StatsIngest<'a> {
-        let m = &r.measures;
-        StatsIngest {
-            batch_id,
-            minute: (r.minute_ms.div_euclid(1000)).clamp(0, u32::MAX as i64) as u32,
-            tenant_id: &r.tenant_id,
-            offer_id: &r.offer_id,
-            affiliate_id: &r.affiliate_id,
-            country: &r.country,
-            currency: &r.currency,
-            clicks: m.clicks,
-            unique_clicks: m.unique_clicks,
-            duplicate_clicks: m.duplicate_clicks,
-            conversions: m.conversions,
-            approved: m.approved,
-            pending: m.pending,
-            rejected: m.rejected,
-            revenue: m.revenue_micros,
-            duplicate_conversions: m.duplicate_conversions,
-            unattributed: m.unattributed,
+/// Defines [`StatsIngest`]: the key columns, then one field per measure named after its column
+/// (`rows::for_each_measure`), so the derived `Row` lists the columns of [`STATS_COLUMNS`].
+macro_rules! stats_ingest {
+    ($($(#[$doc:meta])* $field:ident => $column:ident: $unit:ident,)*) => {
+        /// One row of `attribution_stats_minute`; money travels as `i64` micro-units.
+        #[derive(Debug, Row, Serialize)]
+        pub struct StatsIngest<'a> {
+            pub batch_id: &'a str,
+            pub minute: u32,
+            pub tenant_id: &'a str,
+            pub offer_id: &'a str,
+            pub affiliate_id: &'a str,
+            pub country: &'a str,
+            pub currency: &'a str,
+            $(pub $column: i64,)*
         }
-    }
+
+        impl<'a> StatsIngest<'a> {
+            pub fn new(batch_id: &'a str, r: &'a StatsRow) -> StatsIngest<'a> {
+                let m = &r.measures;
+                StatsIngest {
+                    batch_id,
+                    minute: (r.minute_ms.div_euclid(1000)).clamp(0, u32::MAX as i64) as u32,
+                    tenant_id: &r.tenant_id,
+                    offer_id: &r.offer_id,
+                    affiliate_id: &r.affiliate_id,
+                    country: &r.country,
+                    currency: &r.currency,
+                    $($column: m.$field,)*
+                }
+            }
+        }
+    };
 }
+for_each_measure!(stats_ingest);
 
 #[derive(Debug, Row, Serialize)]
 pub struct ConversionIngest<'a> {
@@ -170,5 +175,39 @@ impl<'a> ConversionIngest<'a> {
             click_ts_ms: r.click_ts_ms,
             seconds_to_convert: r.seconds_to_convert,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn stats_rows_carry_the_stats_columns_in_order() {
+        let r = StatsRow {
+            minute_ms: 60_000,
+            tenant_id: Arc::from("t"),
+            offer_id: Arc::from("o"),
+            affiliate_id: Arc::from("a"),
+            country: Arc::from("US"),
+            currency: Arc::from("EUR"),
+            measures: Measures::from_array(std::array::from_fn(|i| i as i64 + 1)),
+        };
+        let json = serde_json::to_value(StatsIngest::new("b", &r)).expect("serializes");
+        let text = serde_json::to_string(&StatsIngest::new("b", &r)).expect("serializes");
+        let mut at = 0;
+        for (i, (name, _)) in STATS_COLUMNS.iter().enumerate() {
+            let pos = text[at..]
+                .find(&format!("\"{name}\":"))
+                .unwrap_or_else(|| panic!("{name} missing or out of order in {text}"));
+            at += pos;
+            if let Some(m) = i.checked_sub(STATS_COLUMNS.len() - Measures::COUNT) {
+                assert_eq!(json[name], m as i64 + 1, "{name}");
+            }
+        }
+        assert_eq!(json.as_object().map(|o| o.len()), Some(STATS_COLUMNS.len()));
+        assert!(STATS_COLUMNS.contains(&("revenue", "Decimal(18, 6)")));
     }
 }

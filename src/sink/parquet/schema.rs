@@ -11,7 +11,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
 
 use crate::event::ClickBatch;
-use crate::rows::{ConversionRow, StatsRow};
+use crate::rows::{ConversionRow, Measures, StatsRow, Unit, for_each_measure};
 
 /// Money columns: `Decimal(18, 6)`, exact sums.
 pub const MONEY: DataType = DataType::Decimal128(18, 6);
@@ -78,18 +78,15 @@ pub static CONVERSIONS: LazyLock<SchemaRef> = LazyLock::new(|| {
 });
 
 /// The measures, in column order (also used by the ClickHouse sink and the tests).
-pub const MEASURES: [&str; 10] = [
-    "clicks",
-    "unique_clicks",
-    "duplicate_clicks",
-    "conversions",
-    "approved",
-    "pending",
-    "rejected",
-    "revenue",
-    "duplicate_conversions",
-    "unattributed",
-];
+pub const MEASURES: [&str; Measures::COUNT] = Measures::COLUMNS;
+
+/// The Parquet type of a measure column.
+fn measure_type(unit: Unit) -> DataType {
+    match unit {
+        Unit::Count => DataType::Int64,
+        Unit::Money => MONEY,
+    }
+}
 
 pub static STATS: LazyLock<SchemaRef> = LazyLock::new(|| {
     let mut fields = vec![
@@ -100,13 +97,8 @@ pub static STATS: LazyLock<SchemaRef> = LazyLock::new(|| {
         text("country", false),
         text("currency", false),
     ];
-    for m in MEASURES {
-        let ty = if m == "revenue" {
-            MONEY
-        } else {
-            DataType::Int64
-        };
-        fields.push(Field::new(m, ty, false));
+    for (m, unit) in MEASURES.into_iter().zip(Measures::UNITS) {
+        fields.push(Field::new(m, measure_type(unit), false));
     }
     Arc::new(Schema::new(fields))
 });
@@ -373,81 +365,98 @@ impl RowBuilder for ConversionBuilders {
     }
 }
 
-pub struct StatsBuilders {
-    rows: usize,
-    minute: TimestampMillisecondBuilder,
-    dims: [StringBuilder; 5],
-    counts: [Int64Builder; 9],
-    revenue: Decimal128Builder,
+/// The Arrow builder of a measure column of unit `Count` or `Money`.
+macro_rules! measure_builder {
+    (Count) => {
+        Int64Builder
+    };
+    (Money) => {
+        Decimal128Builder
+    };
 }
 
-impl StatsBuilders {
-    pub fn append(&mut self, r: &StatsRow) {
-        self.rows += 1;
-        self.minute.append_value(r.minute_ms);
-        let dims = [
-            &r.tenant_id,
-            &r.offer_id,
-            &r.affiliate_id,
-            &r.country,
-            &r.currency,
-        ];
-        for (b, d) in self.dims.iter_mut().zip(dims) {
-            b.append_value(&**d);
-        }
-        let m = &r.measures;
-        let counts = [
-            m.clicks,
-            m.unique_clicks,
-            m.duplicate_clicks,
-            m.conversions,
-            m.approved,
-            m.pending,
-            m.rejected,
-            m.duplicate_conversions,
-            m.unattributed,
-        ];
-        for (b, v) in self.counts.iter_mut().zip(counts) {
-            b.append_value(v);
-        }
-        self.revenue.append_value(m.revenue_micros as i128);
-    }
+/// A measure column's builder: a micro-unit `i64` in, the column's value appended.
+trait MeasureBuilder {
+    fn new() -> Self;
+    fn push(&mut self, v: i64);
 }
 
-impl RowBuilder for StatsBuilders {
-    const UNIQUE_COLUMNS: &'static [&'static str] = &[];
-    const UNFILTERED_COLUMNS: &'static [&'static str] = &[];
+impl MeasureBuilder for Int64Builder {
     fn new() -> Self {
-        StatsBuilders {
-            rows: 0,
-            minute: utc_ts(),
-            dims: std::array::from_fn(|_| StringBuilder::new()),
-            counts: std::array::from_fn(|_| Int64Builder::new()),
-            revenue: decimal(),
-        }
+        Int64Builder::new()
     }
-    fn schema() -> SchemaRef {
-        STATS.clone()
-    }
-    fn len(&self) -> usize {
-        self.rows
-    }
-    fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
-        self.rows = 0;
-        let mut cols: Vec<ArrayRef> = vec![Arc::new(self.minute.finish())];
-        for b in &mut self.dims {
-            cols.push(Arc::new(b.finish()));
-        }
-        let mut counts: Vec<ArrayRef> = self
-            .counts
-            .iter_mut()
-            .map(|b| Arc::new(b.finish()) as ArrayRef)
-            .collect();
-        // Column order: the 7 counts before revenue, revenue, the 2 after.
-        let after = counts.split_off(7);
-        cols.extend(counts);
-        cols.push(Arc::new(self.revenue.finish()));
-        cols.extend(after);
-        RecordBatch::try_new(STATS.clone(), cols)
+    #[inline]
+    fn push(&mut self, v: i64) {
+        self.append_value(v);
     }
 }
+
+impl MeasureBuilder for Decimal128Builder {
+    fn new() -> Self {
+        decimal()
+    }
+    #[inline]
+    fn push(&mut self, v: i64) {
+        self.append_value(v as i128);
+    }
+}
+
+/// Defines [`StatsBuilders`]: the key columns, then a builder per measure
+/// (`rows::for_each_measure`), each typed by its unit so appending is as direct as if written out.
+macro_rules! stats_builders {
+    ($($(#[$doc:meta])* $field:ident => $column:ident: $unit:ident,)*) => {
+        pub struct StatsBuilders {
+            rows: usize,
+            minute: TimestampMillisecondBuilder,
+            dims: [StringBuilder; 5],
+            $($column: measure_builder!($unit),)*
+        }
+
+        impl StatsBuilders {
+            pub fn append(&mut self, r: &StatsRow) {
+                self.rows += 1;
+                self.minute.append_value(r.minute_ms);
+                let dims = [
+                    &r.tenant_id,
+                    &r.offer_id,
+                    &r.affiliate_id,
+                    &r.country,
+                    &r.currency,
+                ];
+                for (b, d) in self.dims.iter_mut().zip(dims) {
+                    b.append_value(&**d);
+                }
+                $(self.$column.push(r.measures.$field);)*
+            }
+        }
+
+        impl RowBuilder for StatsBuilders {
+            const UNIQUE_COLUMNS: &'static [&'static str] = &[];
+            const UNFILTERED_COLUMNS: &'static [&'static str] = &[];
+            fn new() -> Self {
+                StatsBuilders {
+                    rows: 0,
+                    minute: utc_ts(),
+                    dims: std::array::from_fn(|_| StringBuilder::new()),
+                    $($column: MeasureBuilder::new(),)*
+                }
+            }
+            fn schema() -> SchemaRef {
+                STATS.clone()
+            }
+            fn len(&self) -> usize {
+                self.rows
+            }
+            fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
+                self.rows = 0;
+                let mut cols: Vec<ArrayRef> = vec![Arc::new(self.minute.finish())];
+                for b in &mut self.dims {
+                    cols.push(Arc::new(b.finish()));
+                }
+                $(cols.push(Arc::new(self.$column.finish()));)*
+                RecordBatch::try_new(STATS.clone(), cols)
+            }
+        }
+    };
+}
+for_each_measure!(stats_builders);
