@@ -3,11 +3,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use super::dedup::Attribution;
 use super::*;
-use crate::event::Position;
 use crate::event::decode::{DecodeLimits, Decoder};
+use crate::event::{DeadReason, Position, Status};
 use crate::raw::RawBatch;
-use crate::rows::{Measures, StatsRow};
+use crate::rows::{ConversionRow, Measures, StatsRow};
 
 const T0: i64 = 1_793_527_200_000; // 2026-11-01T10:00:00Z
 const MIN: i64 = 60_000;

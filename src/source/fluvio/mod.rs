@@ -16,150 +16,32 @@
 //!
 //! The state stage merges the partitions of a stream by event time (`pipeline`), so the result
 //! does not depend on how fast each partition happens to be read.
+//!
+//! Its settings are in `config.rs`; `produce.rs` is `attribd produce` (loading a file into a
+//! topic), which shares only the connection code.
 
 pub mod admin;
 pub mod commit;
+mod config;
 pub mod offsets;
+mod produce;
 pub mod reader;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
-use serde::{Deserialize, Serialize};
 
 use super::{RawBatch, Signal};
 use crate::event::Stream;
 use crate::telemetry::SharedMetrics;
 pub use admin::ensure_topic;
 use commit::Committer;
-
-/// User-facing options of the Fluvio source (`[source.fluvio]`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct FluvioSourceConfig {
-    /// SC endpoint, `host:port`.
-    pub endpoint: String,
-    pub clicks_topic: String,
-    pub conversions_topic: String,
-    /// Partitions this instance owns; empty = all of them.
-    pub partitions: Vec<u32>,
-    /// Where a consumer without a committed offset starts: `beginning` or `end`.
-    pub start: StartFrom,
-    /// Consumer name under which offsets are committed (one per instance).
-    pub consumer: String,
-    /// TLS to the cluster; absent = plain TCP.
-    pub tls: Option<FluvioTls>,
-    /// Stop (everything flushed and committed) after every partition was read to its log end
-    /// and nothing new came for this long — for backfills and tests. Absent: run until stopped.
-    #[serde(with = "humantime_serde")]
-    pub exit_when_idle: Option<Duration>,
-    /// Give up (and fail the run) when the cluster cannot be reached for this long at start.
-    /// Absent: keep retrying (capped backoff, `/ready` 503 meanwhile), as a daemon should.
-    #[serde(with = "humantime_serde")]
-    pub connect_timeout: Option<Duration>,
-    /// Largest fetch per partition stream, bytes. Larger fetches mean fewer round trips (and
-    /// fewer of the 0.50 client's fetch-boundary gaps to re-read); each partition may buffer
-    /// this much.
-    pub max_fetch_bytes: u32,
-}
-
-impl Default for FluvioSourceConfig {
-    fn default() -> Self {
-        FluvioSourceConfig {
-            endpoint: "127.0.0.1:9003".to_string(),
-            clicks_topic: "clicks".to_string(),
-            conversions_topic: "conversions".to_string(),
-            partitions: Vec::new(),
-            start: StartFrom::Beginning,
-            consumer: "attribd".to_string(),
-            tls: None,
-            exit_when_idle: None,
-            connect_timeout: None,
-            max_fetch_bytes: 2 << 20,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum StartFrom {
-    Beginning,
-    End,
-}
-
-/// Verified TLS with certificate files.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct FluvioTls {
-    pub domain: String,
-    pub ca_cert: PathBuf,
-    pub client_cert: PathBuf,
-    pub client_key: PathBuf,
-}
-
-impl FluvioSourceConfig {
-    /// Defaults, with the cluster at `endpoint` (for `produce` and topic set-up).
-    fn at(endpoint: &str) -> FluvioSourceConfig {
-        FluvioSourceConfig {
-            endpoint: endpoint.to_string(),
-            ..FluvioSourceConfig::default()
-        }
-    }
-
-    /// Checks what serde cannot; problems as (key, message).
-    pub fn validate(&self) -> Vec<(&'static str, String)> {
-        let mut bad = Vec::new();
-        if self.endpoint.is_empty() || !self.endpoint.contains(':') {
-            bad.push(("source.fluvio.endpoint", "must be host:port".to_string()));
-        }
-        if self.clicks_topic.is_empty() || self.conversions_topic.is_empty() {
-            bad.push((
-                "source.fluvio.clicks_topic",
-                "topic names must not be empty".to_string(),
-            ));
-        }
-        if self.clicks_topic == self.conversions_topic {
-            bad.push((
-                "source.fluvio.conversions_topic",
-                format!(
-                    "must differ from clicks_topic (both are {:?})",
-                    self.clicks_topic
-                ),
-            ));
-        }
-        if self.consumer.is_empty() {
-            bad.push(("source.fluvio.consumer", "must not be empty".to_string()));
-        }
-        let mut seen = std::collections::BTreeSet::new();
-        for p in &self.partitions {
-            if !seen.insert(p) {
-                bad.push((
-                    "source.fluvio.partitions",
-                    format!("partition {p} is listed twice"),
-                ));
-            }
-        }
-        if !(64 << 10..=1 << 30).contains(&self.max_fetch_bytes) {
-            bad.push((
-                "source.fluvio.max_fetch_bytes",
-                format!("{} is outside 65536..=1073741824", self.max_fetch_bytes),
-            ));
-        }
-        bad
-    }
-
-    fn topic(&self, stream: Stream) -> &str {
-        match stream {
-            Stream::Clicks => &self.clicks_topic,
-            Stream::Conversions => &self.conversions_topic,
-        }
-    }
-}
+pub use config::{FluvioSourceConfig, FluvioTls, StartFrom};
+pub use produce::produce;
 
 /// Where the source delivers one stream's batches: never blocks (the per-partition credits
 /// bound what is in flight); false once the pipeline stopped taking them.
@@ -446,95 +328,5 @@ fn report_lag(board: &reader::Board, metrics: &SharedMetrics, log: bool) {
         if log {
             tracing::info!(topic = %key.0, partition = key.1, lag, next_offset = next, "consumer lag");
         }
-    }
-}
-
-/// `attribd produce`: loads an NDJSON file into `topic`, each record keyed by its `click_id`
-/// (so clicks and conversions of one click share a partition). Lines without a readable
-/// `click_id` are sent unkeyed and end up as dead letters of the pipeline, not lost here.
-/// Returns the number of records sent.
-pub fn produce(endpoint: &str, topic: &str, file: &str) -> Result<u64> {
-    use fluvio::RecordKey;
-    #[derive(Deserialize)]
-    struct KeyOnly<'a> {
-        #[serde(borrow)]
-        click_id: Option<std::borrow::Cow<'a, str>>,
-    }
-    let input = super::file::Input::parse(file);
-    let total = match &input {
-        super::file::Input::Path(p) => std::fs::metadata(p).map(|m| m.len()).unwrap_or(0),
-        super::file::Input::Stdin => 0,
-    };
-    let reader = input.open()?;
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} {msg} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({bytes_per_sec})",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar.set_message(format!("→ {topic}"));
-    let cfg = FluvioSourceConfig::at(endpoint);
-    let rt = admin::runtime()?;
-    let fluvio = rt.block_on(admin::connect(&cfg, Some(Duration::from_secs(30)), |_| {}))?;
-    let producer = rt
-        .block_on(fluvio.topic_producer(topic.to_string()))
-        .with_context(|| format!("opening a producer for Fluvio topic {topic}"))?;
-    let mut sent = 0u64;
-    let mut failure = None;
-    super::file::read_batches(reader, |batch| {
-        let result = rt.block_on(async {
-            for rec in &batch.records {
-                let line = batch.line(rec);
-                let key = serde_json::from_slice::<KeyOnly>(line)
-                    .ok()
-                    .and_then(|k| k.click_id.map(|c| c.into_owned()));
-                match key {
-                    Some(k) => producer.send(k, line.to_vec()).await?,
-                    None => producer.send(RecordKey::NULL, line.to_vec()).await?,
-                };
-            }
-            producer.flush().await
-        });
-        match result {
-            Ok(()) => {
-                sent += batch.len() as u64;
-                bar.inc(batch.data.len() as u64 + batch.len() as u64);
-                true
-            }
-            Err(e) => {
-                failure = Some(e);
-                false
-            }
-        }
-    })
-    .with_context(|| format!("reading {file}"))?;
-    bar.finish();
-    if let Some(e) = failure {
-        return Err(anyhow::anyhow!("producing to Fluvio topic {topic}: {e}"));
-    }
-    Ok(sent)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn config_validation_names_the_key() {
-        let mut c = FluvioSourceConfig::default();
-        assert!(c.validate().is_empty());
-        c.conversions_topic = c.clicks_topic.clone();
-        c.partitions = vec![1, 1];
-        c.max_fetch_bytes = 10;
-        let keys: Vec<_> = c.validate().into_iter().map(|(k, _)| k).collect();
-        assert_eq!(
-            keys,
-            [
-                "source.fluvio.conversions_topic",
-                "source.fluvio.partitions",
-                "source.fluvio.max_fetch_bytes"
-            ]
-        );
     }
 }

@@ -1,0 +1,96 @@
+//! The click rules of the [`Engine`]: dedup by `click_id` (the click index), the unique-click
+//! flag per visitor-day, the minute aggregates' click counts, and waking the conversions that
+//! were waiting for this click (`pending.rs`, then [`Engine::resolve`] in `attribution.rs`).
+//! The state stage calls [`Engine::on_click_run`] for each run it merged from one partition.
+
+use std::sync::Arc;
+
+use super::Engine;
+use super::click_index::{Extras, IndexedClick};
+use crate::event::ClickBatch;
+use crate::event::keys;
+use crate::event::time::{day_of, minute_floor};
+use crate::rows::{ClickRows, SinkBatch};
+
+impl Engine {
+    /// Interned dimensions of a click, looked up by the hash the decoder computed.
+    fn click_dims(&mut self, arena: &crate::event::Arena, c: &crate::event::Click) -> u32 {
+        if let Some(&id) = self.dims_by_hash.get(&c.dims_hash) {
+            return id;
+        }
+        let tenant = self.strings.intern(arena.get(c.tenant_id));
+        let offer = self.strings.intern(arena.get(c.offer_id));
+        let affiliate = self.strings.intern(arena.get(c.affiliate_id));
+        let country = self.strings.intern(arena.get(c.country));
+        let id = self.dims_id(tenant, offer, affiliate, country, self.empty);
+        self.dims_by_hash.insert(c.dims_hash, id);
+        id
+    }
+
+    /// Processes a batch of decoded clicks.
+    pub fn on_clicks(&mut self, batch: ClickBatch, out: &mut SinkBatch) {
+        let batch = Arc::new(batch);
+        let mut accepted = Vec::with_capacity(batch.clicks.len());
+        self.on_click_run(&batch, 0..batch.clicks.len(), &mut accepted, out);
+        out.clicks.push(ClickRows { batch, accepted });
+    }
+
+    /// Processes the clicks `range` of a batch (a run the state stage merged from one
+    /// partition), adding the accepted ones to `accepted`; the caller hands the batch with its
+    /// accepted clicks to the sinks (once per batch, or at a checkpoint).
+    pub fn on_click_run(
+        &mut self,
+        batch: &Arc<ClickBatch>,
+        range: std::ops::Range<usize>,
+        accepted: &mut Vec<(u32, bool)>,
+        out: &mut SinkBatch,
+    ) {
+        let arena = &batch.arena;
+        for i in range {
+            let c = &batch.clicks[i];
+            self.counters.click_records += 1;
+            let minute = minute_floor(c.ts_ms);
+            let key = c.click_key;
+            self.click_wm = self.click_wm.max(c.ts_ms);
+            // Strings are interned only for dimensions not seen before; most clicks hit the
+            // hash lookups.
+            let dims = self.click_dims(arena, c);
+            let extras = self
+                .clicks
+                .extras
+                .intern(c.extras_hash, c.ts_ms, || Extras {
+                    device: arena.get_opt(c.device).map(Arc::from),
+                    subs: c.subs.map(|s| arena.get_opt(s).map(Arc::from)),
+                });
+            let click = IndexedClick {
+                ts_ms: c.ts_ms,
+                dims,
+                extras,
+            };
+            if !self.clicks.insert_if_new(key, click) {
+                self.counters.duplicate_clicks += 1;
+                self.agg.update(minute, dims, |m| m.duplicate_clicks += 1);
+                continue;
+            }
+            let unique = match c.visitor_hash {
+                None => true,
+                Some(v) => {
+                    let day = day_of(c.ts_ms);
+                    self.unique.first_visit(day, keys::visitor_key(day, v))
+                }
+            };
+            self.counters.clicks += 1;
+            self.counters.unique_clicks += u64::from(unique);
+            self.agg.update(minute, dims, |m| {
+                m.clicks += 1;
+                m.unique_clicks += i64::from(unique);
+            });
+            accepted.push((i as u32, unique));
+
+            for p in self.pending.take_for_click(key) {
+                self.resolve(p, Some(click), out);
+            }
+        }
+        self.after_batch(out);
+    }
+}

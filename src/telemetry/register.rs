@@ -1,0 +1,213 @@
+//! [`Metrics::new`]: every metric of attribd registered once at start — its name (under the
+//! `attribd_` prefix), help text, labels and histogram buckets. This is the catalogue
+//! `docs/operations.md` documents; the methods that update the metrics are in `mod.rs` and
+//! `mirror.rs`.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use super::mirror::{EngineCounters, Mirror};
+use super::{CounterF, GaugeF, Health, Labels, Labels2, Metrics, Queue, label, unix_now};
+use crate::event::DeadReason;
+use crate::state::Counters;
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut r = Registry::with_prefix("attribd");
+        let c = |r: &mut Registry, name: &str, help: &str| {
+            let m = Counter::default();
+            r.register(name, help, m.clone());
+            m
+        };
+        let mut families = Vec::new();
+        let counters = Counters::INFO.map(|info| Mirror::register(&mut r, &mut families, &info));
+        let dead: Family<Labels, Counter> = Family::default();
+        r.register(
+            "dead_letters",
+            "Records written to the dead-letter output, by reason",
+            dead.clone(),
+        );
+        let state: Family<Labels, Gauge> = Family::default();
+        r.register(
+            "state_keys",
+            "Entries held in the in-memory state, by map",
+            state.clone(),
+        );
+        let watermark_lag: Family<Labels, GaugeF> = Family::default();
+        r.register(
+            "watermark_lag_seconds",
+            "Wall clock minus the highest event time seen, by stream (how far behind real time the input is)",
+            watermark_lag.clone(),
+        );
+        let engine = EngineCounters {
+            counters,
+            dead_letters: DeadReason::ALL
+                .iter()
+                .map(|d| {
+                    (
+                        d.as_str(),
+                        dead.get_or_create_owned(&label("reason", d.as_str())),
+                    )
+                })
+                .collect(),
+            state: [
+                "click_index",
+                "click_extras",
+                "dedup",
+                "pending",
+                "open_buckets",
+                "dims",
+                "interned_strings",
+            ]
+            .map(|m| (m, state.get_or_create_owned(&label("map", m)))),
+            watermark_lag: ["clicks", "conversions"]
+                .map(|s| watermark_lag.get_or_create_owned(&label("stream", s))),
+        };
+
+        let queue_family: Family<Labels, Gauge> = Family::default();
+        r.register(
+            "queue_depth_events",
+            "Records waiting in the bounded queue in front of a stage",
+            queue_family.clone(),
+        );
+        let queues = Queue::ALL
+            .iter()
+            .map(|q| queue_family.get_or_create_owned(&label("queue", q.as_str())))
+            .collect();
+        let sink_rows = Family::default();
+        r.register(
+            "sink_rows",
+            "Rows written by a sink, by sink and table",
+            Family::<Labels2, Counter>::clone(&sink_rows),
+        );
+        let sink_writes = Family::default();
+        r.register(
+            "sink_writes",
+            "Write attempts by sink (Parquet: batches written, checkpoint barriers, closes; ClickHouse: INSERTs incl. retries)",
+            Family::<Labels, Counter>::clone(&sink_writes),
+        );
+        let sink_failures = Family::default();
+        r.register(
+            "sink_failures",
+            "Failed write attempts by sink",
+            Family::<Labels, Counter>::clone(&sink_failures),
+        );
+        let latency = Family::<Labels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 18))
+        });
+        r.register(
+            "event_latency_seconds",
+            "Time from a batch's arrival at the source to: `processed` (deduplicated, attributed, handed to the sinks) and `durable` (in every sink and covered by a checkpoint); one observation per batch",
+            latency.clone(),
+        );
+        let source_lag_records = Family::default();
+        r.register(
+            "source_lag_records",
+            "Records behind the end of the log, by topic and partition (Fluvio)",
+            Family::<Labels2, Gauge>::clone(&source_lag_records),
+        );
+        let source_lag_bytes = Family::default();
+        r.register(
+            "source_lag_bytes",
+            "Bytes of the input file not yet read, by stream (plain files)",
+            Family::<Labels, Gauge>::clone(&source_lag_bytes),
+        );
+        let fluvio_gaps = Family::<Labels2, Counter>::default();
+        r.register(
+            "fluvio_gaps",
+            "Times a Fluvio partition skipped offsets (a client defect at fetch boundaries) and was re-read from the first missing one",
+            fluvio_gaps.clone(),
+        );
+        let fluvio_gap_records = Family::<Labels2, Counter>::default();
+        r.register(
+            "fluvio_gap_records",
+            "Records the Fluvio client skipped that were re-read (none lost)",
+            fluvio_gap_records.clone(),
+        );
+        let fluvio_reconnects = Family::<Labels2, Counter>::default();
+        r.register(
+            "fluvio_reconnects",
+            "Times a Fluvio partition stream was (re)opened after an error, an outage or a stall",
+            fluvio_reconnects.clone(),
+        );
+        let fluvio_committed = Family::<Labels2, Gauge>::default();
+        r.register(
+            "fluvio_committed_offset",
+            "Last offset committed to the Fluvio consumer (covered by a checkpoint), by topic and partition",
+            fluvio_committed.clone(),
+        );
+        let fluvio_commit_failures = c(
+            &mut r,
+            "fluvio_commit_failures",
+            "Fluvio offset commits that failed (retried after the next checkpoint)",
+        );
+        let state_waiting = Family::<Labels, CounterF>::default();
+        r.register(
+            "state_waiting_seconds",
+            "Time the state stage had nothing it was allowed to merge, by the stream it waited for (a partition not read to its end must deliver first): high while a source is slow, an outage, or the input is simply quiet",
+            state_waiting.clone(),
+        );
+        let checkpoint_duration = Histogram::new(exponential_buckets(0.005, 2.0, 14));
+        r.register(
+            "checkpoint_duration_seconds",
+            "Time to take a checkpoint (sink barrier + snapshot write)",
+            checkpoint_duration.clone(),
+        );
+        let checkpoint_bytes = Gauge::default();
+        r.register(
+            "checkpoint_size_bytes",
+            "Size of the last snapshot file",
+            checkpoint_bytes.clone(),
+        );
+        let checkpoint_last = GaugeF::default();
+        r.register(
+            "checkpoint_last_success_timestamp_seconds",
+            "Unix time of the last successful checkpoint",
+            checkpoint_last.clone(),
+        );
+        let checkpoint_age = GaugeF::default();
+        r.register(
+            "checkpoint_age_seconds",
+            "Seconds since the last successful checkpoint (since start before the first)",
+            checkpoint_age.clone(),
+        );
+        let circuit_open = Gauge::default();
+        r.register(
+            "clickhouse_circuit_open",
+            "1 while the ClickHouse circuit breaker is open",
+            circuit_open.clone(),
+        );
+        let build: Family<Labels, Gauge> = Family::default();
+        r.register("build_info", "Version of the running binary", build.clone());
+        build
+            .get_or_create(&label("version", env!("CARGO_PKG_VERSION")))
+            .set(1);
+        Metrics {
+            registry: r,
+            engine,
+            queues,
+            sink_rows,
+            sink_writes,
+            sink_failures,
+            latency,
+            source_lag_records,
+            source_lag_bytes,
+            fluvio_gaps,
+            fluvio_gap_records,
+            fluvio_reconnects,
+            fluvio_committed,
+            fluvio_commit_failures,
+            state_waiting,
+            checkpoint_duration,
+            checkpoint_bytes,
+            checkpoint_last,
+            checkpoint_age,
+            circuit_open,
+            started_unix: unix_now(),
+            health: Health::default(),
+        }
+    }
+}
