@@ -14,6 +14,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod event;
+pub mod failpoint;
 pub mod pipeline;
 pub mod raw;
 pub mod report;

@@ -288,9 +288,17 @@ fn a_second_run_on_the_same_out_exits_at_once_naming_the_holder() {
         1,
     );
     std::fs::write(&slow, text).unwrap();
+    // Both on one metrics port: the second is still told about the lock, not the port.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics = format!("127.0.0.1:{port}");
     let mut first = attribd_cmd()
         .args(["run", "-q", "-p", slow.to_str().unwrap()])
         .env("ATTRIBD_LOG", "error")
+        .env("ATTRIBD_METRICS_ADDR", &metrics)
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
@@ -303,7 +311,13 @@ fn a_second_run_on_the_same_out_exits_at_once_naming_the_holder() {
     let second = pipeline(dir.path(), "out", &c, &v, "");
     for extra in [&[][..], &["--fresh"][..]] {
         let t = Instant::now();
-        let o = run(&second, extra);
+        let o = attribd_cmd()
+            .args(["run", "-q", "-p", second.to_str().unwrap()])
+            .args(extra)
+            .env("ATTRIBD_LOG", "warn")
+            .env("ATTRIBD_METRICS_ADDR", &metrics)
+            .output()
+            .unwrap();
         assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
         assert!(
             stderr(&o).contains(&format!("pid {}", first.id())),
@@ -370,4 +384,191 @@ impl TapMkdir for PathBuf {
         std::fs::create_dir_all(&self).unwrap();
         self
     }
+}
+
+/// Taking back a finished run's end touches three places (its Parquet files, its ClickHouse
+/// batches, its snapshot). A run killed between any two of them is followed by one that
+/// finishes the rollback — here even after the appended records were taken away again, where
+/// trusting the end would leave its deleted outputs missing for good.
+#[test]
+fn a_rollback_killed_half_way_is_finished_by_the_next_run_even_if_the_input_shrank_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = generate_input(
+        dir.path(),
+        "clicks = 20000\nseed = 8\nspan_hours = 6.0\nmalformed_rate = 0.01",
+    );
+    let (fc, fv) = (
+        input.join("clicks.ndjson"),
+        input.join("conversions.ndjson"),
+    );
+    let short = dir.path().join("short");
+    std::fs::create_dir_all(&short).unwrap();
+    let (gc, gv) = (
+        short.join("clicks.ndjson"),
+        short.join("conversions.ndjson"),
+    );
+    let rest_c = split(&fc, &gc, 12_000);
+    let rest_v = split(&fv, &gv, 500);
+    let (short_c, short_v) = (std::fs::read(&gc).unwrap(), std::fs::read(&gv).unwrap());
+    let ch = clickhouse();
+    let tag = std::process::id();
+    let dbs = [
+        format!("attribd_rollback_ref_{tag}"),
+        format!("attribd_rollback_{tag}"),
+    ];
+    let sink = |db: &str| match &ch {
+        Some(url) => {
+            attribd(&["migrate", "--clickhouse-url", url, "--database", db]);
+            format!("[sink.clickhouse]\nurl = \"{url}\"\ndatabase = \"{db}\"\nflush_rows = 700\n")
+        }
+        None => String::new(),
+    };
+    // The reference: the short input, run once (from copies, so the files can change).
+    let (rc, rv) = (
+        dir.path().join("ref-c.ndjson"),
+        dir.path().join("ref-v.ndjson"),
+    );
+    std::fs::write(&rc, &short_c).unwrap();
+    std::fs::write(&rv, &short_v).unwrap();
+    let reference = pipeline(dir.path(), "ref", &rc, &rv, &sink(&dbs[0]));
+    assert!(run(&reference, &[]).status.success());
+    let want = outputs(&dir.path().join("ref"));
+    assert!(want.0.len() > 11_000);
+
+    let p = pipeline(dir.path(), "out", &gc, &gv, &sink(&dbs[1]));
+    let o = run(&p, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for point in [
+        "rollback-discarded",
+        "rollback-retracted",
+        "rollback-replaced",
+    ] {
+        append(&gc, &rest_c);
+        append(&gv, &rest_v);
+        let o = attribd_cmd()
+            .args(["run", "-q", "-p", p.to_str().unwrap()])
+            .env("ATTRIBD_LOG", "warn")
+            .env("ATTRIBD_CRASH_AT", point)
+            .output()
+            .unwrap();
+        assert!(
+            !o.status.success(),
+            "{point}: the crash point was not reached"
+        );
+        assert!(stderr(&o).contains(point), "{}", stderr(&o));
+        // The appended records are taken away again.
+        std::fs::write(&gc, &short_c).unwrap();
+        std::fs::write(&gv, &short_v).unwrap();
+        let o = run(&p, &[]);
+        assert!(o.status.success(), "{point}: {}", stderr(&o));
+        let got = outputs(&dir.path().join("out"));
+        assert_eq!(got.0, want.0, "{point}: click rows");
+        assert_eq!(got.1, want.1, "{point}: conversion rows");
+        assert_eq!(got.2, want.2, "{point}: aggregates");
+        assert_eq!(got.3, want.3, "{point}: dead letters");
+        if let Some(url) = &ch {
+            assert_eq!(
+                clickhouse_sums(url, &dbs[1]),
+                clickhouse_sums(url, &dbs[0]),
+                "{point}"
+            );
+        }
+    }
+    if let Some(url) = &ch {
+        for db in &dbs {
+            let _ = Command::new("curl")
+                .args(["-sS", url, "--data-binary", &format!("DROP DATABASE {db}")])
+                .output();
+        }
+    }
+}
+
+/// A last line without a newline, later ended by the writer (a newline, then more lines), is
+/// an append like any other: the result is the clean run of the longer file. Continuing that
+/// line instead is refused (the run already processed it as it was).
+#[test]
+fn a_last_line_without_newline_can_be_ended_and_appended_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = generate_input(dir.path(), "clicks = 6000\nseed = 9");
+    let (fc, fv) = (
+        input.join("clicks.ndjson"),
+        input.join("conversions.ndjson"),
+    );
+    let grow = dir.path().join("grow");
+    std::fs::create_dir_all(&grow).unwrap();
+    let (gc, gv) = (grow.join("clicks.ndjson"), grow.join("conversions.ndjson"));
+    let rest_c = split(&fc, &gc, 3_000);
+    let rest_v = split(&fv, &gv, 100);
+    // Both files lose their last newline.
+    for f in [&gc, &gv] {
+        let mut text = std::fs::read(f).unwrap();
+        assert_eq!(text.pop(), Some(b'\n'));
+        std::fs::write(f, text).unwrap();
+    }
+    let p = pipeline(dir.path(), "out", &gc, &gv, "");
+    let o = run(&p, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    append(&gc, b"\n");
+    append(&gc, &rest_c);
+    append(&gv, b"\r\n");
+    append(&gv, &rest_v);
+    let o = run(&p, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let reference = pipeline(dir.path(), "ref", &fc, &fv, "");
+    assert!(run(&reference, &[]).status.success());
+    assert_eq!(
+        outputs(&dir.path().join("out")),
+        outputs(&dir.path().join("ref"))
+    );
+
+    // Continued instead of ended: refused, naming the line.
+    let cont = dir.path().join("cont.ndjson");
+    std::fs::write(&cont, b"{\"click_id\":\"c1\"").unwrap();
+    let pc = pipeline(dir.path(), "cont", &cont, &gv, "");
+    assert!(run(&pc, &[]).status.success());
+    append(&cont, b",\"ts\":1}\n");
+    let o = run(&pc, &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no newline"), "{}", stderr(&o));
+}
+
+/// Two outputs given one `checkpoint.state_dir` by mistake: the second is refused (while the
+/// first runs: the lock; after it: the checkpoint names the output it belongs to) instead of
+/// resuming the other output's finished run and writing nothing.
+#[test]
+fn two_outputs_sharing_one_state_dir_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = generate_input(dir.path(), "clicks = 3000\nseed = 10");
+    let (c, v) = (
+        input.join("clicks.ndjson"),
+        input.join("conversions.ndjson"),
+    );
+    let state = dir.path().join("shared-state");
+    let with_state = |name: &str| {
+        let p = pipeline(dir.path(), name, &c, &v, "");
+        let text = std::fs::read_to_string(&p).unwrap().replacen(
+            "[checkpoint]\n",
+            &format!(
+                "[checkpoint]\nstate_dir = {:?}\n",
+                state.display().to_string()
+            ),
+            1,
+        );
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let (one, two) = (with_state("one"), with_state("two"));
+    assert!(run(&one, &[]).status.success());
+    let o = run(&two, &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("needs a state directory of its own")
+            && stderr(&o).contains(&dir.path().join("one").display().to_string()),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!dir.path().join("two/clicks").exists());
+    // The first output's own rerun is unaffected.
+    let o = run(&one, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
 }

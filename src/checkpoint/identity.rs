@@ -204,9 +204,19 @@ pub fn semantic_settings(cfg: &PipelineConfig) -> Vec<(String, String)> {
         }
         SourceKind::Files => {}
     }
+    if cfg.checkpoint.state_dir.is_some() {
+        // A state directory of its own could be shared by two outputs by mistake; the
+        // checkpoint then says which output it belongs to.
+        let dir = &cfg.sink.parquet.out;
+        let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
+        out.push((OUT_KEY.into(), dir.display().to_string()));
+    }
     out.sort();
     out
 }
+
+/// The setting naming the output directory a separate `checkpoint.state_dir` belongs to.
+const OUT_KEY: &str = "sink.parquet.out";
 
 /// Why a run cannot resume from a checkpoint; `Display` says what changed and the ways out.
 #[derive(Debug)]
@@ -247,6 +257,10 @@ pub fn compare(
     let mut changes = Vec::new();
     for (key, was) in saved_settings {
         match settings.iter().find(|(k, _)| k == key) {
+            Some((_, now)) if now != was && key == OUT_KEY => changes.push(format!(
+                "checkpoint.state_dir holds the state of the output {was}, not of {now}: \
+                 each output directory needs a state directory of its own"
+            )),
             Some((_, now)) if now != was => changes.push(format!("{key} was {was}, now {now}")),
             None => changes.push(format!("{key} was {was}, now not set")),
             _ => {}
@@ -326,7 +340,7 @@ fn compare_one(label: &str, saved: &ArchivedInputSnap, now: &TrackedInput) -> Op
                     now.name,
                     bytes.min(WINDOW)
                 ))
-            } else if !saved.ends_line && size > bytes {
+            } else if !saved.ends_line && size > bytes && !starts_new_line(now, bytes) {
                 Some(format!(
                     "the {label} input {}: its last line had no newline at the checkpoint (byte {bytes}) and has since been continued; that line was already processed as it was",
                     now.name
@@ -336,6 +350,17 @@ fn compare_one(label: &str, saved: &ArchivedInputSnap, now: &TrackedInput) -> Op
             }
         }
     }
+}
+
+/// Whether what follows byte `at` of a plain file starts with a line end (`\n` or `\r\n`):
+/// then a last line that had no newline was ended as it was, not continued.
+fn starts_new_line(input: &TrackedInput, at: u64) -> bool {
+    let Some(file) = &input.file else {
+        return false;
+    };
+    let mut next = [0u8; 2];
+    let n = file.read_at(&mut next, at).unwrap_or(0);
+    matches!(&next[..n], [b'\n', ..] | [b'\r', b'\n'])
 }
 
 #[cfg(test)]
@@ -422,6 +447,13 @@ mod tests {
         let s = saved(&cfg, 13);
         assert!(check(&cfg, &s).is_empty());
         std::fs::write(&p, "{\"a\":1}\n{\"b\":2}\n").unwrap();
+        assert!(check(&cfg, &s)[0].contains("no newline"));
+        // Ended as it was, then more lines: an append like any other.
+        for end in ["\n", "\r\n"] {
+            std::fs::write(&p, format!("{{\"a\":1}}\n{{\"b\":{end}{{\"c\":3}}\n")).unwrap();
+            assert!(check(&cfg, &s).is_empty(), "{end:?}");
+        }
+        std::fs::write(&p, "{\"a\":1}\n{\"b\":\r").unwrap();
         assert!(check(&cfg, &s)[0].contains("no newline"));
 
         let q = dir.path().join("d.ndjson");

@@ -57,8 +57,9 @@ fn lock_one(dir: &Path) -> Result<File> {
                 format!("another attribd run (pid {holder})")
             };
             bail!(
-                "{} is locked by {who}: one run writes an output directory at a time. \
-                 Stop that run first, or give this one another --out",
+                "{} is locked by {who}: one run writes an output directory (and its \
+                 checkpoint.state_dir) at a time. Stop that run first, or give this one another \
+                 --out (and, if set, another checkpoint.state_dir)",
                 path.display()
             );
         }

@@ -10,6 +10,7 @@
 
 pub mod identity;
 pub mod lock;
+pub mod rollback;
 pub mod snapshot;
 
 use std::fs::{self, File};

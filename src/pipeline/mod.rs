@@ -101,6 +101,8 @@ impl RunReport {
 pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
     let started = Instant::now();
     let metrics = opts.metrics.clone().unwrap_or_default();
+    // 1. Restore, first the lock: one writer per output directory.
+    let lock = restore::lock(cfg)?;
     // Up before the (possibly long) restore, so /health answers and /ready says why not yet.
     let _server = match cfg.metrics.enabled_addr() {
         Some(addr) => Some(crate::telemetry::server::serve(addr, metrics.clone())?),
@@ -109,8 +111,8 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
     // Whatever way the run ends, the queues it leaves behind are not a backlog.
     let _zero_queues = ZeroQueuesOnExit(metrics.clone());
 
-    // 1. Restore: lock, --fresh, the checkpoint to resume from, checked against this run.
-    let restored = restore::restore(cfg, opts.fresh)?;
+    // …then --fresh, the checkpoint to resume from, checked against this run.
+    let restored = restore::restore(cfg, opts.fresh, lock)?;
 
     // 2. Sources → raw queues. A partitioned source bounds what it has in flight per
     // partition (credits), so its raw queues only need room for every partition's allowance.

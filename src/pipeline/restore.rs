@@ -37,8 +37,8 @@ pub(super) struct Restored {
     pub(super) resumed_finished: bool,
     /// Going back behind a finished run's end: its ClickHouse batches, to take back.
     pub(super) retract: Option<Vec<String>>,
-    /// …and its snapshot, replaced once they are (`drop_superseded_end`).
-    superseded: Option<PathBuf>,
+    /// …and its epoch and snapshot, replaced once they are (`drop_superseded_end`).
+    superseded: Option<(u64, PathBuf)>,
     /// The file inputs (fingerprinted into every checkpoint) and the semantic settings.
     pub(super) tracked: Vec<TrackedInput>,
     pub(super) settings: Vec<(String, String)>,
@@ -53,25 +53,35 @@ impl Restored {
     /// After the end's ClickHouse batches are taken back (at connect): its snapshot is
     /// replaced by the state before it, under its epoch. The newest checkpoint is then the one
     /// this run resumed from, and a crash before this run's first checkpoint replays the same
-    /// epoch again (whose ClickHouse batches it verifies).
+    /// epoch again (whose ClickHouse batches it verifies). Last step of the rollback: its
+    /// note (`checkpoint::rollback`) goes.
     pub(super) fn drop_superseded_end(&self, cfg: &PipelineConfig) -> Result<()> {
-        if let Some(path) = &self.superseded {
+        if let Some((_, path)) = &self.superseded {
             let state_dir = cfg.state_dir();
+            crate::failpoint::crash_point("rollback-retracted");
             checkpoint::replace_with(
                 path,
                 &checkpoint::snapshot_path(&state_dir, self.last_epoch),
             )?;
+            crate::failpoint::crash_point("rollback-replaced");
+            checkpoint::rollback::finish(&state_dir)?;
         }
         Ok(())
     }
 }
 
-/// Lock, `--fresh`, choose, verify, rebuild, discard: see the module doc.
-pub(super) fn restore(cfg: &PipelineConfig, fresh: bool) -> Result<Restored> {
+/// One writer per output directory: the lock is the first thing a run takes, before anything
+/// is touched (`--fresh` included) and before it binds its metrics port, so a second run on
+/// the same directory is told who holds it rather than that the port is busy.
+pub(super) fn lock(cfg: &PipelineConfig) -> Result<DirLock> {
+    checkpoint::lock::lock_dirs(&[cfg.sink.parquet.out.join("_state"), cfg.state_dir()])
+}
+
+/// `--fresh`, choose, verify, rebuild, discard (under the `lock` already taken): see the
+/// module doc.
+pub(super) fn restore(cfg: &PipelineConfig, fresh: bool, lock: DirLock) -> Result<Restored> {
     let state_dir = cfg.state_dir();
     let out = &cfg.sink.parquet.out;
-    // One writer per output directory: taken before anything is touched, `--fresh` included.
-    let lock = checkpoint::lock::lock_dirs(&[out.join("_state"), state_dir.clone()])?;
     if fresh {
         remove_state(&state_dir)?;
         for t in crate::sink::TABLE_DIRS {
@@ -130,7 +140,15 @@ pub(super) fn restore(cfg: &PipelineConfig, fresh: bool) -> Result<Restored> {
         }
         None => (Engine::new(cfg.engine()), 0, [Position::default(); 2]),
     };
+    if let Some((ended, _)) = &point.superseded {
+        // Durable before the first output is taken back: a run killed anywhere in the
+        // rollback is followed by one that finishes it (`choose_restore_point`).
+        checkpoint::rollback::begin(&state_dir, *ended)?;
+    }
     let discarded = crate::sink::discard_after(out, last_epoch)?;
+    if point.superseded.is_some() {
+        crate::failpoint::crash_point("rollback-discarded");
+    }
     if discarded > 0 {
         tracing::info!(
             files = discarded,
@@ -164,14 +182,16 @@ pub(super) struct RestorePoint {
     /// Going back behind a finished run's end (its input has more now): the ClickHouse
     /// batches that end wrote, to be taken back with its Parquet files…
     retract: Option<Vec<String>>,
-    /// …and that end's snapshot, replaced by the one resumed from once they are.
-    superseded: Option<std::path::PathBuf>,
+    /// …and that end's epoch and snapshot, replaced by the one resumed from once they are.
+    superseded: Option<(u64, PathBuf)>,
 }
 
 /// The latest valid checkpoint — or, when that is a finished run's end and the input has
 /// grown since (a plain file appended to, stdin, a Fluvio topic), the checkpoint before that
 /// end: what the end resolved (pending conversions released, aggregates flushed) is then
-/// decided again with the new records, as a clean run of the longer input decides it.
+/// decided again with the new records, as a clean run of the longer input decides it. A
+/// rollback that a killed run began (`checkpoint::rollback`) is finished the same way, whether
+/// or not the input still has more.
 pub(super) fn choose_restore_point(
     cfg: &PipelineConfig,
     state_dir: &std::path::Path,
@@ -200,6 +220,13 @@ pub(super) fn choose_restore_point(
         let batches: Vec<String> = snap.final_batches.iter().map(|b| b.to_string()).collect();
         (snap.finished, more, batches)
     };
+    // A begun rollback of this very end: its outputs may be partly gone, so it is finished.
+    let rollback_begun = checkpoint::rollback::pending(state_dir);
+    let more = more || (finished && rollback_begun == Some(epoch));
+    if rollback_begun.is_some() && !(finished && more) {
+        // Stale: the end it names was already replaced (or a newer checkpoint followed).
+        checkpoint::rollback::finish(state_dir)?;
+    }
     if !finished || !more {
         return Ok(RestorePoint {
             snapshot: Some((epoch, bytes)),
@@ -220,7 +247,7 @@ pub(super) fn choose_restore_point(
                 snapshot: Some((before, b)),
                 finished: false,
                 retract: Some(final_batches),
-                superseded: Some(checkpoint::snapshot_path(state_dir, epoch)),
+                superseded: Some((epoch, checkpoint::snapshot_path(state_dir, epoch))),
             })
         }
         _ => anyhow::bail!(
