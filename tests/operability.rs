@@ -171,6 +171,14 @@ fn metrics_report_the_fixture_exactly() {
         v("attribd_checkpoint_duration_seconds_count"),
         report.checkpoints as f64
     );
+    // Every checkpoint paused the state stage once (and no longer than it took in all).
+    assert_eq!(
+        v("attribd_checkpoint_pause_seconds_count"),
+        report.checkpoints as f64
+    );
+    assert!(
+        v("attribd_checkpoint_pause_seconds_sum") <= v("attribd_checkpoint_duration_seconds_sum")
+    );
     assert!(v("attribd_checkpoint_size_bytes") > 0.0);
     assert_eq!(
         v("attribd_checkpoint_size_bytes"),

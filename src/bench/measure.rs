@@ -378,9 +378,16 @@ pub struct CheckpointCost {
     pub clicks: u64,
     pub dedup_keys: u64,
     pub bytes: u64,
+    /// The state stage's pause: copying the engine into a snapshot (absent from reports
+    /// made before the writer thread).
+    #[serde(default)]
+    pub pause_seconds: f64,
+    /// Serializing, writing and fsyncing it (the checkpoint writer's thread).
     pub write_seconds: f64,
     pub restore_seconds: f64,
-    /// Write + restore seconds per million keys (clicks + dedup keys).
+    /// Pause, write and restore seconds per million keys (clicks + dedup keys).
+    #[serde(default)]
+    pub pause_seconds_per_million_keys: f64,
     pub write_seconds_per_million_keys: f64,
     pub restore_seconds_per_million_keys: f64,
 }
@@ -442,6 +449,8 @@ pub fn checkpoint_cost(clicks: u64, dir: &Path) -> Result<CheckpointCost> {
         engine: engine.snapshot(),
         ..Snapshot::default()
     };
+    let pause = t.elapsed().as_secs_f64();
+    let t = Instant::now();
     let size = checkpoint::write(dir, &live)?;
     let write = t.elapsed().as_secs_f64();
     drop((live, engine));
@@ -456,8 +465,10 @@ pub fn checkpoint_cost(clicks: u64, dir: &Path) -> Result<CheckpointCost> {
         clicks,
         dedup_keys: keys,
         bytes: size,
+        pause_seconds: pause,
         write_seconds: write,
         restore_seconds: restore,
+        pause_seconds_per_million_keys: pause / million,
         write_seconds_per_million_keys: write / million,
         restore_seconds_per_million_keys: restore / million,
     })

@@ -35,6 +35,7 @@ use anyhow::{Result, anyhow};
 use crossbeam_channel::bounded;
 
 mod channel;
+mod checkpoint_writer;
 mod decode;
 mod inputs;
 mod restore;
@@ -161,11 +162,15 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
         settings,
         ..
     } = restored;
-    let state_dir = cfg.state_dir();
+    let writer = checkpoint_writer::CheckpointWriter::start(
+        cfg.state_dir(),
+        metrics.clone(),
+        metrics.latency_handle("durable"),
+        sources.fluvio.as_ref().map(|f| f.committer.clone()),
+    )?;
     let mut stage = StateStage {
         engine: &mut engine,
         sinks: &sink_tx,
-        state_dir: &state_dir,
         epoch,
         positions,
         partition_offsets,
@@ -174,10 +179,10 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
         events_since: 0,
         last_checkpoint: Instant::now(),
         checkpoints: 0,
-        last_bytes: 0,
+        writer,
         interrupted: false,
         partitioned,
-        committer: sources.fluvio.as_ref().map(|f| f.committer.clone()),
+        fluvio: sources.fluvio.is_some(),
         topics: [
             cfg.source.fluvio.clicks_topic.clone(),
             cfg.source.fluvio.conversions_topic.clone(),
@@ -186,7 +191,6 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
         turn: 0,
         metrics: &metrics,
         processed_latency: metrics.latency_handle("processed"),
-        durable_latency: metrics.latency_handle("durable"),
         awaiting_durable: Vec::new(),
         out: SinkBatch::default(),
         tracked,
@@ -197,8 +201,11 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
         inputs_ended: None,
     };
     let state_result = stage.run(click_rx, conv_rx, &opts, started);
-    let (checkpoints, last_bytes, interrupted) =
-        (stage.checkpoints, stage.last_bytes, stage.interrupted);
+    let (checkpoints, last_bytes, interrupted) = (
+        stage.checkpoints,
+        stage.writer.last_bytes,
+        stage.interrupted,
+    );
     let idle_tail = match (stage.partitioned, stage.last_record, stage.inputs_ended) {
         (true, Some(last), Some(ended)) => ended.saturating_duration_since(last),
         _ => Duration::ZERO,

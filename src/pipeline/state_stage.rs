@@ -33,7 +33,6 @@ use crate::telemetry::{Metrics, Queue};
 pub(super) struct StateStage<'a> {
     pub(super) engine: &'a mut Engine,
     pub(super) sinks: &'a SinkSenders,
-    pub(super) state_dir: &'a std::path::Path,
     /// Epoch of the outputs being written now.
     pub(super) epoch: u64,
     /// Lines consumed per stream (the restore point of the next checkpoint).
@@ -45,12 +44,13 @@ pub(super) struct StateStage<'a> {
     pub(super) events_since: u64,
     pub(super) last_checkpoint: Instant,
     pub(super) checkpoints: u64,
-    pub(super) last_bytes: u64,
+    /// Writes the snapshots (and then commits Fluvio offsets) off this thread.
+    pub(super) writer: super::checkpoint_writer::CheckpointWriter,
     pub(super) interrupted: bool,
     /// The streams come in partitions (Fluvio): merged record by record, see `inputs`.
     pub(super) partitioned: bool,
-    /// Fluvio: commits the offsets each checkpoint covers.
-    pub(super) committer: Option<crate::source::fluvio::commit::Committer>,
+    /// Fluvio: offsets are committed (by the writer) after each checkpoint.
+    pub(super) fluvio: bool,
     /// Fluvio topic of each stream (for commits).
     pub(super) topics: [String; 2],
     /// Paired input (the generator): take batches strictly alternately, starting with clicks.
@@ -59,7 +59,6 @@ pub(super) struct StateStage<'a> {
     pub(super) turn: usize,
     pub(super) metrics: &'a Metrics,
     pub(super) processed_latency: prometheus_client::metrics::histogram::Histogram,
-    pub(super) durable_latency: prometheus_client::metrics::histogram::Histogram,
     /// Arrival times of the batches since the last checkpoint: durable once it completes.
     pub(super) awaiting_durable: Vec<Instant>,
     /// Rows of runs whose batch is not finished yet.
@@ -114,7 +113,7 @@ impl StateStage<'_> {
                 if !self.resumed_finished {
                     self.checkpoint(&mut inputs, false)?;
                 }
-                return Ok(());
+                return self.writer.finish();
             }
             let readiness = [inputs[0].readiness(), inputs[1].readiness()];
             for i in 0..2 {
@@ -176,6 +175,7 @@ impl StateStage<'_> {
             self.sinks.send(out)?;
             self.checkpoint(&mut inputs, true)?;
         }
+        self.writer.finish()?;
         self.publish();
         if opts.progress && tty {
             eprintln!();
@@ -306,6 +306,8 @@ impl StateStage<'_> {
     /// (Fluvio) the offsets the snapshot covers are committed.
     fn checkpoint(&mut self, inputs: &mut [StreamInput; 2], finished: bool) -> Result<()> {
         let t = Instant::now();
+        // One snapshot in flight at most (and its memory): the previous one is on disk first.
+        self.writer.wait()?;
         // Rows of runs of batches still in progress were processed: they go out before the
         // barrier.
         let mut out = std::mem::take(&mut self.out);
@@ -348,21 +350,19 @@ impl StateStage<'_> {
             },
             engine: self.engine.snapshot(),
         };
-        self.last_bytes = checkpoint::write(self.state_dir, &snap)?;
-        self.metrics.checkpoint_done(t.elapsed(), self.last_bytes);
-        for arrived in self.awaiting_durable.drain(..) {
-            self.durable_latency
-                .observe(arrived.elapsed().as_secs_f64());
-        }
-        if let Some(c) = &self.committer {
-            c.commit(
-                self.partition_offsets
-                    .iter()
-                    .map(|(&(s, p), &o)| (self.topics[s].clone(), p, o))
-                    .collect(),
-            );
-        }
-        tracing::debug!(epoch = self.epoch, bytes = self.last_bytes, took = ?t.elapsed(), "checkpoint written");
+        let offsets = self.fluvio.then(|| {
+            self.partition_offsets
+                .iter()
+                .map(|(&(s, p), &o)| (self.topics[s].clone(), p, o))
+                .collect()
+        });
+        self.writer.submit(super::checkpoint_writer::Job {
+            snap,
+            arrived: std::mem::take(&mut self.awaiting_durable),
+            offsets,
+            began: t,
+        })?;
+        self.metrics.checkpoint_paused(t.elapsed());
         self.checkpoints += 1;
         self.epoch += 1;
         self.events_since = 0;

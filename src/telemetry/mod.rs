@@ -59,6 +59,7 @@ pub struct Metrics {
     fluvio_commit_failures: Counter,
     state_waiting: Family<Labels, CounterF>,
     checkpoint_duration: Histogram,
+    checkpoint_pause: Histogram,
     checkpoint_bytes: Gauge,
     checkpoint_last: GaugeF,
     checkpoint_age: GaugeF,
@@ -180,6 +181,11 @@ impl Metrics {
         self.source_lag_bytes
             .get_or_create(&label("stream", stream))
             .set(lag);
+    }
+
+    /// The state stage goes on after a checkpoint's barrier and state copy.
+    pub fn checkpoint_paused(&self, paused: Duration) {
+        self.checkpoint_pause.observe(seconds(paused));
     }
 
     pub fn checkpoint_done(&self, took: Duration, bytes: u64) {

@@ -1,0 +1,148 @@
+//! The checkpoint writer: the thread that puts snapshots on disk, so the state stage does not.
+//!
+//! At a checkpoint the state stage stops only for the barrier (every sink durable) and to copy
+//! the engine into a [`Snapshot`]; serializing it (rkyv), writing, fsyncing and renaming the
+//! file — most of a checkpoint's time when the state is large — happen here while the state
+//! stage goes on with the next epoch. What must follow the snapshot on disk follows it here:
+//! the batches it covers are observed as durable, and (Fluvio) the offsets it covers are
+//! committed. One snapshot is in flight at most: the state stage waits for the previous one
+//! before it hands over the next (and at the end of the run for the last), and a failed write
+//! stops the run with its error at that point.
+//!
+//! A crash while a snapshot is in flight is a crash before that checkpoint: the restart
+//! resumes from the previous one and deletes the outputs of later epochs, as after any crash.
+
+use std::path::PathBuf;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use crossbeam_channel::{Receiver, Sender, bounded};
+use prometheus_client::metrics::histogram::Histogram;
+
+use crate::checkpoint::{self, Snapshot};
+use crate::source::fluvio::commit::Committer;
+use crate::telemetry::Metrics;
+
+/// One snapshot to write and what follows it.
+pub(super) struct Job {
+    pub(super) snap: Snapshot,
+    /// Arrival times of the batches the snapshot covers: durable once it is written.
+    pub(super) arrived: Vec<Instant>,
+    /// (Fluvio) topic, partition and next offset per partition the snapshot covers.
+    pub(super) offsets: Option<Vec<(String, u32, u64)>>,
+    /// When the checkpoint began (barrier included), for its duration.
+    pub(super) began: Instant,
+}
+
+/// A written snapshot.
+struct Written {
+    bytes: u64,
+}
+
+/// Handle on the writer thread, owned by the state stage.
+pub(super) struct CheckpointWriter {
+    jobs: Option<Sender<Job>>,
+    written: Receiver<Result<Written>>,
+    in_flight: bool,
+    thread: Option<JoinHandle<()>>,
+    /// Size of the last snapshot written.
+    pub(super) last_bytes: u64,
+}
+
+impl CheckpointWriter {
+    pub(super) fn start(
+        state_dir: PathBuf,
+        metrics: std::sync::Arc<Metrics>,
+        durable_latency: Histogram,
+        committer: Option<Committer>,
+    ) -> Result<CheckpointWriter> {
+        let (jobs, rx) = bounded::<Job>(1);
+        let (done_tx, written) = bounded::<Result<Written>>(1);
+        let thread = std::thread::Builder::new()
+            .name("checkpoint".into())
+            .spawn(move || {
+                for job in rx {
+                    let result = write(&state_dir, job, &metrics, &durable_latency, &committer);
+                    let failed = result.is_err();
+                    if done_tx.send(result).is_err() || failed {
+                        return;
+                    }
+                }
+            })
+            .context("starting the checkpoint writer thread")?;
+        Ok(CheckpointWriter {
+            jobs: Some(jobs),
+            written,
+            in_flight: false,
+            thread: Some(thread),
+            last_bytes: 0,
+        })
+    }
+
+    /// Waits until the snapshot in flight (if any) is on disk; its error, if it failed.
+    pub(super) fn wait(&mut self) -> Result<()> {
+        if !self.in_flight {
+            return Ok(());
+        }
+        self.in_flight = false;
+        let written = self
+            .written
+            .recv()
+            .map_err(|_| anyhow::anyhow!("the checkpoint writer thread stopped"))??;
+        self.last_bytes = written.bytes;
+        Ok(())
+    }
+
+    /// Hands a snapshot over (after the previous one is on disk).
+    pub(super) fn submit(&mut self, job: Job) -> Result<()> {
+        self.wait()?;
+        self.jobs
+            .as_ref()
+            .context("the checkpoint writer is closed")?
+            .send(job)
+            .map_err(|_| anyhow::anyhow!("the checkpoint writer thread stopped"))?;
+        self.in_flight = true;
+        Ok(())
+    }
+
+    /// The last snapshot on disk, then the thread ends.
+    pub(super) fn finish(&mut self) -> Result<()> {
+        let result = self.wait();
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        result
+    }
+}
+
+impl Drop for CheckpointWriter {
+    fn drop(&mut self) {
+        // A run that fails elsewhere still lets a snapshot in flight land (or fail) whole.
+        let _ = self.finish();
+    }
+}
+
+fn write(
+    state_dir: &std::path::Path,
+    job: Job,
+    metrics: &Metrics,
+    durable_latency: &Histogram,
+    committer: &Option<Committer>,
+) -> Result<Written> {
+    let epoch = job.snap.epoch;
+    let t = Instant::now();
+    let bytes = checkpoint::write(state_dir, &job.snap)?;
+    let wrote: Duration = t.elapsed();
+    drop(job.snap);
+    metrics.checkpoint_done(job.began.elapsed(), bytes);
+    for arrived in job.arrived {
+        durable_latency.observe(arrived.elapsed().as_secs_f64());
+    }
+    if let (Some(c), Some(offsets)) = (committer, job.offsets) {
+        c.commit(offsets);
+    }
+    tracing::debug!(epoch, bytes, wrote = ?wrote, took = ?job.began.elapsed(), "checkpoint written");
+    Ok(Written { bytes })
+}
