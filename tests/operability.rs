@@ -188,14 +188,17 @@ fn metrics_report_the_fixture_exactly() {
     assert!(v("attribd_checkpoint_age_seconds") < 60.0);
     assert!(v("attribd_checkpoint_last_success_timestamp_seconds") > 1.7e9);
     // One latency observation per non-empty batch: here one batch per stream.
-    assert_eq!(
-        v(r#"attribd_event_latency_seconds_count{stage="processed"}"#),
-        2.0
-    );
-    assert_eq!(
-        v(r#"attribd_event_latency_seconds_count{stage="durable"}"#),
-        2.0
-    );
+    for stage in ["processed", "durable"] {
+        for stream in ["clicks", "conversions"] {
+            assert_eq!(
+                v(&format!(
+                    r#"attribd_event_latency_seconds_count{{stage="{stage}",stream="{stream}"}}"#
+                )),
+                1.0,
+                "{stage} {stream}"
+            );
+        }
+    }
 }
 
 /// Reads `VmHWM` (peak resident set) of a running process, bytes.

@@ -27,8 +27,8 @@ use crate::telemetry::Metrics;
 /// One snapshot to write and what follows it.
 pub(super) struct Job {
     pub(super) snap: Snapshot,
-    /// Arrival times of the batches the snapshot covers: durable once it is written.
-    pub(super) arrived: Vec<Instant>,
+    /// Stream and arrival time of the batches the snapshot covers: durable once it is written.
+    pub(super) arrived: Vec<(usize, Instant)>,
     /// (Fluvio) topic, partition and next offset per partition the snapshot covers.
     pub(super) offsets: Option<Vec<(String, u32, u64)>>,
     /// When the checkpoint began (barrier included), for its duration.
@@ -54,7 +54,7 @@ impl CheckpointWriter {
     pub(super) fn start(
         state_dir: PathBuf,
         metrics: std::sync::Arc<Metrics>,
-        durable_latency: Histogram,
+        durable_latency: [Histogram; 2],
         committer: Option<Committer>,
     ) -> Result<CheckpointWriter> {
         let (jobs, rx) = bounded::<Job>(1);
@@ -128,7 +128,7 @@ fn write(
     state_dir: &std::path::Path,
     job: Job,
     metrics: &Metrics,
-    durable_latency: &Histogram,
+    durable_latency: &[Histogram; 2],
     committer: &Option<Committer>,
 ) -> Result<Written> {
     let epoch = job.snap.epoch;
@@ -137,8 +137,8 @@ fn write(
     let wrote: Duration = t.elapsed();
     drop(job.snap);
     metrics.checkpoint_done(job.began.elapsed(), bytes);
-    for arrived in job.arrived {
-        durable_latency.observe(arrived.elapsed().as_secs_f64());
+    for (stream, arrived) in job.arrived {
+        durable_latency[stream].observe(arrived.elapsed().as_secs_f64());
     }
     if let (Some(c), Some(offsets)) = (committer, job.offsets) {
         c.commit(offsets);

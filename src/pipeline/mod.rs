@@ -165,7 +165,7 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
     let writer = checkpoint_writer::CheckpointWriter::start(
         cfg.state_dir(),
         metrics.clone(),
-        metrics.latency_handle("durable"),
+        metrics.latency_handles("durable"),
         sources.fluvio.as_ref().map(|f| f.committer.clone()),
     )?;
     let mut stage = StateStage {
@@ -190,7 +190,7 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
         alternate: cfg.source.kind == SourceKind::Generator,
         turn: 0,
         metrics: &metrics,
-        processed_latency: metrics.latency_handle("processed"),
+        processed_latency: metrics.latency_handles("processed"),
         awaiting_durable: Vec::new(),
         out: SinkBatch::default(),
         tracked,

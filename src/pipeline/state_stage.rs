@@ -58,9 +58,11 @@ pub(super) struct StateStage<'a> {
     /// Whose batch comes next in alternate mode.
     pub(super) turn: usize,
     pub(super) metrics: &'a Metrics,
-    pub(super) processed_latency: prometheus_client::metrics::histogram::Histogram,
-    /// Arrival times of the batches since the last checkpoint: durable once it completes.
-    pub(super) awaiting_durable: Vec<Instant>,
+    /// Arrival → processed, per stream.
+    pub(super) processed_latency: [prometheus_client::metrics::histogram::Histogram; 2],
+    /// Stream and arrival time of the batches since the last checkpoint: durable once it is
+    /// on disk.
+    pub(super) awaiting_durable: Vec<(usize, Instant)>,
     /// Rows of runs whose batch is not finished yet.
     pub(super) out: SinkBatch,
     /// The file inputs, fingerprinted into every checkpoint, and the semantic settings.
@@ -281,8 +283,8 @@ impl StateStage<'_> {
             });
         }
         if let Some(t) = batch.arrived {
-            self.processed_latency.observe(t.elapsed().as_secs_f64());
-            self.awaiting_durable.push(t);
+            self.processed_latency[s].observe(t.elapsed().as_secs_f64());
+            self.awaiting_durable.push((s, t));
         }
         self.sinks.send(out)?;
         self.publish();

@@ -49,7 +49,7 @@ pub struct Metrics {
     sink_rows: Family<Labels2, Counter>,
     sink_writes: Family<Labels, Counter>,
     sink_failures: Family<Labels, Counter>,
-    latency: Family<Labels, Histogram>,
+    latency: Family<Labels2, Histogram>,
     source_lag_records: Family<Labels2, Gauge>,
     source_lag_bytes: Family<Labels, Gauge>,
     fluvio_gaps: Family<Labels2, Counter>,
@@ -130,8 +130,17 @@ impl Metrics {
     }
 
     /// A histogram handle for repeated observations without a label lookup each.
-    pub fn latency_handle(&self, stage: &'static str) -> Histogram {
-        self.latency.get_or_create_owned(&label("stage", stage))
+    pub fn latency_handle(&self, stage: &'static str, stream: &'static str) -> Histogram {
+        self.latency
+            .get_or_create_owned(&[("stage", stage.to_string()), ("stream", stream.to_string())])
+    }
+
+    /// Latency handles of both streams (clicks, conversions) at `stage`.
+    pub fn latency_handles(&self, stage: &'static str) -> [Histogram; 2] {
+        [
+            self.latency_handle(stage, "clicks"),
+            self.latency_handle(stage, "conversions"),
+        ]
     }
 
     pub fn source_lag_records(&self, topic: &str, partition: u32, lag: i64) {

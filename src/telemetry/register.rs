@@ -95,12 +95,16 @@ impl Metrics {
             "Failed write attempts by sink",
             Family::<Labels, Counter>::clone(&sink_failures),
         );
-        let latency = Family::<Labels, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.001, 2.0, 18))
+        // Bounds at what the alerts and the soak check (100 ms), fine below it.
+        let latency = Family::<Labels2, Histogram>::new_with_constructor(|| {
+            Histogram::new([
+                0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
+                60.0, 120.0,
+            ])
         });
         r.register(
             "event_latency_seconds",
-            "Time from a batch's arrival at the source to: `processed` (deduplicated, attributed, handed to the sinks) and `durable` (in every sink and covered by a checkpoint); one observation per batch",
+            "Time from a batch's arrival at the source to: `processed` (deduplicated, attributed, handed to the sinks) and `durable` (in every sink and covered by a checkpoint), by stream; one observation per batch",
             latency.clone(),
         );
         let source_lag_records = Family::default();
