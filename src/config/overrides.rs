@@ -25,6 +25,16 @@ impl PipelineConfig {
             metrics_addr,
             log_format,
         } = o;
+        // Flags that only a Fluvio source reads: named if the source is something else, so
+        // a flag the run would ignore is an error rather than a surprise.
+        let fluvio_only: Vec<&str> = [
+            ("--fluvio-partitions", fluvio_partitions.is_some()),
+            ("--fluvio-consumer", fluvio_consumer.is_some()),
+            ("--exit-when-idle", exit_when_idle.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(flag, given)| given.then_some(flag))
+        .collect();
         if let Some(addr) = metrics_addr {
             self.metrics.addr = addr;
         }
@@ -76,7 +86,23 @@ impl PipelineConfig {
         if let Some(out) = out {
             self.sink.parquet.out = out;
         }
-        let problems = self.validate();
+        let mut problems = self.validate();
+        let reads = match self.source.kind {
+            SourceKind::Files => Some("files"),
+            SourceKind::Generator => Some("the generator"),
+            SourceKind::Fluvio => None,
+        };
+        if let Some(reads) = reads {
+            for flag in fluvio_only {
+                problems.push(super::ConfigProblem {
+                    key: "source.kind".into(),
+                    problem: format!(
+                        "{flag} applies to a Fluvio source only, and this run reads {reads} \
+                         (give --fluvio-endpoint or a pipeline with kind = \"fluvio\")"
+                    ),
+                });
+            }
+        }
         if problems.is_empty() {
             Ok(())
         } else {

@@ -219,3 +219,44 @@ fn a_missing_source_kind_is_named_source_kind() {
         "p.toml: key `source.kind`: missing field `kind`"
     );
 }
+
+#[test]
+fn fluvio_flags_on_another_source_are_errors_not_ignored() {
+    let default = || PipelineConfig::parse(DEFAULT_PIPELINE, "default").unwrap();
+    let err = default()
+        .apply_overrides(Overrides {
+            exit_when_idle: Some(std::time::Duration::from_secs(5)),
+            fluvio_consumer: Some("c".into()),
+            ..Overrides::default()
+        })
+        .unwrap_err();
+    assert_eq!(err.problems.len(), 2, "{err}");
+    assert!(
+        err.problems[0]
+            .problem
+            .starts_with("--fluvio-consumer applies to a Fluvio source only")
+            && err.problems[1].problem.contains("--exit-when-idle")
+            && err.problems[1].problem.contains("reads the generator"),
+        "{err}"
+    );
+    let err = default()
+        .apply_overrides(Overrides {
+            clicks: Some("c.ndjson".into()),
+            fluvio_partitions: Some(vec![0]),
+            ..Overrides::default()
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("reads files"), "{err}");
+    // With a Fluvio source they are what they say.
+    let mut cfg = default();
+    cfg.apply_overrides(Overrides {
+        fluvio_endpoint: Some("127.0.0.1:9003".into()),
+        exit_when_idle: Some(std::time::Duration::from_secs(5)),
+        ..Overrides::default()
+    })
+    .unwrap();
+    assert_eq!(
+        cfg.source.fluvio.exit_when_idle,
+        Some(std::time::Duration::from_secs(5))
+    );
+}
