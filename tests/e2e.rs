@@ -488,3 +488,49 @@ fn json_schemas_match_the_decoder() {
         }
     }
 }
+
+/// stdin cannot be re-read, so a rerun takes what stdin brings now as what follows the
+/// checkpoint: its lines are numbered on from there, and dead letters of two runs never share
+/// a position.
+#[test]
+fn stdin_lines_are_numbered_on_after_a_restart() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let run = |clicks: &[u8]| {
+        let mut child = common::attribd_cmd()
+            .args(["run", "-q", "--clicks", "-", "--out", out.to_str().unwrap()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(clicks).unwrap();
+        let o = child.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    let click = |id: &str| {
+        format!(
+            "{{\"click_id\":\"{id}\",\"ts\":\"2026-11-01T00:00:00Z\",\"tenant_id\":\"t\",\"offer_id\":\"o\",\"affiliate_id\":\"a\",\"country\":\"US\",\"ip\":\"10.0.0.1\"}}\n"
+        )
+    };
+    let first = format!("not json\n{}{}", click("c1"), click("c2"));
+    run(first.as_bytes());
+    let second = format!("{}also not json\n", click("c3"));
+    run(second.as_bytes());
+    let mut positions: Vec<(u64, u64)> = files_under(&out.join("dead_letters"))
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                    (v["line"].as_u64().unwrap(), v["offset"].as_u64().unwrap())
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    positions.sort();
+    let line5_offset = (first.len() + click("c3").len()) as u64;
+    assert_eq!(positions, [(1, 0), (5, line5_offset)]);
+}

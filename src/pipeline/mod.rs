@@ -127,7 +127,7 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
     ];
     let mut sources = sources::start(
         cfg,
-        restored.lines(),
+        restored.positions,
         &restored.partition_offsets,
         raw,
         &metrics,

@@ -45,11 +45,6 @@ pub(super) struct Restored {
 }
 
 impl Restored {
-    /// Lines consumed per stream: where the sources resume.
-    pub(super) fn lines(&self) -> [u64; 2] {
-        self.positions.map(|p| p.line)
-    }
-
     /// After the end's ClickHouse batches are taken back (at connect): its snapshot is
     /// replaced by the state before it, under its epoch. The newest checkpoint is then the one
     /// this run resumed from, and a crash before this run's first checkpoint replays the same

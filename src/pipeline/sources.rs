@@ -30,16 +30,18 @@ pub(super) struct Sources {
 }
 
 /// Starts the source `cfg.source.kind` names, delivering into `raw` (0 clicks,
-/// 1 conversions). `resume` is the lines per stream a restored run already processed,
-/// `partition_offsets` the Fluvio offsets it continues from.
+/// 1 conversions). `restored` is where each stream stood at the checkpoint a run resumes
+/// from (lines and bytes a restored run already processed), `partition_offsets` the Fluvio
+/// offsets it continues from.
 pub(super) fn start(
     cfg: &PipelineConfig,
-    resume: [u64; 2],
+    restored: [Position; 2],
     partition_offsets: &HashMap<(usize, u32), u64>,
     raw: [Metered<RawBatch>; 2],
     metrics: &SharedMetrics,
     stop: &Arc<AtomicBool>,
 ) -> Result<Sources> {
+    let resume = restored.map(|p| p.line);
     let mut sources = Sources {
         threads: Vec::new(),
         fluvio: None,
@@ -79,7 +81,7 @@ pub(super) fn start(
                         cfg,
                         &path,
                         Stream::ALL[i],
-                        resume[i],
+                        restored[i],
                         tx,
                         metrics,
                     )?);
@@ -102,15 +104,21 @@ fn start_file(
     cfg: &PipelineConfig,
     path: &str,
     stream: Stream,
-    resume: u64,
+    restored: Position,
     tx: Metered<RawBatch>,
     metrics: &SharedMetrics,
 ) -> Result<JoinHandle<Result<()>>> {
     let input = Input::parse(path);
     // Open before spawning so a missing file fails the run at once.
     let reader = input.open()?;
-    // stdin cannot be re-read: a restored run takes it as it comes.
-    let upto = if input == Input::Stdin { 0 } else { resume };
+    // stdin cannot be re-read: a restored run takes it as it comes, numbering its lines on
+    // from where the checkpoint stood (dead letters keep positions unique across restarts,
+    // and the next checkpoint does not go back).
+    let (upto, shift) = if input == Input::Stdin {
+        (0, restored)
+    } else {
+        (restored.line, Position::default())
+    };
     // Bytes left to read, for plain files (compressed sizes do not compare).
     let size = match &input {
         Input::Path(p) if !matches!(p.extension().and_then(|e| e.to_str()), Some("gz" | "zst")) => {
@@ -126,11 +134,25 @@ fn start_file(
             if let Some(size) = size {
                 m.source_lag_bytes(stream_name, size.saturating_sub(b.end.offset) as i64);
             }
-            forward_after(&tx, b, upto)
+            forward_after(&tx, shifted(b, shift), upto)
         })
         .map(|_| ())
         .with_context(|| format!("reading {}", input.name()))
     })
+}
+
+/// `b` with its positions moved on by `by` (stdin after a restart).
+fn shifted(mut b: RawBatch, by: Position) -> RawBatch {
+    if by == Position::default() {
+        return b;
+    }
+    for r in &mut b.records {
+        r.position.line += by.line;
+        r.position.offset += by.offset;
+    }
+    b.end.line += by.line;
+    b.end.offset += by.offset;
+    b
 }
 
 /// Sends `b` on unless a restored run already processed it (see [`after_restore_point`]).
