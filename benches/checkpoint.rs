@@ -1,7 +1,8 @@
 //! Checkpoint cost: snapshot write and restore time and size for a given state.
 //!
-//! `cargo bench --bench checkpoint` (default: 10 M indexed clicks, 1 M dedup keys; pass two
-//! numbers to change them). Writes to a temporary directory on the same disk as the target dir.
+//! `cargo bench --bench checkpoint -- [CLICKS [KEYS [VISITORS]]]` (default: 10 M indexed
+//! clicks, 1 M dedup keys, and unique visitors of two days of a 30-day window of those clicks,
+//! i.e. CLICKS / 15). Writes to a temporary directory on the same disk as the target dir.
 
 use std::time::Instant;
 
@@ -16,10 +17,13 @@ fn main() -> anyhow::Result<()> {
         .collect();
     let clicks = args.first().copied().unwrap_or(10_000_000);
     let keys = args.get(1).copied().unwrap_or(1_000_000);
+    // Unique-visitor sets cover two UTC days; with a 30-day attribution window that is at
+    // most 2/30 of the indexed clicks.
+    let visitors = args.get(2).copied().unwrap_or(clicks / 15);
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
 
-    // A realistic state: the click index, the dedup map and a day of unique visitors.
-    let engine = synthetic_engine(clicks, keys, clicks)?;
+    // A realistic state: the click index, the dedup map and the unique visitors.
+    let engine = synthetic_engine(clicks, keys, visitors)?;
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
 
     // The state stage's pause: copying the engine into a snapshot. Serializing, writing and
@@ -45,7 +49,9 @@ fn main() -> anyhow::Result<()> {
     let restored = Engine::restore(EngineConfig::default(), &checkpoint::view(&bytes)?.engine);
     let rebuild = t.elapsed();
     let sizes = restored.sizes();
-    println!("checkpoint of {clicks} indexed clicks + {keys} dedup keys ({cores} cores):");
+    println!(
+        "checkpoint of {clicks} indexed clicks + {keys} dedup keys + {visitors} unique visitors ({cores} cores):"
+    );
     println!(
         "  state stage pause (copy):  {:>8.3} s",
         pause.as_secs_f64()
