@@ -56,6 +56,37 @@ fn clickhouse() -> Option<String> {
     url
 }
 
+/// A `[sink.clickhouse]` table writing to database `db` (migrated here), when there is a
+/// server; nothing otherwise.
+fn clickhouse_sink(ch: &Option<String>, db: &str) -> String {
+    match ch {
+        Some(url) => {
+            attribd(&["migrate", "--clickhouse-url", url, "--database", db]);
+            format!("[sink.clickhouse]\nurl = \"{url}\"\ndatabase = \"{db}\"\nflush_rows = 700\n")
+        }
+        None => String::new(),
+    }
+}
+
+fn drop_databases(ch: &Option<String>, dbs: &[String]) {
+    if let Some(url) = ch {
+        for db in dbs {
+            let _ = Command::new("curl")
+                .args(["-sS", url, "--data-binary", &format!("DROP DATABASE {db}")])
+                .output();
+        }
+    }
+}
+
+/// Every output table of `got` equals `want`'s, named when one differs.
+fn assert_same_outputs(got: &Path, want: &Path, context: &str) {
+    let (got, want) = (outputs(got), outputs(want));
+    assert_eq!(got.0, want.0, "{context}: click rows");
+    assert_eq!(got.1, want.1, "{context}: conversion rows");
+    assert_eq!(got.2, want.2, "{context}: aggregates");
+    assert_eq!(got.3, want.3, "{context}: dead letters");
+}
+
 #[test]
 fn another_input_into_the_same_out_is_refused_and_fresh_starts_over() {
     let dir = tempfile::tempdir().unwrap();
@@ -213,13 +244,7 @@ fn a_longer_input_after_a_finished_run_gives_the_clean_result_of_the_longer_inpu
         format!("attribd_grow_ref_{tag}"),
         format!("attribd_grow_{tag}"),
     ];
-    let sink = |db: &str| match &ch {
-        Some(url) => {
-            attribd(&["migrate", "--clickhouse-url", url, "--database", db]);
-            format!("[sink.clickhouse]\nurl = \"{url}\"\ndatabase = \"{db}\"\nflush_rows = 700\n")
-        }
-        None => String::new(),
-    };
+    let sink = |db: &str| clickhouse_sink(&ch, db);
     let reference = pipeline(dir.path(), "ref", &fc, &fv, &sink(&dbs[0]));
     assert!(run(&reference, &[]).status.success());
 
@@ -255,21 +280,12 @@ fn a_longer_input_after_a_finished_run_gives_the_clean_result_of_the_longer_inpu
     );
     assert!(o.status.success(), "{}", stderr(&o));
 
-    let want = outputs(&dir.path().join("ref"));
-    let got = outputs(&dir.path().join("grown"));
-    assert!(want.0.len() > 39_000);
-    assert_eq!(got.0, want.0, "click rows");
-    assert_eq!(got.1, want.1, "conversion rows");
-    assert_eq!(got.2, want.2, "aggregates");
-    assert_eq!(got.3, want.3, "dead letters");
+    assert!(outputs(&dir.path().join("ref")).0.len() > 39_000);
+    assert_same_outputs(&dir.path().join("grown"), &dir.path().join("ref"), "grown");
     if let Some(url) = &ch {
         assert_eq!(clickhouse_sums(url, &dbs[1]), clickhouse_sums(url, &dbs[0]));
-        for db in &dbs {
-            let _ = Command::new("curl")
-                .args(["-sS", url, "--data-binary", &format!("DROP DATABASE {db}")])
-                .output();
-        }
     }
+    drop_databases(&ch, &dbs);
 }
 
 #[test]
@@ -416,13 +432,7 @@ fn a_rollback_killed_half_way_is_finished_by_the_next_run_even_if_the_input_shra
         format!("attribd_rollback_ref_{tag}"),
         format!("attribd_rollback_{tag}"),
     ];
-    let sink = |db: &str| match &ch {
-        Some(url) => {
-            attribd(&["migrate", "--clickhouse-url", url, "--database", db]);
-            format!("[sink.clickhouse]\nurl = \"{url}\"\ndatabase = \"{db}\"\nflush_rows = 700\n")
-        }
-        None => String::new(),
-    };
+    let sink = |db: &str| clickhouse_sink(&ch, db);
     // The reference: the short input, run once (from copies, so the files can change).
     let (rc, rv) = (
         dir.path().join("ref-c.ndjson"),
@@ -432,8 +442,7 @@ fn a_rollback_killed_half_way_is_finished_by_the_next_run_even_if_the_input_shra
     std::fs::write(&rv, &short_v).unwrap();
     let reference = pipeline(dir.path(), "ref", &rc, &rv, &sink(&dbs[0]));
     assert!(run(&reference, &[]).status.success());
-    let want = outputs(&dir.path().join("ref"));
-    assert!(want.0.len() > 11_000);
+    assert!(outputs(&dir.path().join("ref")).0.len() > 11_000);
 
     let p = pipeline(dir.path(), "out", &gc, &gv, &sink(&dbs[1]));
     let o = run(&p, &[]);
@@ -461,11 +470,7 @@ fn a_rollback_killed_half_way_is_finished_by_the_next_run_even_if_the_input_shra
         std::fs::write(&gv, &short_v).unwrap();
         let o = run(&p, &[]);
         assert!(o.status.success(), "{point}: {}", stderr(&o));
-        let got = outputs(&dir.path().join("out"));
-        assert_eq!(got.0, want.0, "{point}: click rows");
-        assert_eq!(got.1, want.1, "{point}: conversion rows");
-        assert_eq!(got.2, want.2, "{point}: aggregates");
-        assert_eq!(got.3, want.3, "{point}: dead letters");
+        assert_same_outputs(&dir.path().join("out"), &dir.path().join("ref"), point);
         if let Some(url) = &ch {
             assert_eq!(
                 clickhouse_sums(url, &dbs[1]),
@@ -474,13 +479,7 @@ fn a_rollback_killed_half_way_is_finished_by_the_next_run_even_if_the_input_shra
             );
         }
     }
-    if let Some(url) = &ch {
-        for db in &dbs {
-            let _ = Command::new("curl")
-                .args(["-sS", url, "--data-binary", &format!("DROP DATABASE {db}")])
-                .output();
-        }
-    }
+    drop_databases(&ch, &dbs);
 }
 
 /// A last line without a newline, later ended by the writer (a newline, then more lines), is
