@@ -3,13 +3,14 @@
 //! Two runs writing the same `--out` would both append rows (double counts) and each would
 //! delete the other's in-progress temporary files when it starts. So the first thing `run`
 //! does — before `--fresh` deletes anything, before a checkpoint is read — is take an
-//! exclusive `flock` on `OUT/_state/attribd.lock` (and on `STATE/attribd.lock` when the state
-//! directory lives elsewhere). The kernel drops the lock when the process ends, however it
-//! ends (kill -9 included), so a stale lock file never blocks a restart. The holder writes its
-//! pid into the file so the second run can say who holds it.
+//! exclusive `flock` on the directory `OUT/_state` (and on `STATE` when the state directory
+//! lives elsewhere). The kernel drops the lock when the process ends, however it ends (kill -9
+//! included), so nothing stale ever blocks a restart. The holder writes its pid into
+//! `attribd.lock` there so a second run can say who holds it; deleting that file changes
+//! nothing about the lock.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -38,18 +39,13 @@ fn lock_one(dir: &Path) -> Result<File> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("creating state directory {}", dir.display()))?;
     let path = dir.join(LOCK_FILE);
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .with_context(|| format!("opening lock file {}", path.display()))?;
-    match file.try_lock() {
+    // The lock is on the directory itself: deleting the pid file below (by hand, or a
+    // clean-up script) cannot let a second writer in.
+    let locked = File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+    match locked.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
             let holder = holder.trim();
             let who = if holder.is_empty() {
                 "another process".to_string()
@@ -64,15 +60,19 @@ fn lock_one(dir: &Path) -> Result<File> {
             );
         }
         Err(std::fs::TryLockError::Error(e)) => {
-            return Err(e).with_context(|| format!("locking {}", path.display()));
+            return Err(e).with_context(|| format!("locking {}", dir.display()));
         }
     }
-    // The pid is for the message above only; the lock itself is the flock.
-    file.set_len(0)
-        .and_then(|_| file.seek(SeekFrom::Start(0)))
-        .and_then(|_| writeln!(file, "{}", std::process::id()))
+    // The pid is for the message above only; the lock itself is the flock on the directory.
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .with_context(|| format!("opening lock file {}", path.display()))?;
+    writeln!(file, "{}", std::process::id())
         .with_context(|| format!("writing lock file {}", path.display()))?;
-    Ok(file)
+    Ok(locked)
 }
 
 #[cfg(test)]
@@ -93,6 +93,18 @@ mod tests {
         );
         drop(first);
         lock_dirs(&[state]).unwrap();
+    }
+
+    #[test]
+    fn deleting_the_pid_file_does_not_release_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("_state");
+        let _first = lock_dirs(std::slice::from_ref(&state)).unwrap();
+        std::fs::remove_file(state.join(LOCK_FILE)).unwrap();
+        let err = lock_dirs(std::slice::from_ref(&state))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("locked by another process"), "{err}");
     }
 
     #[test]
