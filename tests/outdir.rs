@@ -139,7 +139,7 @@ fn another_input_into_the_same_out_is_refused_and_fresh_starts_over() {
     let o = run(&pw, &[]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
-        stderr(&o).contains("semantics.attribution_window was \"30days\", now \"7days\""),
+        stderr(&o).contains("semantics.attribution_window was 30d, now 7d"),
         "{}",
         stderr(&o)
     );

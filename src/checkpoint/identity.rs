@@ -18,6 +18,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use xxhash_rust::xxh3::xxh3_64;
@@ -256,7 +257,16 @@ pub fn compare(
 ) -> Vec<String> {
     let mut changes = Vec::new();
     for (key, was) in saved_settings {
-        match settings.iter().find(|(k, _)| k == key) {
+        let found = settings.iter().find(|(k, _)| k == key);
+        if let Some((was, now)) = found.and_then(|(_, now)| durations(was, now)) {
+            // Durations are compared as durations and shown as written in a pipeline file
+            // ("90d", not humantime's "2months 29days 13h …").
+            if was != now {
+                changes.push(format!("{key} was {}, now {}", compact(was), compact(now)));
+            }
+            continue;
+        }
+        match found {
             Some((_, now)) if now != was && key == OUT_KEY => changes.push(format!(
                 "checkpoint.state_dir holds the state of the output {was}, not of {now}: \
                  each output directory needs a state directory of its own"
@@ -350,6 +360,31 @@ fn compare_one(label: &str, saved: &ArchivedInputSnap, now: &TrackedInput) -> Op
             }
         }
     }
+}
+
+/// Both values as durations, if both are (JSON strings humantime reads).
+fn durations(was: &str, now: &str) -> Option<(Duration, Duration)> {
+    let parse = |v: &str| {
+        let text = serde_json::from_str::<String>(v).ok()?;
+        humantime::parse_duration(&text).ok()
+    };
+    Some((parse(was)?, parse(now)?))
+}
+
+/// A duration in the largest whole unit a pipeline file would use: `90d`, `6h`, `5m`, `1500ms`.
+fn compact(d: Duration) -> String {
+    let ms = d.as_millis();
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ] {
+        if ms > 0 && ms.is_multiple_of(size) {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
 }
 
 /// Whether what follows byte `at` of a plain file starts with a line end (`\n` or `\r\n`):
@@ -463,9 +498,26 @@ mod tests {
         let c = check(&other, &s);
         assert_eq!(c.len(), 2, "{c:?}");
         assert!(
-            c[0].starts_with("semantics.attribution_window was \"30days\", now \"1h\""),
+            c[0].starts_with("semantics.attribution_window was 30d, now 1h"),
             "{c:?}"
         );
         assert!(c[1].contains("d.ndjson"), "{c:?}");
+    }
+
+    #[test]
+    fn durations_compare_by_value_and_show_as_a_pipeline_writes_them() {
+        let setting = |v: &str| vec![("semantics.dedup_window".to_string(), format!("\"{v}\""))];
+        // What the settings hold (humantime's rendering, as older checkpoints do too) against
+        // the same duration written another way: no change.
+        let rendered = humantime::format_duration(Duration::from_secs(90 * 86_400)).to_string();
+        assert!(rendered.contains("months"), "{rendered}");
+        assert!(compare(&[], &setting(&rendered), &[], &setting("90d")).is_empty());
+        assert!(compare(&[], &setting("2160h"), &[], &setting("90days")).is_empty());
+        assert_eq!(
+            compare(&[], &setting("90days"), &[], &setting("30days")),
+            ["semantics.dedup_window was 90d, now 30d"]
+        );
+        assert_eq!(compact(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(compact(Duration::from_secs(300)), "5m");
     }
 }
