@@ -260,3 +260,28 @@ fn fluvio_flags_on_another_source_are_errors_not_ignored() {
         Some(std::time::Duration::from_secs(5))
     );
 }
+
+#[test]
+fn live_mode_knobs_need_a_rate() {
+    let generator = |knobs: &str| {
+        PipelineConfig::parse(
+            &format!("[source]\nkind = \"generator\"\n[source.generator]\n{knobs}\n"),
+            "p.toml",
+        )
+    };
+    let err = generator("unbounded = true\nbacklog_clicks = 1000").unwrap_err();
+    let msg = err.to_string();
+    assert_eq!(err.problems.len(), 2, "{msg}");
+    assert!(
+        msg.contains("key `source.generator.backlog_clicks`: needs `rate`"),
+        "{msg}"
+    );
+    assert!(msg.contains("key `source.generator.unbounded`"), "{msg}");
+    let cfg = generator("rate = 100.0\nunbounded = true\nbacklog_clicks = 1000").unwrap();
+    assert_eq!(cfg.source.generator.backlog_clicks, 1000);
+    // The backlog changes when records leave, not what they are: a restart may change it (and
+    // a checkpoint taken before the knob existed still matches).
+    let without = generator("rate = 100.0\nunbounded = true").unwrap();
+    let settings = crate::checkpoint::identity::semantic_settings;
+    assert_eq!(settings(&cfg), settings(&without));
+}

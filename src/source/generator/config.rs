@@ -1,7 +1,8 @@
 //! The generator's knobs (`[source.generator]`, and `attribd gen`'s defaults): how many clicks,
 //! over which event-time span, the rates of conversions, duplicates, late and malformed
-//! records, the popularity laws, and live mode (`rate`, `time_scale`, `unbounded`) — with the
-//! checks `PipelineConfig::validate` reports. [`super::generate_paced`] reads them.
+//! records, the popularity laws, and live mode (`rate`, `time_scale`, `unbounded`,
+//! `backlog_clicks`) — with the checks `PipelineConfig::validate` reports.
+//! [`super::generate_paced`] reads them.
 
 use serde::{Deserialize, Serialize};
 
@@ -57,6 +58,13 @@ pub struct GeneratorConfig {
     pub time_scale: f64,
     /// Live mode: never end (`clicks` is ignored); `attribd run` runs until SIGTERM.
     pub unbounded: bool,
+    /// Live mode: the first this many click records (duplicates included) and the postbacks
+    /// between them go out at full speed, unpaced; pacing starts after them. A soak starts
+    /// with a filled state this way (e.g. a month of event time), then runs at `rate`.
+    /// When records leave, not what they are: left out of a checkpoint's settings (see
+    /// `checkpoint::identity`), so a resumed run may change it.
+    #[serde(skip_serializing)]
+    pub backlog_clicks: u64,
 }
 
 impl GeneratorConfig {
@@ -142,6 +150,14 @@ impl GeneratorConfig {
                     .into(),
             );
         }
+        if self.backlog_clicks > 0 && self.rate.is_none() {
+            bad(
+                "source.generator.backlog_clicks",
+                "needs `rate`: it is live mode's unpaced start, and without `rate` every record \
+                 goes out at full speed anyway"
+                    .into(),
+            );
+        }
         if self.zipf_exponent <= 0.0 || !self.zipf_exponent.is_finite() {
             bad(
                 "source.generator.zipf_exponent",
@@ -188,6 +204,7 @@ impl Default for GeneratorConfig {
             rate: None,
             time_scale: 1.0,
             unbounded: false,
+            backlog_clicks: 0,
         }
     }
 }

@@ -74,7 +74,8 @@ pub fn generate(
 
 /// [`generate`] with live mode: with `cfg.rate`, each record waits for its time (see [`Pace`])
 /// and `idle()` is called before every wait, so the caller can hand on what it has batched
-/// (it returns `false` to stop). `after_clicks`: click lines a restored run already processed.
+/// (it returns `false` to stop). `after_clicks`: click lines a restored run already processed;
+/// they, or the first `cfg.backlog_clicks` if more, go out unpaced.
 pub fn generate_paced(
     cfg: &GeneratorConfig,
     after_clicks: u64,
@@ -91,8 +92,9 @@ pub fn generate_paced(
     let conv_delay = Exp::new(1.0 / (cfg.mean_conversion_delay_minutes.max(0.01) * 60_000.0))
         .map_err(|e| anyhow::anyhow!("generator.mean_conversion_delay_minutes: {e}"))?;
     let span_ms = (cfg.span_hours * 3_600_000.0) as i64;
+    // Unpaced: what a restored run already processed, or the backlog, whichever is longer.
     let mut pace = cfg.rate.map(|_| Pace {
-        after_clicks,
+        after_clicks: after_clicks.max(cfg.backlog_clicks),
         time_scale: cfg.time_scale,
         origin: None,
     });

@@ -14,7 +14,7 @@ pub(super) fn events_per_click(cfg: &GeneratorConfig) -> f64 {
 
 /// Live mode's clock: a record leaves when wall time has caught up with its arrival time,
 /// scaled. Starts at the first record after `after_clicks` click lines (the ones a restored
-/// run already processed go out at full speed).
+/// run already processed, or `backlog_clicks` if more, go out at full speed).
 pub(super) struct Pace {
     pub(super) after_clicks: u64,
     pub(super) time_scale: f64,
@@ -33,5 +33,80 @@ impl Pace {
             .get_or_insert((std::time::Instant::now(), arrival_ms));
         let due = (arrival_ms - event).max(0) as f64 / 1000.0 / self.time_scale;
         std::time::Duration::from_secs_f64(due).saturating_sub(wall.elapsed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::{GeneratorConfig, generate_paced};
+    use super::*;
+    use crate::event::Stream;
+
+    #[test]
+    fn the_clock_starts_at_the_first_click_after_after_clicks() {
+        let mut pace = Pace {
+            after_clicks: 3,
+            time_scale: 1.0,
+            origin: None,
+        };
+        // Before: no wait however far ahead, and the clock has not started.
+        assert_eq!(pace.wait(1_000_000, 2), Duration::ZERO);
+        assert!(pace.origin.is_none());
+        // The first paced record sets the origin and leaves now; the next waits its distance.
+        assert_eq!(pace.wait(5_000, 3), Duration::ZERO);
+        assert!(pace.wait(65_000, 4) > Duration::from_secs(59));
+    }
+
+    /// A live generator of `clicks` clicks (`backlog_clicks` of them unpaced, after
+    /// `after_clicks` of a restored run): the click lines emitted before the first wait for the
+    /// clock, and whether it waited at all.
+    fn first_wait(clicks: u64, backlog_clicks: u64, after_clicks: u64) -> (u64, bool) {
+        let cfg = GeneratorConfig {
+            clicks,
+            backlog_clicks,
+            // 5 000 clicks/s of real time: the paced 100 clicks after the backlog span 20 ms
+            // (no postbacks, duplicates or late records: they would arrive minutes later).
+            rate: Some(5_000.0),
+            time_scale: 1.0,
+            conversion_rate: 0.0,
+            duplicate_click_rate: 0.0,
+            out_of_order_rate: 0.0,
+            ..GeneratorConfig::default()
+        };
+        let lines = std::cell::Cell::new(0u64);
+        let mut at_first_wait = None;
+        generate_paced(
+            &cfg,
+            after_clicks,
+            |stream, _| {
+                lines.set(lines.get() + u64::from(stream == Stream::Clicks));
+                true
+            },
+            || {
+                at_first_wait.get_or_insert(lines.get());
+                true
+            },
+        )
+        .unwrap();
+        (
+            at_first_wait.unwrap_or(lines.get()),
+            at_first_wait.is_some(),
+        )
+    }
+
+    #[test]
+    fn the_backlog_goes_out_unpaced_then_the_rate_holds() {
+        // Without a backlog the clock holds records back from the start…
+        let (before, waited) = first_wait(100, 0, 0);
+        assert!(waited && before < 50, "{before}");
+        // …with one, not before its clicks are out (then it does).
+        let (before, waited) = first_wait(1_100, 1_000, 0);
+        assert!(waited && before >= 1_000, "{before}");
+        // A restored run past the backlog skips what it had unpaced; one short of it, the
+        // backlog's end still holds.
+        assert!(first_wait(1_600, 1_000, 1_500).0 >= 1_500);
+        assert!(first_wait(1_100, 1_000, 500).0 >= 1_000);
     }
 }
