@@ -278,7 +278,7 @@ fn generator_source(
     generate_paced(
         cfg,
         resume[0],
-        |stream, line| {
+        |stream, line, due| {
             let mut p = state.borrow_mut();
             let i = usize::from(stream == Stream::Conversions);
             p.lines[i] += 1;
@@ -287,6 +287,13 @@ fn generator_source(
                 offset: p.offsets[i],
             };
             p.bufs[i].push_line(line, position);
+            // Live: a batch arrived when its first record was due, not when a full queue let
+            // the generator go on (latency then shows what a checkpoint pause costs).
+            if let Some(due) = due
+                && p.bufs[i].len() == 1
+            {
+                p.bufs[i].arrived = Some(due.min(std::time::Instant::now()));
+            }
             p.offsets[i] += line.len() as u64 + 1;
             if i == 0 && p.bufs[0].len() >= BATCH_LINES {
                 send_pair(&mut p);

@@ -69,17 +69,19 @@ pub fn generate(
     cfg: &GeneratorConfig,
     emit: impl FnMut(Stream, &[u8]) -> bool,
 ) -> anyhow::Result<GeneratedCounts> {
-    generate_paced(cfg, 0, emit, || true)
+    let mut emit = emit;
+    generate_paced(cfg, 0, |stream, line, _| emit(stream, line), || true)
 }
 
 /// [`generate`] with live mode: with `cfg.rate`, each record waits for its time (see [`Pace`])
 /// and `idle()` is called before every wait, so the caller can hand on what it has batched
-/// (it returns `false` to stop). `after_clicks`: click lines a restored run already processed;
+/// (it returns `false` to stop); `emit` also gets the wall-clock time each paced record was
+/// due (see [`Pace::due`]). `after_clicks`: click lines a restored run already processed;
 /// they, or the first `cfg.backlog_clicks` if more, go out unpaced.
 pub fn generate_paced(
     cfg: &GeneratorConfig,
     after_clicks: u64,
-    mut emit: impl FnMut(Stream, &[u8]) -> bool,
+    mut emit: impl FnMut(Stream, &[u8], Option<std::time::Instant>) -> bool,
     mut idle: impl FnMut() -> bool,
 ) -> anyhow::Result<GeneratedCounts> {
     let start_ms = crate::event::time::parse_rfc3339_ms(&cfg.start)
@@ -161,7 +163,10 @@ pub fn generate_paced(
                 Stream::Clicks => counts.click_lines += 1,
                 Stream::Conversions => counts.conversion_lines += 1,
             }
-            if !emit(s.stream, &s.line) {
+            let due = pace
+                .as_ref()
+                .and_then(|p| p.due(s.arrival_ms, counts.click_lines));
+            if !emit(s.stream, &s.line, due) {
                 return false;
             }
         }

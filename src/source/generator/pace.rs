@@ -34,6 +34,18 @@ impl Pace {
         let due = (arrival_ms - event).max(0) as f64 / 1000.0 / self.time_scale;
         std::time::Duration::from_secs_f64(due).saturating_sub(wall.elapsed())
     }
+
+    /// When the record arriving at `arrival_ms` was due by the wall clock (once the clock
+    /// runs): its arrival for latency. A record held back by a full queue (the state stage
+    /// pausing for a checkpoint) then counts the time it waited, as a real edge's would.
+    pub(super) fn due(&self, arrival_ms: i64, click_lines: u64) -> Option<std::time::Instant> {
+        if click_lines < self.after_clicks {
+            return None;
+        }
+        let (wall, event) = self.origin?;
+        let due = (arrival_ms - event).max(0) as f64 / 1000.0 / self.time_scale;
+        Some(wall + std::time::Duration::from_secs_f64(due))
+    }
 }
 
 #[cfg(test)]
@@ -57,6 +69,10 @@ mod tests {
         // The first paced record sets the origin and leaves now; the next waits its distance.
         assert_eq!(pace.wait(5_000, 3), Duration::ZERO);
         assert!(pace.wait(65_000, 4) > Duration::from_secs(59));
+        // Due times count from the clock's start, whenever the record actually leaves.
+        let (wall, _) = pace.origin.unwrap();
+        assert_eq!(pace.due(65_000, 4), Some(wall + Duration::from_secs(60)));
+        assert_eq!(pace.due(65_000, 2), None, "not paced yet: no due time");
     }
 
     /// A live generator of `clicks` clicks (`backlog_clicks` of them unpaced, after
@@ -80,7 +96,7 @@ mod tests {
         generate_paced(
             &cfg,
             after_clicks,
-            |stream, _| {
+            |stream, _, _| {
                 lines.set(lines.get() + u64::from(stream == Stream::Clicks));
                 true
             },
