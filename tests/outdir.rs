@@ -218,6 +218,32 @@ fn halves(rest: &[u8]) -> (&[u8], &[u8]) {
     rest.split_at(at + 1)
 }
 
+/// A generated input and, in `dir/part`, the first `keep` click and conversion lines of it.
+struct PartInput {
+    /// The whole input: clicks, conversions.
+    full: [PathBuf; 2],
+    /// The first lines, in files that can grow.
+    part: [PathBuf; 2],
+    /// What the part leaves out, per stream.
+    rest: [Vec<u8>; 2],
+}
+
+fn part_input(dir: &Path, knobs: &str, keep: [usize; 2]) -> PartInput {
+    let input = generate_input(dir, knobs);
+    let full = [
+        input.join("clicks.ndjson"),
+        input.join("conversions.ndjson"),
+    ];
+    let part_dir = dir.join("part");
+    std::fs::create_dir_all(&part_dir).unwrap();
+    let part = [
+        part_dir.join("clicks.ndjson"),
+        part_dir.join("conversions.ndjson"),
+    ];
+    let rest = [0, 1].map(|i| split(&full[i], &part[i], keep[i]));
+    PartInput { full, part, rest }
+}
+
 fn append(path: &Path, rest: &[u8]) {
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
@@ -227,17 +253,15 @@ fn append(path: &Path, rest: &[u8]) {
 #[test]
 fn a_longer_input_after_a_finished_run_gives_the_clean_result_of_the_longer_input() {
     let dir = tempfile::tempdir().unwrap();
-    let input = generate_input(
+    let PartInput {
+        full: [fc, fv],
+        part: [gc, gv],
+        rest: [rest_c, rest_v],
+    } = part_input(
         dir.path(),
         "clicks = 40000\nseed = 4\nspan_hours = 10.0\nmalformed_rate = 0.01",
+        [16_000, 400],
     );
-    let (fc, fv) = (
-        input.join("clicks.ndjson"),
-        input.join("conversions.ndjson"),
-    );
-    let grow = dir.path().join("grow");
-    std::fs::create_dir_all(&grow).unwrap();
-    let (gc, gv) = (grow.join("clicks.ndjson"), grow.join("conversions.ndjson"));
     let ch = clickhouse();
     let tag = std::process::id();
     let dbs = [
@@ -250,8 +274,6 @@ fn a_longer_input_after_a_finished_run_gives_the_clean_result_of_the_longer_inpu
 
     // Three rounds over a growing pair of files: 40 %, 75 %, then all of it; a rerun with
     // nothing new in between must change nothing.
-    let rest_c = split(&fc, &gc, 16_000);
-    let rest_v = split(&fv, &gv, 400);
     let p = pipeline(dir.path(), "grown", &gc, &gv, &sink(&dbs[1]));
     let o = run(&p, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -409,22 +431,15 @@ impl TapMkdir for PathBuf {
 #[test]
 fn a_rollback_killed_half_way_is_finished_by_the_next_run_even_if_the_input_shrank_back() {
     let dir = tempfile::tempdir().unwrap();
-    let input = generate_input(
+    let PartInput {
+        part: [gc, gv],
+        rest: [rest_c, rest_v],
+        ..
+    } = part_input(
         dir.path(),
         "clicks = 20000\nseed = 8\nspan_hours = 6.0\nmalformed_rate = 0.01",
+        [12_000, 500],
     );
-    let (fc, fv) = (
-        input.join("clicks.ndjson"),
-        input.join("conversions.ndjson"),
-    );
-    let short = dir.path().join("short");
-    std::fs::create_dir_all(&short).unwrap();
-    let (gc, gv) = (
-        short.join("clicks.ndjson"),
-        short.join("conversions.ndjson"),
-    );
-    let rest_c = split(&fc, &gc, 12_000);
-    let rest_v = split(&fv, &gv, 500);
     let (short_c, short_v) = (std::fs::read(&gc).unwrap(), std::fs::read(&gv).unwrap());
     let ch = clickhouse();
     let tag = std::process::id();
@@ -460,9 +475,12 @@ fn a_rollback_killed_half_way_is_finished_by_the_next_run_even_if_the_input_shra
             .env("ATTRIBD_CRASH_AT", point)
             .output()
             .unwrap();
-        assert!(
-            !o.status.success(),
-            "{point}: the crash point was not reached"
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            o.status.signal(),
+            Some(6),
+            "{point}: the crash point was not reached (SIGABRT expected): {}",
+            stderr(&o)
         );
         assert!(stderr(&o).contains(point), "{}", stderr(&o));
         // The appended records are taken away again.
@@ -488,16 +506,11 @@ fn a_rollback_killed_half_way_is_finished_by_the_next_run_even_if_the_input_shra
 #[test]
 fn a_last_line_without_newline_can_be_ended_and_appended_to() {
     let dir = tempfile::tempdir().unwrap();
-    let input = generate_input(dir.path(), "clicks = 6000\nseed = 9");
-    let (fc, fv) = (
-        input.join("clicks.ndjson"),
-        input.join("conversions.ndjson"),
-    );
-    let grow = dir.path().join("grow");
-    std::fs::create_dir_all(&grow).unwrap();
-    let (gc, gv) = (grow.join("clicks.ndjson"), grow.join("conversions.ndjson"));
-    let rest_c = split(&fc, &gc, 3_000);
-    let rest_v = split(&fv, &gv, 100);
+    let PartInput {
+        full: [fc, fv],
+        part: [gc, gv],
+        rest: [rest_c, rest_v],
+    } = part_input(dir.path(), "clicks = 6000\nseed = 9", [3_000, 100]);
     // Both files lose their last newline.
     for f in [&gc, &gv] {
         let mut text = std::fs::read(f).unwrap();
