@@ -17,9 +17,19 @@ fn pipeline(
     input: &Path,
     clickhouse: Option<(&str, &str)>,
 ) -> std::path::PathBuf {
+    pipeline_every(dir, name, input, clickhouse, 6000)
+}
+
+fn pipeline_every(
+    dir: &Path,
+    name: &str,
+    input: &Path,
+    clickhouse: Option<(&str, &str)>,
+    every_events: u64,
+) -> std::path::PathBuf {
     let p = dir.join(format!("{name}.toml"));
     let mut text = format!(
-        "[source]\nkind = \"files\"\nclicks = {:?}\nconversions = {:?}\n[sink.parquet]\nout = {:?}\n[checkpoint]\nevery = \"1h\"\nevery_events = 6000\n",
+        "[source]\nkind = \"files\"\nclicks = {:?}\nconversions = {:?}\n[sink.parquet]\nout = {:?}\n[checkpoint]\nevery = \"1h\"\nevery_events = {every_events}\n",
         input.join("clicks.ndjson").display().to_string(),
         input.join("conversions.ndjson").display().to_string(),
         dir.join(name).display().to_string(),
@@ -172,4 +182,68 @@ fn sigterm_checkpoints_and_the_next_run_finishes_the_job() {
         outputs(&dir.path().join("ref")),
         "{first}"
     );
+}
+
+/// Checkpoint files in a state directory: (full snapshots, deltas).
+fn checkpoint_files(state: &Path) -> (Vec<String>, Vec<String>) {
+    let names: Vec<String> = std::fs::read_dir(state)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .filter(|n| n.starts_with("checkpoint-") && n.ends_with(".snap"))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.into_iter().partition(|n| !n.contains("-delta-on-"))
+}
+
+#[test]
+fn deltas_are_compacted_and_a_kill_9_on_a_compacted_chain_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = generate_input(dir.path(), "clicks = 60000\nseed = 11\nspan_hours = 30.0");
+    let reference = pipeline(dir.path(), "ref", &input, None);
+    attribd(&["run", "-q", "-p", reference.to_str().unwrap()]);
+    // A checkpoint every 400 events: over 150 deltas, compacted every 32.
+    let p = pipeline_every(dir.path(), "deltas", &input, None, 400);
+    let state = dir.path().join("deltas").join("_state");
+    let mut child = common::attribd_cmd()
+        .args(["run", "-q", "-p", p.to_str().unwrap()])
+        .env("ATTRIBD_LOG", "error")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait for a full snapshot from a compaction with deltas on top of it, then kill -9.
+    let started = std::time::Instant::now();
+    let mut killed = false;
+    while child.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(120) {
+        let (full, deltas) = checkpoint_files(&state);
+        let newest_full = full.iter().max().cloned();
+        if let Some(full) = newest_full
+            && deltas.iter().any(|d| d.as_str() > full.as_str())
+        {
+            child.kill().unwrap();
+            killed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let _ = child.wait();
+    assert!(
+        killed,
+        "a compaction happened before the run ended: {:?}",
+        checkpoint_files(&state)
+    );
+    let o = attribd(&["run", "-q", "-p", p.to_str().unwrap()]);
+    let summary = String::from_utf8_lossy(&o.stdout);
+    assert!(summary.contains("resumed from checkpoint"), "{summary}");
+    let (want, got) = (
+        outputs(&dir.path().join("ref")),
+        outputs(&dir.path().join("deltas")),
+    );
+    assert!(want.0.len() > 50_000);
+    assert_eq!(got, want);
+    // What stays on disk is bounded: pruning keeps two epochs' chains and one fallback.
+    let (full, deltas) = checkpoint_files(&state);
+    assert!(!full.is_empty() && full.len() <= 2, "{full:?}");
+    assert!(deltas.len() <= 2 * 32 + 2, "{} deltas", deltas.len());
 }

@@ -352,7 +352,7 @@ pub fn memory(keys: u64) -> MemoryCurve {
     // and hands out again would hide the map's growth.
     let mut dedup = Vec::new();
     let before = rss_bytes();
-    let map = DedupMap::default();
+    let mut map = DedupMap::default();
     for i in 0..keys {
         let key = conversion_key("tenant-1", &format!("ord-{i}"));
         let mut e = ConvEntry::new(1_793_527_200_000 + i as i64, Status::Approved, 12_340_000);
@@ -378,8 +378,9 @@ pub struct CheckpointCost {
     pub clicks: u64,
     pub dedup_keys: u64,
     pub bytes: u64,
-    /// The state stage's pause: copying the engine into a snapshot (absent from reports
-    /// made before the writer thread).
+    /// Copying the engine into a full snapshot: the state stage's pause before delta
+    /// checkpoints, now the compaction's first step (absent from reports made before the
+    /// writer thread).
     #[serde(default)]
     pub pause_seconds: f64,
     /// Serializing, writing and fsyncing it (the checkpoint writer's thread).
@@ -433,7 +434,7 @@ pub fn synthetic_engine(clicks: u64, keys: u64, unique_visitors: u64) -> Result<
     let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&snap)?;
     Ok(Engine::restore(
         EngineConfig::default(),
-        &checkpoint::view(&bytes)?.engine,
+        &[&checkpoint::view(&bytes)?.engine],
     ))
 }
 
@@ -455,8 +456,8 @@ pub fn checkpoint_cost(clicks: u64, dir: &Path) -> Result<CheckpointCost> {
     let write = t.elapsed().as_secs_f64();
     drop((live, engine));
     let t = Instant::now();
-    let (_, bytes) = checkpoint::load_latest(dir)?.context("the snapshot just written")?;
-    let restored = Engine::restore(EngineConfig::default(), &checkpoint::view(&bytes)?.engine);
+    let chain = checkpoint::load_latest(dir)?.context("the snapshot just written")?;
+    let restored = Engine::restore(EngineConfig::default(), &chain.engines()?);
     let restore = t.elapsed().as_secs_f64();
     drop(restored);
     let _ = std::fs::remove_dir_all(dir);

@@ -3,13 +3,21 @@
 //! The live structures (sharded maps, interners with `Arc<str>`) are converted to flat vectors
 //! here and rebuilt on restore; the big vectors (click index, dedup map) are read straight from
 //! the archived bytes without an intermediate copy.
+//!
+//! A snapshot is *full* (the big vectors hold the whole click index, dedup map and visitor
+//! sets) or a *delta* ([`EngineSnap::delta`]: the big vectors are empty and [`DeltaSnap`] holds
+//! what those structures did since the checkpoint `parent`). The small parts — positions,
+//! settings, strings, dimensions, pending conversions, open aggregates, watermarks, counters —
+//! are whole in both kinds.
 
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::rows::Measures;
+use crate::state::changes::{ClickOp, Sweep, VisitorOp};
 
 /// Bump when the layout below changes; older or newer snapshots are refused with a clear error.
-pub const FORMAT_VERSION: u32 = 2;
+/// 3: delta checkpoints.
+pub const FORMAT_VERSION: u32 = 3;
 
 /// Measures per bucket in this format version. A bucket stores its measures as a fixed array, so
 /// a measure added to `rows::Measures` changes the layout: bump [`FORMAT_VERSION`] with this.
@@ -83,6 +91,25 @@ pub struct EngineSnap {
     pub convs_closed: bool,
     pub last_sweep_ms: i64,
     pub counters: CountersSnap,
+    /// A delta checkpoint: the changes of the big structures since `parent` (whose big
+    /// vectors above are then empty).
+    pub delta: Option<DeltaSnap>,
+}
+
+/// What the click index, the visitor sets and the dedup map did since checkpoint `parent`, in
+/// order (`state::changes`).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct DeltaSnap {
+    /// The epoch this delta applies to; 0: an empty engine (a run's first checkpoint).
+    pub parent: u64,
+    pub clicks: Vec<ClickOp>,
+    pub click_sweeps: Vec<Sweep>,
+    /// Extras created since `parent` (`id` unused: they are found by hash).
+    pub new_extras: Vec<ExtrasSnap>,
+    pub visitors: Vec<VisitorOp>,
+    pub visitor_sweeps: Vec<Sweep>,
+    pub dedup: Vec<DedupSnap>,
+    pub dedup_sweeps: Vec<Sweep>,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -1,9 +1,10 @@
 //! The checkpoint writer: the thread that puts snapshots on disk, so the state stage does not.
 //!
-//! At a checkpoint the state stage stops only for the barrier (every sink durable) and to copy
-//! the engine into a [`Snapshot`]; serializing it (rkyv), writing, fsyncing and renaming the
-//! file — most of a checkpoint's time when the state is large — happen here while the state
-//! stage goes on with the next epoch. What must follow the snapshot on disk follows it here:
+//! At a checkpoint the state stage stops only for the barrier (every sink durable) and to take
+//! the engine's changes since the last checkpoint and its small parts into a delta
+//! [`Snapshot`]; serializing it (rkyv), writing, fsyncing and renaming the file happen here
+//! while the state stage goes on with the next epoch, and now and then a compaction folds the
+//! deltas into a full snapshot beside it (`compaction.rs`). What must follow the snapshot on disk follows it here:
 //! the batches it covers are observed as durable, and (Fluvio) the offsets it covers are
 //! committed. One snapshot is in flight at most: the state stage waits for the previous one
 //! before it hands over the next (and at the end of the run for the last), and a failed write
@@ -20,8 +21,10 @@ use anyhow::{Context, Result};
 use crossbeam_channel::{Receiver, Sender, bounded};
 use prometheus_client::metrics::histogram::Histogram;
 
+use super::compaction::Compactor;
 use crate::checkpoint::{self, Snapshot};
 use crate::source::fluvio::commit::Committer;
+use crate::state::EngineConfig;
 use crate::telemetry::Metrics;
 
 /// One snapshot to write and what follows it.
@@ -56,19 +59,26 @@ impl CheckpointWriter {
         metrics: std::sync::Arc<Metrics>,
         durable_latency: [Histogram; 2],
         committer: Option<Committer>,
+        engine: EngineConfig,
     ) -> Result<CheckpointWriter> {
         let (jobs, rx) = bounded::<Job>(1);
         let (done_tx, written) = bounded::<Result<Written>>(1);
+        let mut compactor = Compactor::new(state_dir.clone(), engine, metrics.clone());
         let thread = std::thread::Builder::new()
             .name("checkpoint".into())
             .spawn(move || {
                 for job in rx {
+                    let epoch = job.snap.epoch;
                     let result = write(&state_dir, job, &metrics, &durable_latency, &committer);
                     let failed = result.is_err();
+                    if !failed {
+                        compactor.after_write(epoch);
+                    }
                     if done_tx.send(result).is_err() || failed {
-                        return;
+                        break;
                     }
                 }
+                compactor.finish();
             })
             .context("starting the checkpoint writer thread")?;
         Ok(CheckpointWriter {

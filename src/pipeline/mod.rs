@@ -36,6 +36,7 @@ use crossbeam_channel::bounded;
 
 mod channel;
 mod checkpoint_writer;
+pub mod compaction;
 mod decode;
 mod inputs;
 mod restore;
@@ -162,15 +163,19 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
         settings,
         ..
     } = restored;
+    // From here on every checkpoint is a delta: the engine logs what it changes.
+    engine.track_changes();
     let writer = checkpoint_writer::CheckpointWriter::start(
         cfg.state_dir(),
         metrics.clone(),
         metrics.latency_handles("durable"),
         sources.fluvio.as_ref().map(|f| f.committer.clone()),
+        cfg.engine(),
     )?;
     let mut stage = StateStage {
         engine: &mut engine,
         sinks: &sink_tx,
+        parent: last_epoch,
         epoch,
         positions,
         partition_offsets,

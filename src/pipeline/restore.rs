@@ -9,7 +9,6 @@
 //! `state_stage.rs`.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
@@ -37,27 +36,32 @@ pub(super) struct Restored {
     pub(super) resumed_finished: bool,
     /// Going back behind a finished run's end: its ClickHouse batches, to take back.
     pub(super) retract: Option<Vec<String>>,
-    /// …and its epoch and snapshot, replaced once they are (`drop_superseded_end`).
-    superseded: Option<(u64, PathBuf)>,
+    /// …and its epoch, whose checkpoint is replaced once they are (`drop_superseded_end`).
+    superseded: Option<u64>,
     /// The file inputs (fingerprinted into every checkpoint) and the semantic settings.
     pub(super) tracked: Vec<TrackedInput>,
     pub(super) settings: Vec<(String, String)>,
 }
 
 impl Restored {
-    /// After the end's ClickHouse batches are taken back (at connect): its snapshot is
-    /// replaced by the state before it, under its epoch. The newest checkpoint is then the one
-    /// this run resumed from, and a crash before this run's first checkpoint replays the same
-    /// epoch again (whose ClickHouse batches it verifies). Last step of the rollback: its
-    /// note (`checkpoint::rollback`) goes.
+    /// After the end's ClickHouse batches are taken back (at connect): its checkpoint is
+    /// replaced by the state before it, under its epoch — a full snapshot of the checkpoint
+    /// resumed from, written over the end's (a full snapshot is preferred to a delta of the
+    /// same epoch, so the switch is one rename), then the end's delta removed. The newest
+    /// checkpoint is then the one this run resumed from, and a crash before this run's first
+    /// checkpoint replays the same epoch again (whose ClickHouse batches it verifies). Last
+    /// step of the rollback: its note (`checkpoint::rollback`) goes.
     pub(super) fn drop_superseded_end(&self, cfg: &PipelineConfig) -> Result<()> {
-        if let Some((_, path)) = &self.superseded {
+        if let Some(ended) = self.superseded {
             let state_dir = cfg.state_dir();
             crate::failpoint::crash_point("rollback-retracted");
-            checkpoint::replace_with(
-                path,
-                &checkpoint::snapshot_path(&state_dir, self.last_epoch),
-            )?;
+            super::compaction::materialize(&state_dir, self.last_epoch, ended, cfg.engine())?;
+            if let Some(f) = checkpoint::list(&state_dir)?.get(&ended)
+                && let Some((_, delta)) = &f.delta
+            {
+                std::fs::remove_file(delta)
+                    .with_context(|| format!("removing {}", delta.display()))?;
+            }
             crate::failpoint::crash_point("rollback-replaced");
             checkpoint::rollback::finish(&state_dir)?;
         }
@@ -86,11 +90,13 @@ pub(super) fn restore(cfg: &PipelineConfig, fresh: bool, lock: DirLock) -> Resul
     // Restore the latest checkpoint; what a crashed run wrote after it is written again.
     let tracked = checkpoint::identity::track(cfg)?;
     let settings = checkpoint::identity::semantic_settings(cfg);
+    checkpoint::remove_temporary(&state_dir);
     let point = choose_restore_point(cfg, &state_dir, &tracked)?;
     let mut partition_offsets: HashMap<(usize, u32), u64> = HashMap::new();
     let (engine, last_epoch, positions) = match &point.snapshot {
-        Some((epoch, bytes)) => {
-            let snap = checkpoint::view(bytes)?;
+        Some(chain) => {
+            let epoch = &chain.epoch;
+            let snap = chain.head()?;
             let saved_settings: Vec<(String, String)> = snap
                 .settings
                 .iter()
@@ -106,7 +112,7 @@ pub(super) fn restore(cfg: &PipelineConfig, fresh: bool, lock: DirLock) -> Resul
                 }
                 .into());
             }
-            let engine = Engine::restore(cfg.engine(), &snap.engine);
+            let engine = Engine::restore(cfg.engine(), &chain.engines()?);
             let positions = [0, 1].map(|i| Position {
                 line: snap.positions[i].lines.to_native(),
                 offset: snap.positions[i].bytes.to_native(),
@@ -135,7 +141,7 @@ pub(super) fn restore(cfg: &PipelineConfig, fresh: bool, lock: DirLock) -> Resul
         }
         None => (Engine::new(cfg.engine()), 0, [Position::default(); 2]),
     };
-    if let Some((ended, _)) = &point.superseded {
+    if let Some(ended) = &point.superseded {
         // Durable before the first output is taken back: a run killed anywhere in the
         // rollback is followed by one that finishes it (`choose_restore_point`).
         checkpoint::rollback::begin(&state_dir, *ended)?;
@@ -171,14 +177,15 @@ pub(super) fn restore(cfg: &PipelineConfig, fresh: bool, lock: DirLock) -> Resul
 
 /// Which checkpoint a run resumes from.
 pub(super) struct RestorePoint {
-    snapshot: Option<(u64, rkyv::util::AlignedVec)>,
+    snapshot: Option<checkpoint::Chain>,
     /// The snapshot is a finished run's end and no input has more: nothing left to do.
     finished: bool,
     /// Going back behind a finished run's end (its input has more now): the ClickHouse
     /// batches that end wrote, to be taken back with its Parquet files…
     retract: Option<Vec<String>>,
-    /// …and that end's epoch and snapshot, replaced by the one resumed from once they are.
-    superseded: Option<(u64, PathBuf)>,
+    /// …and that end's epoch, whose checkpoint is replaced by the one resumed from once they
+    /// are.
+    superseded: Option<u64>,
 }
 
 /// The latest valid checkpoint — or, when that is a finished run's end and the input has
@@ -192,7 +199,7 @@ pub(super) fn choose_restore_point(
     state_dir: &std::path::Path,
     inputs_now: &[checkpoint::identity::TrackedInput],
 ) -> Result<RestorePoint> {
-    let Some((epoch, bytes)) = checkpoint::load_latest(state_dir)? else {
+    let Some(latest) = checkpoint::load_latest(state_dir)? else {
         return Ok(RestorePoint {
             snapshot: None,
             finished: false,
@@ -200,8 +207,9 @@ pub(super) fn choose_restore_point(
             superseded: None,
         });
     };
+    let epoch = latest.epoch;
     let (finished, more, final_batches) = {
-        let snap = checkpoint::view(&bytes)?;
+        let snap = latest.head()?;
         let more = match cfg.source.kind {
             SourceKind::Fluvio => true,
             SourceKind::Generator => false,
@@ -224,14 +232,15 @@ pub(super) fn choose_restore_point(
     }
     if !finished || !more {
         return Ok(RestorePoint {
-            snapshot: Some((epoch, bytes)),
+            snapshot: Some(latest),
             finished,
             retract: None,
             superseded: None,
         });
     }
     match checkpoint::load_newest_before(state_dir, epoch)? {
-        Some((before, b)) if !checkpoint::view(&b)?.finished => {
+        Some(b) if !b.head()?.finished => {
+            let before = b.epoch;
             tracing::info!(
                 ended = epoch,
                 resuming = before,
@@ -239,10 +248,10 @@ pub(super) fn choose_restore_point(
                  its end; the outputs of that end are taken back and decided again"
             );
             Ok(RestorePoint {
-                snapshot: Some((before, b)),
+                snapshot: Some(b),
                 finished: false,
                 retract: Some(final_batches),
-                superseded: Some((epoch, checkpoint::snapshot_path(state_dir, epoch))),
+                superseded: Some(epoch),
             })
         }
         _ => anyhow::bail!(

@@ -35,6 +35,8 @@ pub(super) struct StateStage<'a> {
     pub(super) sinks: &'a SinkSenders,
     /// Epoch of the outputs being written now.
     pub(super) epoch: u64,
+    /// The last checkpoint written (or restored; 0: none): the next one is a delta on it.
+    pub(super) parent: u64,
     /// Lines consumed per stream (the restore point of the next checkpoint).
     pub(super) positions: [Position; 2],
     /// Fluvio: next offset per (stream, partition) consumed.
@@ -350,7 +352,7 @@ impl StateStage<'_> {
                 (Some(b), true) => b.lock().map(|b| b.clone()).unwrap_or_default(),
                 _ => Vec::new(),
             },
-            engine: self.engine.snapshot(),
+            engine: self.engine.delta_snapshot(self.parent),
         };
         let offsets = self.fluvio.then(|| {
             self.partition_offsets
@@ -366,6 +368,7 @@ impl StateStage<'_> {
         })?;
         self.metrics.checkpoint_paused(t.elapsed());
         self.checkpoints += 1;
+        self.parent = self.epoch;
         self.epoch += 1;
         self.events_since = 0;
         self.last_checkpoint = Instant::now();

@@ -7,12 +7,17 @@
 //! [`super::interner::DimsTable`], bounded by the business) and the [`Extras`] (device,
 //! sub1–sub5 — in an [`ExtrasTable`], evicted with the clicks that use them, because sub values
 //! can be as varied as the traffic).
+//!
+//! With the change log on, every click record the index sees and every eviction sweep is
+//! logged ([`super::changes`]) for the next delta checkpoint, and [`ClickIndex::replay`]
+//! applies such logs on restore.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use dashmap::DashMap;
 
+use super::changes::{ArchivedClickOp, ArchivedSweep, ChangeLog, ClickOp, Log, Step, replay};
 use crate::event::keys::BuildIdentity;
 
 /// What the index keeps per click.
@@ -44,11 +49,16 @@ impl ExtrasTable {
     /// Returns the id of the extras with this hash, creating them with `make` if new, and marks
     /// them used at `ts_ms`.
     pub fn intern(&mut self, hash: u64, ts_ms: i64, make: impl FnOnce() -> Extras) -> u32 {
+        self.intern_new(hash, ts_ms, make).0
+    }
+
+    /// [`Self::intern`], and whether the extras were created by this call.
+    fn intern_new(&mut self, hash: u64, ts_ms: i64, make: impl FnOnce() -> Extras) -> (u32, bool) {
         if let Some(&id) = self.by_hash.get(&hash) {
             if let Some((_, _, last)) = &mut self.slots[id as usize] {
                 *last = (*last).max(ts_ms);
             }
-            return id;
+            return (id, false);
         }
         let entry = Some((hash, make(), ts_ms));
         let id = match self.free.pop() {
@@ -62,7 +72,7 @@ impl ExtrasTable {
             }
         };
         self.by_hash.insert(hash, id);
-        id
+        (id, true)
     }
 
     pub fn get(&self, id: u32) -> Option<&Extras> {
@@ -130,15 +140,23 @@ impl ExtrasTable {
 pub struct ClickIndex {
     map: DashMap<u64, IndexedClick, BuildIdentity>,
     pub extras: ExtrasTable,
+    /// Click records and sweeps since the last checkpoint (when on).
+    pub log: ChangeLog<ClickOp>,
+    /// Extras created since the last checkpoint, by hash (when the log is on).
+    pub new_extras: Vec<(u64, Extras)>,
 }
 
 impl Default for ClickIndex {
     fn default() -> Self {
-        ClickIndex {
-            map: DashMap::with_hasher(BuildIdentity::default()),
-            extras: ExtrasTable::default(),
-        }
+        ClickIndex::with_capacity(0)
     }
+}
+
+/// What the click index changed since the last checkpoint.
+#[derive(Debug, Default)]
+pub struct ClickChanges {
+    pub log: Log<ClickOp>,
+    pub new_extras: Vec<(u64, Extras)>,
 }
 
 impl ClickIndex {
@@ -147,7 +165,89 @@ impl ClickIndex {
         ClickIndex {
             map: DashMap::with_capacity_and_hasher(n, BuildIdentity::default()),
             extras: ExtrasTable::default(),
+            log: ChangeLog::default(),
+            new_extras: Vec::new(),
         }
+    }
+
+    /// A click record: marks its extras used (created with `make` when new) and indexes the
+    /// click unless its id is already there. Returns the click and whether it was new.
+    pub fn add(
+        &mut self,
+        key: u64,
+        ts_ms: i64,
+        dims: u32,
+        extras_hash: u64,
+        make: impl FnOnce() -> Extras,
+    ) -> (IndexedClick, bool) {
+        let (extras, created) = self.extras.intern_new(extras_hash, ts_ms, make);
+        if created
+            && self.log.on
+            && let Some(e) = self.extras.get(extras)
+        {
+            self.new_extras.push((extras_hash, e.clone()));
+        }
+        let click = IndexedClick {
+            ts_ms,
+            dims,
+            extras,
+        };
+        let inserted = self.insert_if_new(key, click);
+        self.log.push(|| ClickOp {
+            key,
+            ts_ms,
+            extras_hash,
+            dims,
+            inserted,
+        });
+        (click, inserted)
+    }
+
+    /// The changes since the last call (the log goes on).
+    pub fn take_changes(&mut self) -> ClickChanges {
+        ClickChanges {
+            log: self.log.take(),
+            new_extras: std::mem::take(&mut self.new_extras),
+        }
+    }
+
+    /// Applies the click logs of a chain of deltas (oldest first) on restore; `new_extras`
+    /// holds every extras the chain created, by hash. Sweeps are folded into the chain's last
+    /// one (`changes::replay`). Returns how many extras were needed and not found (none, unless the
+    /// files disagree with each other).
+    pub fn replay(
+        &mut self,
+        logs: &[(&[ArchivedClickOp], &[ArchivedSweep])],
+        new_extras: &HashMap<u64, Extras, BuildIdentity>,
+    ) -> u64 {
+        let mut missing = 0;
+        replay(
+            logs,
+            |op, horizon| op.ts_ms.to_native() < horizon,
+            |step| match step {
+                Step::Sweep(horizon) => self.evict_before(horizon),
+                Step::Op(op) => {
+                    let (hash, ts_ms) = (op.extras_hash.to_native(), op.ts_ms.to_native());
+                    let extras = self.extras.intern(hash, ts_ms, || {
+                        new_extras.get(&hash).cloned().unwrap_or_else(|| {
+                            missing += 1;
+                            Extras::default()
+                        })
+                    });
+                    if op.inserted {
+                        self.map.insert(
+                            op.key.to_native(),
+                            IndexedClick {
+                                ts_ms,
+                                dims: op.dims.to_native(),
+                                extras,
+                            },
+                        );
+                    }
+                }
+            },
+        );
+        missing
     }
 
     /// Inserts a click known to be new (restore).
@@ -181,6 +281,7 @@ impl ClickIndex {
     pub fn evict_before(&mut self, horizon_ms: i64) {
         self.map.retain(|_, c| c.ts_ms >= horizon_ms);
         self.extras.evict_before(horizon_ms);
+        self.log.sweep(horizon_ms);
     }
 
     pub fn len(&self) -> usize {

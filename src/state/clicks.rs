@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use super::Engine;
-use super::click_index::{Extras, IndexedClick};
+use super::click_index::Extras;
 use crate::event::ClickBatch;
 use crate::event::keys;
 use crate::event::time::{day_of, minute_floor};
@@ -55,19 +55,13 @@ impl Engine {
             // Strings are interned only for dimensions not seen before; most clicks hit the
             // hash lookups.
             let dims = self.click_dims(arena, c);
-            let extras = self
+            let (click, new) = self
                 .clicks
-                .extras
-                .intern(c.extras_hash, c.ts_ms, || Extras {
+                .add(key, c.ts_ms, dims, c.extras_hash, || Extras {
                     device: arena.get_opt(c.device).map(Arc::from),
                     subs: c.subs.map(|s| arena.get_opt(s).map(Arc::from)),
                 });
-            let click = IndexedClick {
-                ts_ms: c.ts_ms,
-                dims,
-                extras,
-            };
-            if !self.clicks.insert_if_new(key, click) {
+            if !new {
                 self.counters.duplicate_clicks += 1;
                 self.agg.update(minute, dims, |m| m.duplicate_clicks += 1);
                 continue;

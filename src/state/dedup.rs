@@ -5,8 +5,14 @@
 //! key is a 64-bit hash ([`crate::event::keys::conversion_key`]) and the value is 24 bytes: time,
 //! version, status, attribution reason and a pending flag packed in one word, the amount, the
 //! aggregate bucket's dimensions as one interned id, and the click-to-conversion delay.
+//!
+//! With the change log on, every write and sweep is logged for the next delta checkpoint
+//! ([`super::changes`]); [`DedupMap::replay`] applies such logs on restore.
 
 use dashmap::DashMap;
+
+use super::changes::{ArchivedSweep, ChangeLog, DedupOp, Step, replay};
+use crate::checkpoint::snapshot::ArchivedDedupSnap;
 
 use crate::event::Status;
 use crate::event::keys::BuildIdentity;
@@ -106,13 +112,12 @@ impl ConvEntry {
 #[derive(Debug)]
 pub struct DedupMap {
     map: DashMap<u64, ConvEntry, BuildIdentity>,
+    pub log: ChangeLog<DedupOp>,
 }
 
 impl Default for DedupMap {
     fn default() -> Self {
-        DedupMap {
-            map: DashMap::with_hasher(BuildIdentity::default()),
-        }
+        DedupMap::with_capacity(0)
     }
 }
 
@@ -121,15 +126,47 @@ impl DedupMap {
     pub fn with_capacity(n: usize) -> DedupMap {
         DedupMap {
             map: DashMap::with_capacity_and_hasher(n, BuildIdentity::default()),
+            log: ChangeLog::default(),
         }
+    }
+
+    /// Applies the dedup logs of a chain of deltas (oldest first) on restore, sweeps folded
+    /// into the last one (`changes::replay`): the last write of a key before that sweep is what the
+    /// sweep judged, and writes after it stand.
+    pub fn replay(&mut self, logs: &[(&[ArchivedDedupSnap], &[ArchivedSweep])]) {
+        replay(
+            logs,
+            |_, _| false,
+            |step| match step {
+                Step::Sweep(horizon) => self.evict_before(horizon),
+                Step::Op(op) => {
+                    self.map.insert(
+                        op.key.to_native(),
+                        ConvEntry::from_parts(
+                            op.packed.to_native(),
+                            op.amount_micros.to_native(),
+                            op.dims.to_native(),
+                            op.click_delay_s.to_native(),
+                        ),
+                    );
+                }
+            },
+        );
     }
 
     pub fn get(&self, key: u64) -> Option<ConvEntry> {
         self.map.get(&key).map(|e| *e)
     }
 
-    pub fn put(&self, key: u64, entry: ConvEntry) {
+    pub fn put(&mut self, key: u64, entry: ConvEntry) {
         self.map.insert(key, entry);
+        self.log.push(|| DedupOp {
+            key,
+            packed: entry.packed,
+            amount_micros: entry.amount_micros,
+            dims: entry.dims,
+            click_delay_s: entry.click_delay_s,
+        });
     }
 
     /// Every entry (for snapshots).
@@ -140,9 +177,10 @@ impl DedupMap {
     }
 
     /// Forgets conversions older than `horizon_ms` (the dedup window has passed).
-    pub fn evict_before(&self, horizon_ms: i64) {
+    pub fn evict_before(&mut self, horizon_ms: i64) {
         self.map
             .retain(|_, e| e.is_pending() || e.ts_ms() >= horizon_ms);
+        self.log.sweep(horizon_ms);
     }
 
     pub fn len(&self) -> usize {
@@ -187,7 +225,7 @@ mod tests {
 
     #[test]
     fn eviction_keeps_recent_and_pending() {
-        let m = DedupMap::default();
+        let mut m = DedupMap::default();
         let mut old = ConvEntry::new(1_000, Status::Approved, 1);
         old.resolve(Attribution::Attributed, 0, 1);
         m.put(1, old);

@@ -20,6 +20,7 @@
 
 pub mod aggregate;
 mod attribution;
+pub mod changes;
 pub mod click_index;
 mod clicks;
 mod conversions;
@@ -128,6 +129,19 @@ impl Engine {
 
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// Turns the change log on: from now on the click index, the visitor sets and the dedup
+    /// map record what they do, for [`Engine::delta_snapshot`] (the pipeline's checkpoints).
+    pub fn track_changes(&mut self) {
+        self.clicks.log.on = true;
+        self.unique.log.on = true;
+        self.dedup.log.on = true;
+    }
+
+    /// Operations logged since the last delta snapshot (0 with the log off).
+    pub fn logged_changes(&self) -> usize {
+        self.clicks.log.len() + self.unique.log.len() + self.dedup.log.len()
     }
 
     pub fn sizes(&self) -> StateSizes {

@@ -9,8 +9,8 @@ use super::dedup::{Attribution, ConvEntry};
 use super::interner::Dims;
 use super::pending::PendingConversion;
 use crate::checkpoint::snapshot::{
-    ArchivedEngineSnap, BucketSnap, ClickSnap, ConvRowSnap, CountersSnap, DedupSnap, EngineSnap,
-    ExtrasSnap, PendingSnap,
+    ArchivedEngineSnap, ArchivedExtrasSnap, BucketSnap, ClickSnap, ConvRowSnap, CountersSnap,
+    DedupSnap, DeltaSnap, EngineSnap, ExtrasSnap, PendingSnap,
 };
 use crate::event::Status;
 use crate::rows::{ConversionRow, Measures};
@@ -43,6 +43,26 @@ fn row_to(r: &ConversionRow) -> ConvRowSnap {
     }
 }
 
+fn extras_snap(id: u32, hash: u64, e: &Extras, last_used_ms: i64) -> ExtrasSnap {
+    ExtrasSnap {
+        id,
+        hash,
+        last_used_ms,
+        device: e.device.as_deref().map(str::to_string),
+        subs: e.subs.clone().map(|x| x.as_deref().map(str::to_string)),
+    }
+}
+
+fn extras_from(x: &ArchivedExtrasSnap) -> Extras {
+    let opt = |s: &rkyv::option::ArchivedOption<rkyv::string::ArchivedString>| {
+        s.as_ref().map(|s| Arc::<str>::from(s.as_str()))
+    };
+    Extras {
+        device: opt(&x.device),
+        subs: std::array::from_fn(|i| opt(&x.subs[i])),
+    }
+}
+
 impl Engine {
     fn row_from_snap(&mut self, r: ConvRowSnap) -> ConversionRow {
         let arc = |s: Option<String>| s.map(Arc::<str>::from);
@@ -72,8 +92,10 @@ impl Engine {
         }
     }
 
-    /// Everything the engine knows, as checkpoint data.
+    /// Everything the engine knows, as checkpoint data (a full snapshot: the big structures
+    /// copied whole).
     pub fn snapshot(&self) -> EngineSnap {
+        let mut snap = self.small_snapshot();
         let mut clicks = Vec::with_capacity(self.clicks.len());
         self.clicks.for_each(|key, c| {
             clicks.push(ClickSnap {
@@ -93,6 +115,49 @@ impl Engine {
                 click_delay_s: e.click_delay_s,
             })
         });
+        snap.clicks = clicks;
+        snap.dedup = dedup;
+        snap.extras = self
+            .clicks
+            .extras
+            .entries()
+            .map(|(id, hash, e, last)| extras_snap(id, hash, e, last))
+            .collect();
+        snap.unique = self
+            .unique
+            .days()
+            .map(|(d, set)| (d, set.iter().copied().collect()))
+            .collect();
+        snap
+    }
+
+    /// A delta snapshot: the small parts whole, and what the big structures logged since the
+    /// last delta snapshot (taken, so the next one starts empty) as the changes on top of
+    /// checkpoint `parent`. Its cost follows the events since then, not the state's size.
+    pub fn delta_snapshot(&mut self, parent: u64) -> EngineSnap {
+        let clicks = self.clicks.take_changes();
+        let visitors = self.unique.log.take();
+        let dedup = self.dedup.log.take();
+        let mut snap = self.small_snapshot();
+        snap.delta = Some(DeltaSnap {
+            parent,
+            clicks: clicks.log.ops,
+            click_sweeps: clicks.log.sweeps,
+            new_extras: clicks
+                .new_extras
+                .iter()
+                .map(|(hash, e)| extras_snap(0, *hash, e, 0))
+                .collect(),
+            visitors: visitors.ops,
+            visitor_sweeps: visitors.sweeps,
+            dedup: dedup.ops,
+            dedup_sweeps: dedup.sweeps,
+        });
+        snap
+    }
+
+    /// Everything but the three big structures.
+    fn small_snapshot(&self) -> EngineSnap {
         let c = &self.counters;
         EngineSnap {
             strings: self.strings.all().iter().map(|s| s.to_string()).collect(),
@@ -103,25 +168,10 @@ impl Engine {
                 .map(|d| [d.tenant, d.offer, d.affiliate, d.country, d.currency])
                 .collect(),
             dims_by_hash: self.dims_by_hash.iter().map(|(h, d)| (*h, *d)).collect(),
-            clicks,
-            extras: self
-                .clicks
-                .extras
-                .entries()
-                .map(|(id, hash, e, last)| ExtrasSnap {
-                    id,
-                    hash,
-                    last_used_ms: last,
-                    device: e.device.as_deref().map(str::to_string),
-                    subs: e.subs.clone().map(|x| x.as_deref().map(str::to_string)),
-                })
-                .collect(),
-            unique: self
-                .unique
-                .days()
-                .map(|(d, set)| (d, set.iter().copied().collect()))
-                .collect(),
-            dedup,
+            clicks: Vec::new(),
+            extras: Vec::new(),
+            unique: Vec::new(),
+            dedup: Vec::new(),
             pending: self
                 .pending
                 .all()
@@ -157,12 +207,76 @@ impl Engine {
                     .map(|(k, v)| (k.to_string(), *v))
                     .collect(),
             },
+            delta: None,
         }
     }
 
-    /// Rebuilds an engine from an archived snapshot, reading the big vectors in place.
-    pub fn restore(cfg: super::EngineConfig, snap: &ArchivedEngineSnap) -> Engine {
+    /// Rebuilds an engine from a chain of archived snapshots, oldest first: a full snapshot
+    /// followed by deltas, or deltas alone starting from an empty engine (parent 0). The big
+    /// structures come from the full snapshot (read in place) and the deltas' changes; the
+    /// small parts from the newest. The caller checks that each delta's parent is the one
+    /// before it (`checkpoint::Chain`).
+    pub fn restore(cfg: super::EngineConfig, chain: &[&ArchivedEngineSnap]) -> Engine {
         let mut e = Engine::new(cfg);
+        let Some(head) = chain.last() else {
+            return e;
+        };
+        e.restore_small(head);
+        let deltas = match chain.first() {
+            Some(base) if base.delta.is_none() => {
+                e.restore_big(base);
+                &chain[1..]
+            }
+            _ => chain,
+        };
+        e.apply(deltas);
+        e
+    }
+
+    /// Applies the changes of a chain of deltas (oldest first) to the big structures.
+    fn apply(&mut self, deltas: &[&ArchivedEngineSnap]) {
+        let deltas: Vec<&crate::checkpoint::snapshot::ArchivedDeltaSnap> =
+            deltas.iter().filter_map(|d| d.delta.as_ref()).collect();
+        if deltas.is_empty() {
+            return;
+        }
+        let mut new_extras: std::collections::HashMap<
+            u64,
+            Extras,
+            crate::event::keys::BuildIdentity,
+        > = Default::default();
+        for d in &deltas {
+            for x in d.new_extras.iter() {
+                new_extras.insert(x.hash.to_native(), extras_from(x));
+            }
+        }
+        let clicks: Vec<_> = deltas
+            .iter()
+            .map(|d| (d.clicks.as_slice(), d.click_sweeps.as_slice()))
+            .collect();
+        let missing = self.clicks.replay(&clicks, &new_extras);
+        if missing > 0 {
+            tracing::error!(
+                missing,
+                "checkpoint deltas refer to click extras they do not hold; those clicks restore without device and subs"
+            );
+        }
+        let visitors: Vec<_> = deltas
+            .iter()
+            .map(|d| (d.visitors.as_slice(), d.visitor_sweeps.as_slice()))
+            .collect();
+        self.unique.replay(&visitors);
+        let dedup: Vec<_> = deltas
+            .iter()
+            .map(|d| (d.dedup.as_slice(), d.dedup_sweeps.as_slice()))
+            .collect();
+        self.dedup.replay(&dedup);
+    }
+
+    /// The small parts of a snapshot (strings, dimensions, pending, aggregates, watermarks,
+    /// counters).
+    fn restore_small(&mut self, snap: &ArchivedEngineSnap) {
+        let e = self;
         for s in snap.strings.iter() {
             e.strings.intern(s.as_str());
         }
@@ -177,69 +291,6 @@ impl Engine {
         }
         for t in snap.dims_by_hash.iter() {
             e.dims_by_hash.insert(t.0.to_native(), t.1.to_native());
-        }
-        // The two big structures are rebuilt on two threads, straight from the archived bytes
-        // and into maps sized up front.
-        e.clicks = super::click_index::ClickIndex::with_capacity(snap.clicks.len());
-        e.dedup = super::dedup::DedupMap::with_capacity(snap.dedup.len());
-        let clicks = &e.clicks;
-        let unique_days: Vec<(
-            i64,
-            std::collections::HashSet<u64, crate::event::keys::BuildIdentity>,
-        )> = std::thread::scope(|s| {
-            let days = s.spawn(|| {
-                snap.unique
-                    .iter()
-                    .map(|day| {
-                        let mut set = std::collections::HashSet::with_capacity_and_hasher(
-                            day.1.len(),
-                            crate::event::keys::BuildIdentity::default(),
-                        );
-                        set.extend(day.1.iter().map(|v| v.to_native()));
-                        (day.0.to_native(), set)
-                    })
-                    .collect()
-            });
-            for c in snap.clicks.iter() {
-                clicks.insert(
-                    c.key.to_native(),
-                    IndexedClick {
-                        ts_ms: c.ts_ms.to_native(),
-                        dims: c.dims.to_native(),
-                        extras: c.extras.to_native(),
-                    },
-                );
-            }
-            days.join().unwrap_or_default()
-        });
-        for (day, set) in unique_days {
-            e.unique.restore_day(day, set);
-        }
-        for x in snap.extras.iter() {
-            let opt = |s: &rkyv::option::ArchivedOption<rkyv::string::ArchivedString>| {
-                s.as_ref().map(|s| Arc::<str>::from(s.as_str()))
-            };
-            e.clicks.extras.restore(
-                x.id.to_native(),
-                x.hash.to_native(),
-                Extras {
-                    device: opt(&x.device),
-                    subs: std::array::from_fn(|i| opt(&x.subs[i])),
-                },
-                x.last_used_ms.to_native(),
-            );
-        }
-        e.clicks.extras.finish_restore();
-        for d in snap.dedup.iter() {
-            e.dedup.put(
-                d.key.to_native(),
-                ConvEntry::from_parts(
-                    d.packed.to_native(),
-                    d.amount_micros.to_native(),
-                    d.dims.to_native(),
-                    d.click_delay_s.to_native(),
-                ),
-            );
         }
         for p in snap.pending.iter() {
             let p: PendingSnap = match rkyv::deserialize::<PendingSnap, rkyv::rancor::Error>(p) {
@@ -281,6 +332,67 @@ impl Engine {
                 c.dead_letters.insert(r.as_str(), t.1.to_native());
             }
         }
-        e
+    }
+
+    /// The big structures of a full snapshot: click index, extras, visitor sets, dedup map.
+    fn restore_big(&mut self, snap: &ArchivedEngineSnap) {
+        let e = self;
+        // The two big structures are rebuilt on two threads, straight from the archived bytes
+        // and into maps sized up front.
+        e.clicks = super::click_index::ClickIndex::with_capacity(snap.clicks.len());
+        e.dedup = super::dedup::DedupMap::with_capacity(snap.dedup.len());
+        let clicks = &e.clicks;
+        let unique_days: Vec<(
+            i64,
+            std::collections::HashSet<u64, crate::event::keys::BuildIdentity>,
+        )> = std::thread::scope(|s| {
+            let days = s.spawn(|| {
+                snap.unique
+                    .iter()
+                    .map(|day| {
+                        let mut set = std::collections::HashSet::with_capacity_and_hasher(
+                            day.1.len(),
+                            crate::event::keys::BuildIdentity::default(),
+                        );
+                        set.extend(day.1.iter().map(|v| v.to_native()));
+                        (day.0.to_native(), set)
+                    })
+                    .collect()
+            });
+            for c in snap.clicks.iter() {
+                clicks.insert(
+                    c.key.to_native(),
+                    IndexedClick {
+                        ts_ms: c.ts_ms.to_native(),
+                        dims: c.dims.to_native(),
+                        extras: c.extras.to_native(),
+                    },
+                );
+            }
+            days.join().unwrap_or_default()
+        });
+        for (day, set) in unique_days {
+            e.unique.restore_day(day, set);
+        }
+        for x in snap.extras.iter() {
+            e.clicks.extras.restore(
+                x.id.to_native(),
+                x.hash.to_native(),
+                extras_from(x),
+                x.last_used_ms.to_native(),
+            );
+        }
+        e.clicks.extras.finish_restore();
+        for d in snap.dedup.iter() {
+            e.dedup.put(
+                d.key.to_native(),
+                ConvEntry::from_parts(
+                    d.packed.to_native(),
+                    d.amount_micros.to_native(),
+                    d.dims.to_native(),
+                    d.click_delay_s.to_native(),
+                ),
+            );
+        }
     }
 }

@@ -577,7 +577,7 @@ fn snapshot_and_restore_continue_exactly_like_an_uninterrupted_run() {
     };
     let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&snap).unwrap();
     let view = crate::checkpoint::view(&bytes).unwrap();
-    let mut second = Engine::restore(cfg, &view.engine);
+    let mut second = Engine::restore(cfg, &[&view.engine]);
     assert_eq!(second.counters(), first.counters());
     assert_eq!(second.sizes(), first.sizes());
     feed(&mut second, &mut got, &clicks[30..], &convs[60..]);
@@ -586,4 +586,163 @@ fn snapshot_and_restore_continue_exactly_like_an_uninterrupted_run() {
     got.take(b);
     assert_eq!(summarise(&got), summarise(&want));
     assert_eq!(second.counters(), whole.counters());
+}
+
+/// Many days of clicks and postbacks with narrow windows, so eviction sweeps run often, with
+/// late clicks older than the eviction horizon, duplicate clicks, extras shared and unique,
+/// status changes and postbacks for unknown clicks: as `(clicks, conversions)` batches.
+fn month_of_traffic(seed: u64) -> Vec<(Vec<String>, Vec<String>)> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    let mut batches = Vec::new();
+    let mut n = 0u64;
+    for step in 0..240i64 {
+        // Two event-hours per batch: 20 days in all.
+        let base = T0 + step * 2 * 60 * MIN;
+        let mut clicks = Vec::new();
+        let mut convs = Vec::new();
+        for _ in 0..rng.random_range(5..30) {
+            n += 1;
+            let late = if rng.random_bool(0.08) {
+                rng.random_range(0..4 * DAY)
+            } else {
+                0
+            };
+            let id = if rng.random_bool(0.05) && n > 10 {
+                format!("c{}", rng.random_range(n - 10..n))
+            } else {
+                format!("c{n}")
+            };
+            let ts = base + rng.random_range(0..120 * MIN) - late;
+            let ip = format!("10.0.0.{}", rng.random_range(0..20));
+            let mut line = click(&id, ts, &format!("o{}", n % 3), Some(&ip));
+            if rng.random_bool(0.5) {
+                // Shared extras: the sub1 of a few profiles, not of the click.
+                line = line.replace(&format!("s1-{id}"), &format!("s1-p{}", n % 4));
+            }
+            clicks.push(line);
+            if rng.random_bool(0.3) {
+                let target = if rng.random_bool(0.1) {
+                    "nope".to_string()
+                } else {
+                    format!("c{}", rng.random_range(n.saturating_sub(200).max(1)..=n))
+                };
+                let ext = if rng.random_bool(0.3) && n > 50 {
+                    format!("e{}", rng.random_range(n - 50..n))
+                } else {
+                    format!("e{n}")
+                };
+                let status = ["approved", "pending", "rejected"][rng.random_range(0..3)];
+                // Late postbacks too: older than the dedup horizon when they come.
+                let late = if rng.random_bool(0.08) {
+                    rng.random_range(0..4 * DAY)
+                } else {
+                    0
+                };
+                let cts = base + rng.random_range(0..120 * MIN) - late;
+                convs.push(conv(&target, &ext, "t", status, cts, "3.5"));
+            }
+        }
+        batches.push((clicks, convs));
+    }
+    batches
+}
+
+#[test]
+fn delta_checkpoints_replayed_with_their_sweeps_folded_restore_what_the_live_run_had() {
+    let cfg = EngineConfig {
+        attribution_window_ms: DAY,
+        allowed_lateness_ms: 5 * MIN,
+        dedup_window_ms: 2 * DAY,
+    };
+    // Each stream's batch in two halves, so sweeps fall between a checkpoint's operations.
+    let feed = |e: &mut Engine, out: &mut Out, batch: &(Vec<String>, Vec<String>)| {
+        let mut b = SinkBatch::default();
+        let (c, v) = (batch.0.len() / 2, batch.1.len() / 2);
+        e.on_clicks(decoder().decode_clicks(&raw(&batch.0[..c])).0, &mut b);
+        e.on_conversions(decoder().decode_conversions(&raw(&batch.1[..v])).0, &mut b);
+        e.on_clicks(decoder().decode_clicks(&raw(&batch.0[c..])).0, &mut b);
+        e.on_conversions(decoder().decode_conversions(&raw(&batch.1[v..])).0, &mut b);
+        out.take(b);
+    };
+    let finish = |mut e: Engine, mut out: Out| {
+        let mut b = SinkBatch::default();
+        e.finish(&mut b);
+        out.take(b);
+        // Whole rows, the click's device and subs (restored extras) included.
+        let mut rows: Vec<String> = out.conversions.iter().map(|r| format!("{r:?}")).collect();
+        rows.sort();
+        let summary = (rows, out.by_offer(), out.clicks.clone(), out.dead.len());
+        (summary, e.counters().clone())
+    };
+    let sizes = |e: &Engine| {
+        let s = e.sizes();
+        (
+            s.indexed_clicks,
+            s.dedup_keys,
+            s.pending,
+            s.open_buckets,
+            e.unique.len(),
+        )
+    };
+    for seed in [1, 2, 3] {
+        let batches = month_of_traffic(seed);
+        // Uninterrupted.
+        let mut whole = Engine::new(cfg);
+        let mut want = Out::default();
+        for b in &batches {
+            feed(&mut whole, &mut want, b);
+        }
+        // The same with a checkpoint after every batch, as deltas; the run is restored from
+        // the chain three times (once after a compaction into a full snapshot) and goes on.
+        let snap = |engine: crate::checkpoint::snapshot::EngineSnap| {
+            rkyv::to_bytes::<rkyv::rancor::Error>(&crate::checkpoint::Snapshot {
+                engine,
+                ..Default::default()
+            })
+            .unwrap()
+        };
+        let restore = |files: &[rkyv::util::AlignedVec]| {
+            let engines: Vec<_> = files
+                .iter()
+                .map(|f| &crate::checkpoint::view(f).unwrap().engine)
+                .collect();
+            let mut e = Engine::restore(cfg, &engines);
+            e.track_changes();
+            e
+        };
+        let mut live = Engine::new(cfg);
+        live.track_changes();
+        let mut got = Out::default();
+        let mut chain: Vec<rkyv::util::AlignedVec> = Vec::new();
+        let mut sweeps = 0;
+        for (i, b) in batches.iter().enumerate() {
+            feed(&mut live, &mut got, b);
+            let delta = live.delta_snapshot(i as u64);
+            sweeps += delta.delta.as_ref().unwrap().click_sweeps.len();
+            chain.push(snap(delta));
+            // Every checkpoint restores to the live state's sizes; three times the run goes
+            // on from the restored engine.
+            let restored = restore(&chain);
+            assert_eq!(sizes(&restored), sizes(&live), "seed {seed}, batch {i}");
+            assert_eq!(restored.counters(), live.counters());
+            if [60, 130, 200].contains(&i) {
+                live = restored;
+            }
+            if i == 100 {
+                // Compaction: the chain becomes one full snapshot.
+                let full = restore(&chain).snapshot();
+                chain = vec![snap(full)];
+            }
+        }
+        assert!(sweeps >= 100, "sweeps ran: {sweeps}");
+        assert!(
+            got.clicks.len() > 1000 && want.conversions.len() > 500,
+            "a real workload: {} clicks, {} conversion rows",
+            got.clicks.len(),
+            want.conversions.len()
+        );
+        assert_eq!(sizes(&live), sizes(&whole));
+        assert_eq!(finish(live, got), finish(whole, want), "seed {seed}");
+    }
 }

@@ -1,21 +1,46 @@
 //! Unique clicks: the first click of a UTC day for `(tenant_id, offer_id, ip)`.
 //!
 //! One set of visitor hashes per day; days older than the watermark's day minus one are
-//! dropped, so memory is bounded by two days of distinct visitors.
+//! dropped, so memory is bounded by two days of distinct visitors. With the change log on,
+//! first visits and sweeps are logged for the next delta checkpoint ([`super::changes`]).
 
 use std::collections::{BTreeMap, HashSet};
 
+use super::changes::{ArchivedSweep, ArchivedVisitorOp, ChangeLog, Step, VisitorOp, replay};
 use crate::event::keys::BuildIdentity;
 
 #[derive(Debug, Default)]
 pub struct UniqueClicks {
     days: BTreeMap<i64, HashSet<u64, BuildIdentity>>,
+    pub log: ChangeLog<VisitorOp>,
 }
 
 impl UniqueClicks {
     /// `true` if this visitor key has not been seen on this day before.
     pub fn first_visit(&mut self, day: i64, visitor: u64) -> bool {
-        self.days.entry(day).or_default().insert(visitor)
+        let first = self.days.entry(day).or_default().insert(visitor);
+        if first {
+            self.log.push(|| VisitorOp { day, key: visitor });
+        }
+        first
+    }
+
+    /// Applies the visitor logs of a chain of deltas (oldest first) on restore, sweeps folded
+    /// into the last one (`changes::replay`).
+    pub fn replay(&mut self, logs: &[(&[ArchivedVisitorOp], &[ArchivedSweep])]) {
+        replay(
+            logs,
+            |op, horizon| op.day.to_native() < horizon,
+            |step| match step {
+                Step::Sweep(day) => self.evict_before(day),
+                Step::Op(op) => {
+                    self.days
+                        .entry(op.day.to_native())
+                        .or_default()
+                        .insert(op.key.to_native());
+                }
+            },
+        );
     }
 
     /// Replaces a day's visitor set (restore).
@@ -26,6 +51,7 @@ impl UniqueClicks {
     /// Forgets days before `day`.
     pub fn evict_before(&mut self, day: i64) {
         self.days = self.days.split_off(&day);
+        self.log.sweep(day);
     }
 
     /// Visitor sets per day (for snapshots).

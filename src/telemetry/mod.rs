@@ -61,6 +61,9 @@ pub struct Metrics {
     checkpoint_duration: Histogram,
     checkpoint_pause: Histogram,
     checkpoint_bytes: Gauge,
+    compaction_duration: Histogram,
+    compaction_bytes: Gauge,
+    compaction_failures: Counter,
     checkpoint_last: GaugeF,
     checkpoint_age: GaugeF,
     circuit_open: Gauge,
@@ -201,6 +204,19 @@ impl Metrics {
         self.checkpoint_duration.observe(seconds(took));
         self.checkpoint_bytes.set(bytes as i64);
         self.checkpoint_last.set(unix_now());
+    }
+
+    /// A compaction finished (`Some(bytes)` of the full snapshot written) or failed.
+    pub fn checkpoint_compacted(&self, took: Duration, bytes: Option<u64>) {
+        match bytes {
+            Some(bytes) => {
+                self.compaction_duration.observe(seconds(took));
+                self.compaction_bytes.set(bytes as i64);
+            }
+            None => {
+                self.compaction_failures.inc();
+            }
+        }
     }
 
     pub fn set_circuit_open(&self, open: bool) {

@@ -172,8 +172,26 @@ impl Metrics {
         let checkpoint_bytes = Gauge::default();
         r.register(
             "checkpoint_size_bytes",
-            "Size of the last snapshot file",
+            "Size of the last checkpoint file the state stage handed over (a delta: what changed since the checkpoint before)",
             checkpoint_bytes.clone(),
+        );
+        let compaction_duration = Histogram::new(exponential_buckets(0.01, 2.0, 14));
+        r.register(
+            "checkpoint_compaction_seconds",
+            "Time to fold a chain of delta checkpoints into a full snapshot (on a background thread; its count is the number of compactions)",
+            compaction_duration.clone(),
+        );
+        let compaction_bytes = Gauge::default();
+        r.register(
+            "checkpoint_full_size_bytes",
+            "Size of the last full snapshot a compaction wrote",
+            compaction_bytes.clone(),
+        );
+        let compaction_failures = Counter::default();
+        r.register(
+            "checkpoint_compaction_failures",
+            "Compactions that failed (the deltas stay and restore still works; retried after the next checkpoint)",
+            compaction_failures.clone(),
         );
         let checkpoint_last = GaugeF::default();
         r.register(
@@ -217,6 +235,9 @@ impl Metrics {
             checkpoint_duration,
             checkpoint_pause,
             checkpoint_bytes,
+            compaction_duration,
+            compaction_bytes,
+            compaction_failures,
             checkpoint_last,
             checkpoint_age,
             circuit_open,

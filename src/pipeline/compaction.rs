@@ -1,0 +1,140 @@
+//! Compaction: folds a chain of delta checkpoints into a full snapshot of the same epoch, on a
+//! thread beside the checkpoint writer, so a restore reads one full snapshot and a few deltas.
+//!
+//! The state stage hands over only what changed (`state::changes`), so each checkpoint is a
+//! delta on the one before it. Left alone, a restore would read every delta since the run
+//! began; so after each delta the writer asks [`Compactor::after_write`] whether the chain has
+//! grown past its bounds — [`MAX_DELTAS`] files, or deltas adding up to a quarter of the full
+//! snapshot they stand on — and if so this thread loads the chain, rebuilds the engine from it
+//! (the restore code itself), and writes it back as a full snapshot of that epoch. Deltas after
+//! it continue the chain from there; `checkpoint::prune` removes what no longer serves.
+//!
+//! The compaction never touches the live engine and never blocks the state stage; it costs a
+//! second copy of the state in memory while it runs (see docs/capacity.md). A failure is
+//! logged and counted and leaves the deltas (still a valid checkpoint); the next delta tries
+//! again. The same routine turns a delta into a full snapshot of another epoch for a rollback
+//! ([`materialize`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+use crate::checkpoint::{self, Snapshot};
+use crate::state::{Engine, EngineConfig};
+use crate::telemetry::Metrics;
+
+/// Deltas a chain may have before it is compacted.
+pub const MAX_DELTAS: usize = 32;
+/// Deltas are compacted once they add up to this share of the full snapshot they stand on…
+const DELTA_SHARE: u64 = 4;
+/// …or, while the state is small, to this many bytes.
+const MIN_DELTA_BYTES: u64 = 16 << 20;
+
+/// Writes checkpoint `from` (a chain) as a full snapshot of epoch `as_epoch`; returns its
+/// size.
+pub fn materialize(dir: &Path, from: u64, as_epoch: u64, cfg: EngineConfig) -> Result<u64> {
+    let chain = checkpoint::load(dir, from)?;
+    let engine = Engine::restore(cfg, &chain.engines()?);
+    let mut snap: Snapshot = rkyv::deserialize::<Snapshot, rkyv::rancor::Error>(chain.head()?)
+        .map_err(|e| anyhow::anyhow!("reading checkpoint {from}: {e}"))?;
+    // Memory: the chain's files go before the engine is copied into the snapshot.
+    drop(chain);
+    snap.epoch = as_epoch;
+    snap.engine = engine.snapshot();
+    drop(engine);
+    checkpoint::write(dir, &snap)
+}
+
+/// Does the chain of `epoch` need compacting?
+fn due(dir: &Path, epoch: u64) -> Result<bool> {
+    let files = checkpoint::list(dir)?;
+    let (mut deltas, mut delta_bytes, mut full_bytes) = (0usize, 0u64, 0u64);
+    let mut at = epoch;
+    while let Some(f) = files.get(&at) {
+        let size = |p: &PathBuf| std::fs::metadata(p).map_or(0, |m| m.len());
+        if let Some(full) = &f.full {
+            full_bytes = size(full);
+            break;
+        }
+        let Some((parent, path)) = &f.delta else {
+            break;
+        };
+        deltas += 1;
+        delta_bytes += size(path);
+        if *parent == 0 {
+            break;
+        }
+        at = *parent;
+    }
+    Ok(deltas >= MAX_DELTAS || delta_bytes >= (full_bytes / DELTA_SHARE).max(MIN_DELTA_BYTES))
+}
+
+/// The compaction thread's handle, owned by the checkpoint writer.
+pub(super) struct Compactor {
+    dir: PathBuf,
+    cfg: EngineConfig,
+    metrics: Arc<Metrics>,
+    running: Option<JoinHandle<()>>,
+}
+
+impl Compactor {
+    pub(super) fn new(dir: PathBuf, cfg: EngineConfig, metrics: Arc<Metrics>) -> Compactor {
+        Compactor {
+            dir,
+            cfg,
+            metrics,
+            running: None,
+        }
+    }
+
+    /// Called after checkpoint `epoch` is on disk: starts its compaction when its chain is
+    /// due and no compaction runs.
+    pub(super) fn after_write(&mut self, epoch: u64) {
+        if self.running.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        if let Some(t) = self.running.take() {
+            let _ = t.join();
+        }
+        match due(&self.dir, epoch) {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot list the checkpoints; no compaction");
+                return;
+            }
+        }
+        let (dir, cfg, metrics) = (self.dir.clone(), self.cfg, self.metrics.clone());
+        let spawned = std::thread::Builder::new()
+            .name("compaction".into())
+            .spawn(move || {
+                let t = Instant::now();
+                match materialize(&dir, epoch, epoch, cfg)
+                    .with_context(|| format!("compacting checkpoint {epoch}"))
+                {
+                    Ok(bytes) => {
+                        metrics.checkpoint_compacted(t.elapsed(), Some(bytes));
+                        tracing::debug!(epoch, bytes, took = ?t.elapsed(), "checkpoint compacted");
+                    }
+                    Err(e) => {
+                        metrics.checkpoint_compacted(t.elapsed(), None);
+                        tracing::error!(error = %format!("{e:#}"), "compaction failed; the deltas stay and are compacted later");
+                    }
+                }
+            });
+        match spawned {
+            Ok(t) => self.running = Some(t),
+            Err(e) => tracing::warn!(error = %e, "cannot start the compaction thread"),
+        }
+    }
+
+    /// Waits for a compaction in progress (end of the run: its file is not left half-written).
+    pub(super) fn finish(&mut self) {
+        if let Some(t) = self.running.take() {
+            let _ = t.join();
+        }
+    }
+}
