@@ -224,7 +224,11 @@ impl Engine {
         e.restore_small(head);
         let deltas = match chain.first() {
             Some(base) if base.delta.is_none() => {
-                e.restore_big(base);
+                let (clicks, keys) = chain[1..]
+                    .iter()
+                    .filter_map(|d| d.delta.as_ref())
+                    .fold((0, 0), |(c, k), d| (c + d.clicks.len(), k + d.dedup.len()));
+                e.restore_big(base, clicks, keys);
                 &chain[1..]
             }
             _ => chain,
@@ -254,23 +258,41 @@ impl Engine {
             .iter()
             .map(|d| (d.clicks.as_slice(), d.click_sweeps.as_slice()))
             .collect();
-        let missing = self.clicks.replay(&clicks, &new_extras);
+        let visitors: Vec<_> = deltas
+            .iter()
+            .map(|d| (d.visitors.as_slice(), d.visitor_sweeps.as_slice()))
+            .collect();
+        let dedup: Vec<_> = deltas
+            .iter()
+            .map(|d| (d.dedup.as_slice(), d.dedup_sweeps.as_slice()))
+            .collect();
+        // The maps get room for everything the deltas may add (no rehashing while they fill),
+        // and the three structures are rebuilt on three threads.
+        if self.clicks.is_empty() {
+            let extras = std::mem::take(&mut self.clicks.extras);
+            let n = clicks.iter().map(|l| l.0.len()).sum();
+            self.clicks = super::click_index::ClickIndex::with_capacity(n);
+            self.clicks.extras = extras;
+        }
+        if self.dedup.is_empty() {
+            let n = dedup.iter().map(|l| l.0.len()).sum();
+            self.dedup = super::dedup::DedupMap::with_capacity(n);
+        }
+        let (index, unique, dedup_map) = (&mut self.clicks, &mut self.unique, &mut self.dedup);
+        let missing = std::thread::scope(|s| {
+            let v = s.spawn(|| unique.replay(&visitors));
+            let d = s.spawn(|| dedup_map.replay(&dedup));
+            let missing = index.replay(&clicks, &new_extras);
+            let _ = v.join();
+            let _ = d.join();
+            missing
+        });
         if missing > 0 {
             tracing::error!(
                 missing,
                 "checkpoint deltas refer to click extras they do not hold; those clicks restore without device and subs"
             );
         }
-        let visitors: Vec<_> = deltas
-            .iter()
-            .map(|d| (d.visitors.as_slice(), d.visitor_sweeps.as_slice()))
-            .collect();
-        self.unique.replay(&visitors);
-        let dedup: Vec<_> = deltas
-            .iter()
-            .map(|d| (d.dedup.as_slice(), d.dedup_sweeps.as_slice()))
-            .collect();
-        self.dedup.replay(&dedup);
     }
 
     /// The small parts of a snapshot (strings, dimensions, pending, aggregates, watermarks,
@@ -334,13 +356,14 @@ impl Engine {
         }
     }
 
-    /// The big structures of a full snapshot: click index, extras, visitor sets, dedup map.
-    fn restore_big(&mut self, snap: &ArchivedEngineSnap) {
+    /// The big structures of a full snapshot: click index, extras, visitor sets, dedup map
+    /// (with room for `more_clicks` and `more_keys` to come from deltas).
+    fn restore_big(&mut self, snap: &ArchivedEngineSnap, more_clicks: usize, more_keys: usize) {
         let e = self;
         // The two big structures are rebuilt on two threads, straight from the archived bytes
         // and into maps sized up front.
-        e.clicks = super::click_index::ClickIndex::with_capacity(snap.clicks.len());
-        e.dedup = super::dedup::DedupMap::with_capacity(snap.dedup.len());
+        e.clicks = super::click_index::ClickIndex::with_capacity(snap.clicks.len() + more_clicks);
+        e.dedup = super::dedup::DedupMap::with_capacity(snap.dedup.len() + more_keys);
         let clicks = &e.clicks;
         let unique_days: Vec<(
             i64,
