@@ -39,12 +39,19 @@ fn main() -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
     let cfg = EngineConfig::default();
 
-    let mut engine = synthetic_engine(clicks, keys, visitors)?;
+    let mut engine = synthetic_engine(clicks + clicks / 8, keys, visitors)?;
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
     println!(
         "checkpoint of {clicks} indexed clicks + {keys} dedup keys + {visitors} unique visitors, \
          intervals of {events} events ({cores} cores):"
     );
+
+    // One eviction sweep (on the state stage, once per event-hour), evicting CLICKS / 8
+    // clicks (the synthetic clicks are 1 ms apart) and leaving CLICKS.
+    let t = Instant::now();
+    engine.evict(1_793_527_200_000 + 30 * 86_400_000 + 5 * 60_000 + (clicks as i64 / 8));
+    let sweep = t.elapsed();
+    let evicted = (clicks + clicks / 8) as usize - engine.sizes().indexed_clicks;
 
     // The full copy every checkpoint was before deltas (and what a compaction still writes).
     let t = Instant::now();
@@ -111,6 +118,10 @@ fn main() -> anyhow::Result<()> {
         "  state stage pause, delta (take the change log + small parts): mean {:.4} s, max {:.4} s",
         s(pauses.iter().sum::<Duration>()) / deltas as f64,
         s(max(&pauses))
+    );
+    println!(
+        "  eviction sweep (state stage, once per event-hour): {:.4} s for {evicted} clicks",
+        s(sweep)
     );
     println!(
         "  delta write (off-thread, fsync): mean {:.3} s, {:.1} MiB = {:.1} bytes per event",

@@ -329,7 +329,7 @@ pub fn memory(keys: u64) -> MemoryCurve {
     const STEPS: u64 = 8;
     let mut click_index = Vec::new();
     let before = rss_bytes();
-    let index = ClickIndex::default();
+    let mut index = ClickIndex::default();
     for i in 0..keys {
         let key = click_key(&format!(
             "{:016x}{:08x}",

@@ -261,7 +261,8 @@ impl Engine {
     /// Drops state older than the windows, measured from the lower watermark of the open
     /// streams so a lagging stream never finds its state evicted. A conversion that arrives
     /// after its click was evicted (more than window + lateness behind) is `unknown_click`.
-    fn evict(&mut self, low_wm: i64) {
+    /// (Public for the checkpoint bench, which times one sweep.)
+    pub fn evict(&mut self, low_wm: i64) {
         let horizon = low_wm
             .saturating_sub(self.cfg.attribution_window_ms)
             .saturating_sub(self.cfg.allowed_lateness_ms);

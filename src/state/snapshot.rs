@@ -364,7 +364,7 @@ impl Engine {
         // and into maps sized up front.
         e.clicks = super::click_index::ClickIndex::with_capacity(snap.clicks.len() + more_clicks);
         e.dedup = super::dedup::DedupMap::with_capacity(snap.dedup.len() + more_keys);
-        let clicks = &e.clicks;
+        let clicks = &mut e.clicks;
         let unique_days: Vec<(
             i64,
             std::collections::HashSet<u64, crate::event::keys::BuildIdentity>,
