@@ -1,8 +1,9 @@
 //! The checkpoint writer: the thread that puts snapshots on disk, so the state stage does not.
 //!
-//! At a checkpoint the state stage stops only for the barrier (every sink durable) and to take
+//! At a checkpoint the state stage stops only to send a barrier down the sink queues and to take
 //! the engine's changes since the last checkpoint and its small parts into a delta
-//! [`Snapshot`]; serializing it (rkyv), writing, fsyncing and renaming the file happen here
+//! [`Snapshot`]; waiting for the sinks to make the outputs before the barrier durable, then
+//! serializing the snapshot (rkyv), writing, fsyncing and renaming the file happen here
 //! while the state stage goes on with the next epoch, and now and then a compaction folds the
 //! deltas into a full snapshot beside it (`compaction.rs`). What must follow the snapshot on disk follows it here:
 //! the batches it covers are observed as durable, and (Fluvio) the offsets it covers are
@@ -29,6 +30,9 @@ use crate::telemetry::Metrics;
 
 /// One snapshot to write and what follows it.
 pub(super) struct Job {
+    /// The sinks' acks of the checkpoint's barrier: the snapshot is written once they are in
+    /// (`None`: the state stage waited for them itself).
+    pub(super) acks: Option<super::sinks::BarrierAcks>,
     pub(super) snap: Snapshot,
     /// Stream and arrival time of the batches the snapshot covers: durable once it is written.
     pub(super) arrived: Vec<(usize, Instant)>,
@@ -142,6 +146,10 @@ fn write(
     committer: &Option<Committer>,
 ) -> Result<Written> {
     let epoch = job.snap.epoch;
+    if let Some(acks) = job.acks {
+        // Outputs before the barrier durable first: a snapshot on disk promises them.
+        acks.wait()?;
+    }
     let t = Instant::now();
     let bytes = checkpoint::write(state_dir, &job.snap)?;
     let wrote: Duration = t.elapsed();

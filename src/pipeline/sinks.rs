@@ -348,18 +348,42 @@ impl SinkSenders {
 
     /// Sends a barrier to every sink and waits until all outputs so far are durable.
     pub(super) fn barrier(&self, next_epoch: u64) -> Result<()> {
+        self.send_barrier(next_epoch)?.wait()
+    }
+
+    /// Sends a barrier to every sink; the outputs sent before it are durable once the
+    /// returned acks are in ([`BarrierAcks::wait`]). Rows sent after it belong to `next_epoch`.
+    pub(super) fn send_barrier(&self, next_epoch: u64) -> Result<BarrierAcks> {
         let (ack_tx, ack_rx) = bounded::<Result<()>>(4);
-        let stopped = || anyhow!("a sink stopped; see its error");
         if !self
             .clicks
             .send(SinkMsg::Barrier(next_epoch, ack_tx.clone()), 0)
             || !self.others.send(SinkMsg::Barrier(next_epoch, ack_tx), 0)
         {
-            return Err(stopped());
+            return Err(sink_stopped());
         }
-        let expected = 2 + usize::from(self.with_clickhouse);
-        for _ in 0..expected {
-            ack_rx.recv().map_err(|_| stopped())??;
+        Ok(BarrierAcks {
+            acks: ack_rx,
+            expected: 2 + usize::from(self.with_clickhouse),
+        })
+    }
+}
+
+fn sink_stopped() -> anyhow::Error {
+    anyhow!("a sink stopped; see its error")
+}
+
+/// The acknowledgements of a barrier in flight.
+pub(super) struct BarrierAcks {
+    acks: Receiver<Result<()>>,
+    expected: usize,
+}
+
+impl BarrierAcks {
+    /// Waits until every sink has made the outputs before the barrier durable.
+    pub(super) fn wait(self) -> Result<()> {
+        for _ in 0..self.expected {
+            self.acks.recv().map_err(|_| sink_stopped())??;
         }
         Ok(())
     }

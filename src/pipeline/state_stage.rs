@@ -306,8 +306,9 @@ impl StateStage<'_> {
         );
     }
 
-    /// Outputs durable → snapshot of the state and positions → the next epoch begins →
-    /// (Fluvio) the offsets the snapshot covers are committed.
+    /// Barrier to the sinks → what the state changed since the last checkpoint and the
+    /// positions, handed to the writer → the next epoch begins; the writer waits for the
+    /// outputs to be durable, writes the snapshot, then (Fluvio) commits the offsets it covers.
     fn checkpoint(&mut self, inputs: &mut [StreamInput; 2], finished: bool) -> Result<()> {
         let t = Instant::now();
         // One snapshot in flight at most (and its memory): the previous one is on disk first.
@@ -321,7 +322,16 @@ impl StateStage<'_> {
         if !out.is_empty() {
             self.sinks.send(out)?;
         }
-        self.sinks.barrier(self.epoch + 1)?;
+        // The barrier goes down the sink queues and the state stage goes on: the snapshot
+        // taken now is the state at the barrier, and the writer puts it on disk only once
+        // every sink has made the outputs before the barrier durable. A finished run's end
+        // waits here, as its snapshot records the ClickHouse batches that end wrote.
+        let acks = if finished {
+            self.sinks.barrier(self.epoch + 1)?;
+            None
+        } else {
+            Some(self.sinks.send_barrier(self.epoch + 1)?)
+        };
         // A partition read to its end without delivering anything still has a position
         // (where the reader started): a restart must not skip what arrives meanwhile.
         for (s, input) in inputs.iter().enumerate() {
@@ -361,6 +371,7 @@ impl StateStage<'_> {
                 .collect()
         });
         self.writer.submit(super::checkpoint_writer::Job {
+            acks,
             snap,
             arrived: std::mem::take(&mut self.awaiting_durable),
             offsets,
