@@ -39,19 +39,19 @@ fn main() -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
     let cfg = EngineConfig::default();
 
-    let mut engine = synthetic_engine(clicks + clicks / 8, keys, visitors)?;
+    let mut engine = synthetic_engine(clicks, keys, visitors)?;
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
     println!(
         "checkpoint of {clicks} indexed clicks + {keys} dedup keys + {visitors} unique visitors, \
          intervals of {events} events ({cores} cores):"
     );
 
-    // One eviction sweep (on the state stage, once per event-hour), evicting CLICKS / 8
-    // clicks (the synthetic clicks are 1 ms apart) and leaving CLICKS.
+    // One hourly eviction sweep (on the state stage): the synthetic clicks span the 30-day
+    // window, so the sweep evicts the oldest hour of them, as a live sweep does.
     let t = Instant::now();
-    engine.evict(1_793_527_200_000 + 30 * 86_400_000 + 5 * 60_000 + (clicks as i64 / 8));
+    engine.evict(1_793_527_200_000 + 30 * 86_400_000 + 5 * 60_000 + 3_600_000);
     let sweep = t.elapsed();
-    let evicted = (clicks + clicks / 8) as usize - engine.sizes().indexed_clicks;
+    let evicted = clicks as usize - engine.sizes().indexed_clicks;
 
     // The full copy every checkpoint was before deltas (and what a compaction still writes).
     let t = Instant::now();
@@ -120,7 +120,7 @@ fn main() -> anyhow::Result<()> {
         s(max(&pauses))
     );
     println!(
-        "  eviction sweep (state stage, once per event-hour): {:.4} s for {evicted} clicks",
+        "  eviction sweep (state stage, once per event-hour): {:.4} s, {evicted} clicks evicted",
         s(sweep)
     );
     println!(
@@ -153,10 +153,10 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `events` records through the engine: new clicks after the synthetic state's, and a
-/// postback for every 50th.
+/// `events` records through the engine: new clicks at the end of the synthetic state's
+/// window, and a postback for every 50th.
 fn feed(engine: &mut Engine, decoder: &Decoder, next: &mut u64, events: u64) {
-    const T0: i64 = 1_793_527_200_000 + 40_000_000;
+    const T0: i64 = 1_793_527_200_000 + 30 * 86_400_000;
     let (mut clicks, mut convs) = (RawBatch::default(), RawBatch::default());
     let mut out = SinkBatch::default();
     let mut flush = |engine: &mut Engine, clicks: &mut RawBatch, convs: &mut RawBatch| {

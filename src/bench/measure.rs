@@ -393,7 +393,7 @@ pub struct CheckpointCost {
     pub restore_seconds_per_million_keys: f64,
 }
 
-/// A live engine holding `clicks` indexed clicks, `keys` dedup keys and, when
+/// A live engine holding `clicks` indexed clicks (spread over 30 days), `keys` dedup keys and, when
 /// `unique_visitors` > 0, one UTC day with that many unique-visitor keys (built through a
 /// snapshot, which is the fast way to fill the maps).
 pub fn synthetic_engine(clicks: u64, keys: u64, unique_visitors: u64) -> Result<Engine> {
@@ -404,10 +404,12 @@ pub fn synthetic_engine(clicks: u64, keys: u64, unique_visitors: u64) -> Result<
     snap.engine.strings = vec![String::new()];
     snap.engine.dims = vec![[0; 5]];
     let t0 = 1_793_527_200_000i64;
+    // The clicks spread evenly over a 30-day attribution window, as a month of traffic.
+    let spacing = (30 * 86_400_000 / clicks.max(1) as i64).max(1);
     snap.engine.clicks = (0..clicks)
         .map(|i| ClickSnap {
             key: i.wrapping_mul(0x9E37_79B9_7F4A_7C15),
-            ts_ms: t0 + i as i64,
+            ts_ms: t0 + i as i64 * spacing,
             dims: 0,
             extras: 0,
         })

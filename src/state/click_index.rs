@@ -19,6 +19,7 @@ use dashmap::DashMap;
 use rustc_hash::FxBuildHasher;
 
 use super::changes::{ArchivedClickOp, ArchivedSweep, ChangeLog, ClickOp, Log, Step, replay};
+use crate::checkpoint::snapshot::ArchivedClickSnap;
 use crate::event::keys::BuildIdentity;
 use crate::event::time::MS_PER_HOUR;
 
@@ -46,6 +47,26 @@ impl<K> Default for HourBuckets<K> {
 }
 
 impl<K: Copy> HourBuckets<K> {
+    /// Every `(time, key)` of `entries` filed, each hour's vector allocated at its final size.
+    fn of<T>(entries: &[T], entry: impl Fn(&T) -> (i64, K)) -> HourBuckets<K> {
+        let mut counts: HashMap<i64, usize, FxBuildHasher> = HashMap::default();
+        for e in entries {
+            *counts.entry(hour_of(entry(e).0)).or_default() += 1;
+        }
+        let mut b = HourBuckets::<K> {
+            hours: counts
+                .into_iter()
+                .map(|(hour, n)| (hour, Vec::with_capacity(n)))
+                .collect(),
+            newest: i64::MIN,
+        };
+        for e in entries {
+            let (ts_ms, key) = entry(e);
+            b.file(ts_ms, key);
+        }
+        b
+    }
+
     fn file(&mut self, ts_ms: i64, key: K) {
         let hour = hour_of(ts_ms);
         self.newest = self.newest.max(hour);
@@ -323,6 +344,36 @@ impl ClickIndex {
             },
         );
         missing
+    }
+
+    /// Fills an empty index from a full snapshot's clicks: the map on this thread, the hour
+    /// filing on another.
+    pub fn restore_from(&mut self, clicks: &[ArchivedClickSnap]) {
+        let map = &self.map;
+        let hours = std::thread::scope(|s| {
+            let hours =
+                s.spawn(|| HourBuckets::of(clicks, |c| (c.ts_ms.to_native(), c.key.to_native())));
+            for c in clicks {
+                map.insert(
+                    c.key.to_native(),
+                    IndexedClick {
+                        ts_ms: c.ts_ms.to_native(),
+                        dims: c.dims.to_native(),
+                        extras: c.extras.to_native(),
+                    },
+                );
+            }
+            hours.join()
+        });
+        match hours {
+            Ok(hours) => self.by_hour = hours,
+            // Not reached (filing does not panic); filed here instead, slower.
+            Err(_) => {
+                for c in clicks {
+                    self.by_hour.file(c.ts_ms.to_native(), c.key.to_native());
+                }
+            }
+        }
     }
 
     /// Inserts a click known to be new (restore).

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::Engine;
-use super::click_index::{Extras, IndexedClick};
+use super::click_index::Extras;
 use super::dedup::{Attribution, ConvEntry};
 use super::interner::Dims;
 use super::pending::PendingConversion;
@@ -360,7 +360,7 @@ impl Engine {
     /// (with room for `more_clicks` and `more_keys` to come from deltas).
     fn restore_big(&mut self, snap: &ArchivedEngineSnap, more_clicks: usize, more_keys: usize) {
         let e = self;
-        // The two big structures are rebuilt on two threads, straight from the archived bytes
+        // The big structures are rebuilt on parallel threads, straight from the archived bytes
         // and into maps sized up front.
         e.clicks = super::click_index::ClickIndex::with_capacity(snap.clicks.len() + more_clicks);
         e.dedup = super::dedup::DedupMap::with_capacity(snap.dedup.len() + more_keys);
@@ -382,16 +382,7 @@ impl Engine {
                     })
                     .collect()
             });
-            for c in snap.clicks.iter() {
-                clicks.insert(
-                    c.key.to_native(),
-                    IndexedClick {
-                        ts_ms: c.ts_ms.to_native(),
-                        dims: c.dims.to_native(),
-                        extras: c.extras.to_native(),
-                    },
-                );
-            }
+            clicks.restore_from(snap.clicks.as_slice());
             days.join().unwrap_or_default()
         });
         for (day, set) in unique_days {
