@@ -6,9 +6,9 @@
 //!
 //! A snapshot is *full* (the big vectors hold the whole click index, dedup map and visitor
 //! sets) or a *delta* ([`EngineSnap::delta`]: the big vectors are empty and [`DeltaSnap`] holds
-//! what those structures did since the checkpoint `parent`). The small parts — positions,
-//! settings, strings, dimensions, pending conversions, open aggregates, watermarks, counters —
-//! are whole in both kinds.
+//! what those structures did since the checkpoint `parent`; the catalog — strings, dimension
+//! sets, `dims_by_hash` — holds what was added since). The small parts — positions, settings,
+//! pending conversions, open aggregates, watermarks, counters — are whole in both kinds.
 
 use rkyv::{Archive, Deserialize, Serialize};
 
@@ -102,6 +102,10 @@ pub struct EngineSnap {
 pub struct DeltaSnap {
     /// The epoch this delta applies to; 0: an empty engine (a run's first checkpoint).
     pub parent: u64,
+    /// The catalog only grows: a delta's `strings`, `dims` and `dims_by_hash` are the ones
+    /// added since `parent`, the first of them with these ids.
+    pub strings_from: u64,
+    pub dims_from: u64,
     pub clicks: Vec<ClickOp>,
     pub click_sweeps: Vec<Sweep>,
     /// Extras created since `parent` (`id` unused: they are found by hash).

@@ -102,6 +102,13 @@ pub struct Engine {
     last_sweep_ms: i64,
     counters: Counters,
     empty: Sym,
+    /// The catalog (strings, dimension sets, `dims_by_hash`) only grows, so a delta checkpoint
+    /// carries what was added since the last one: how many strings and dimension sets the
+    /// checkpoints so far hold, and the `dims_by_hash` entries added since (change log on).
+    sent_strings: usize,
+    sent_dims: usize,
+    new_dims_by_hash: Vec<(u64, u32)>,
+    tracking: bool,
 }
 
 impl Engine {
@@ -124,6 +131,10 @@ impl Engine {
             convs_closed: false,
             last_sweep_ms: i64::MIN,
             counters: Counters::default(),
+            sent_strings: 0,
+            sent_dims: 0,
+            new_dims_by_hash: Vec::new(),
+            tracking: false,
         }
     }
 
@@ -134,6 +145,10 @@ impl Engine {
     /// Turns the change log on: from now on the click index, the visitor sets and the dedup
     /// map record what they do, for [`Engine::delta_snapshot`] (the pipeline's checkpoints).
     pub fn track_changes(&mut self) {
+        // What the engine holds now is in the checkpoint it was restored from (or empty).
+        self.tracking = true;
+        self.sent_strings = self.strings.len();
+        self.sent_dims = self.dims.len();
         self.clicks.log.on = true;
         self.unique.log.on = true;
         self.dedup.log.on = true;

@@ -53,6 +53,10 @@ fn extras_snap(id: u32, hash: u64, e: &Extras, last_used_ms: i64) -> ExtrasSnap 
     }
 }
 
+fn dims_array(d: &Dims) -> [u32; 5] {
+    [d.tenant, d.offer, d.affiliate, d.country, d.currency]
+}
+
 fn extras_from(x: &ArchivedExtrasSnap) -> Extras {
     let opt = |s: &rkyv::option::ArchivedOption<rkyv::string::ArchivedString>| {
         s.as_ref().map(|s| Arc::<str>::from(s.as_str()))
@@ -96,6 +100,9 @@ impl Engine {
     /// copied whole).
     pub fn snapshot(&self) -> EngineSnap {
         let mut snap = self.small_snapshot();
+        snap.strings = self.strings.all().iter().map(|s| s.to_string()).collect();
+        snap.dims = self.dims.all().iter().map(dims_array).collect();
+        snap.dims_by_hash = self.dims_by_hash.iter().map(|(h, d)| (*h, *d)).collect();
         let mut clicks = Vec::with_capacity(self.clicks.len());
         self.clicks.for_each(|key, c| {
             clicks.push(ClickSnap {
@@ -139,8 +146,22 @@ impl Engine {
         let visitors = self.unique.log.take();
         let dedup = self.dedup.log.take();
         let mut snap = self.small_snapshot();
+        snap.strings = self.strings.all()[self.sent_strings.min(self.strings.len())..]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        snap.dims = self.dims.all()[self.sent_dims.min(self.dims.len())..]
+            .iter()
+            .map(dims_array)
+            .collect();
+        snap.dims_by_hash = std::mem::take(&mut self.new_dims_by_hash);
+        let (strings_from, dims_from) = (self.sent_strings as u64, self.sent_dims as u64);
+        self.sent_strings = self.strings.len();
+        self.sent_dims = self.dims.len();
         snap.delta = Some(DeltaSnap {
             parent,
+            strings_from,
+            dims_from,
             clicks: clicks.log.ops,
             click_sweeps: clicks.log.sweeps,
             new_extras: clicks
@@ -156,18 +177,14 @@ impl Engine {
         snap
     }
 
-    /// Everything but the three big structures.
+    /// Everything but the three big structures and the catalog (strings, dimension sets,
+    /// `dims_by_hash`), which the callers add whole or as what is new.
     fn small_snapshot(&self) -> EngineSnap {
         let c = &self.counters;
         EngineSnap {
-            strings: self.strings.all().iter().map(|s| s.to_string()).collect(),
-            dims: self
-                .dims
-                .all()
-                .iter()
-                .map(|d| [d.tenant, d.offer, d.affiliate, d.country, d.currency])
-                .collect(),
-            dims_by_hash: self.dims_by_hash.iter().map(|(h, d)| (*h, *d)).collect(),
+            strings: Vec::new(),
+            dims: Vec::new(),
+            dims_by_hash: Vec::new(),
             clicks: Vec::new(),
             extras: Vec::new(),
             unique: Vec::new(),
@@ -221,6 +238,11 @@ impl Engine {
         let Some(head) = chain.last() else {
             return e;
         };
+        // The catalog first, file by file (a delta holds what its interval added), so the
+        // strings pending conversions intern below are found, not added.
+        for snap in chain {
+            e.restore_catalog(snap);
+        }
         e.restore_small(head);
         let deltas = match chain.first() {
             Some(base) if base.delta.is_none() => {
@@ -295,10 +317,22 @@ impl Engine {
         }
     }
 
-    /// The small parts of a snapshot (strings, dimensions, pending, aggregates, watermarks,
-    /// counters).
-    fn restore_small(&mut self, snap: &ArchivedEngineSnap) {
+    /// The catalog of one file: strings, dimension sets and `dims_by_hash` (all of them in a
+    /// full snapshot, the ones its interval added in a delta).
+    fn restore_catalog(&mut self, snap: &ArchivedEngineSnap) {
         let e = self;
+        if let Some(d) = snap.delta.as_ref()
+            && (d.strings_from.to_native() != e.strings.len() as u64
+                || d.dims_from.to_native() != e.dims.len() as u64)
+        {
+            tracing::error!(
+                strings = e.strings.len(),
+                dims = e.dims.len(),
+                delta_strings_from = d.strings_from.to_native(),
+                delta_dims_from = d.dims_from.to_native(),
+                "a checkpoint delta does not continue the catalog of the one before it"
+            );
+        }
         for s in snap.strings.iter() {
             e.strings.intern(s.as_str());
         }
@@ -314,6 +348,12 @@ impl Engine {
         for t in snap.dims_by_hash.iter() {
             e.dims_by_hash.insert(t.0.to_native(), t.1.to_native());
         }
+    }
+
+    /// The small parts of the newest file: pending conversions, open aggregates, watermarks,
+    /// counters.
+    fn restore_small(&mut self, snap: &ArchivedEngineSnap) {
+        let e = self;
         for p in snap.pending.iter() {
             let p: PendingSnap = match rkyv::deserialize::<PendingSnap, rkyv::rancor::Error>(p) {
                 Ok(p) => p,

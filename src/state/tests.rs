@@ -615,7 +615,8 @@ fn month_of_traffic(seed: u64) -> Vec<(Vec<String>, Vec<String>)> {
             };
             let ts = base + rng.random_range(0..120 * MIN) - late;
             let ip = format!("10.0.0.{}", rng.random_range(0..20));
-            let mut line = click(&id, ts, &format!("o{}", n % 3), Some(&ip));
+            // New offers keep appearing, so checkpoints carry new catalog entries.
+            let mut line = click(&id, ts, &format!("o{}", n % 3 + n / 300), Some(&ip));
             if rng.random_bool(0.5) {
                 // Shared extras: the sub1 of a few profiles, not of the click.
                 line = line.replace(&format!("s1-{id}"), &format!("s1-p{}", n % 4));
@@ -678,11 +679,8 @@ fn delta_checkpoints_replayed_with_their_sweeps_folded_restore_what_the_live_run
     let sizes = |e: &Engine| {
         let s = e.sizes();
         (
-            s.indexed_clicks,
-            s.dedup_keys,
-            s.pending,
-            s.open_buckets,
-            e.unique.len(),
+            (s.indexed_clicks, s.dedup_keys, s.pending, s.open_buckets),
+            (s.dims, s.interned_strings, e.unique.len()),
         )
     };
     for seed in [1, 2, 3] {

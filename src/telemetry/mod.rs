@@ -195,7 +195,7 @@ impl Metrics {
             .set(lag);
     }
 
-    /// The state stage goes on after a checkpoint's barrier and state copy.
+    /// The state stage goes on after sending a checkpoint's barrier and handing over the delta.
     pub fn checkpoint_paused(&self, paused: Duration) {
         self.checkpoint_pause.observe(seconds(paused));
     }

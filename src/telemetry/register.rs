@@ -166,7 +166,7 @@ impl Metrics {
         ]);
         r.register(
             "checkpoint_pause_seconds",
-            "Time a checkpoint stops the state stage: the sink barrier (outputs durable) plus copying the state for the snapshot writer; events arriving meanwhile wait this long",
+            "Time a checkpoint stops the state stage: sending its rows and the barrier down the sink queues plus taking what the state changed since the last checkpoint (the writer waits for the sinks); events arriving meanwhile wait this long",
             checkpoint_pause.clone(),
         );
         let checkpoint_bytes = Gauge::default();
