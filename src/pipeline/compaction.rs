@@ -4,7 +4,7 @@
 //! The state stage hands over only what changed (`state::changes`), so each checkpoint is a
 //! delta on the one before it. Left alone, a restore would read every delta since the run
 //! began; so after each delta the writer asks [`Compactor::after_write`] whether the chain has
-//! grown past its bounds — [`MAX_DELTAS`] files, or deltas adding up to an eighth of the full
+//! grown past its bounds — [`MAX_DELTAS`] files, or deltas adding up to a sixteenth of the full
 //! snapshot they stand on — and if so this thread loads the chain, rebuilds the engine from it
 //! (the restore code itself), and writes it back as a full snapshot of that epoch. Deltas after
 //! it continue the chain from there; `checkpoint::prune` removes what no longer serves.
@@ -29,7 +29,7 @@ use crate::telemetry::Metrics;
 /// Deltas a chain may have before it is compacted.
 pub const MAX_DELTAS: usize = 32;
 /// Deltas are compacted once they add up to this share of the full snapshot they stand on…
-const DELTA_SHARE: u64 = 8;
+const DELTA_SHARE: u64 = 16;
 /// …or, while the state is small, to this many bytes.
 const MIN_DELTA_BYTES: u64 = 16 << 20;
 
