@@ -91,7 +91,9 @@ pub(super) fn restore(cfg: &PipelineConfig, fresh: bool, lock: DirLock) -> Resul
     let tracked = checkpoint::identity::track(cfg)?;
     let settings = checkpoint::identity::semantic_settings(cfg);
     checkpoint::remove_temporary(&state_dir);
+    let started = std::time::Instant::now();
     let point = choose_restore_point(cfg, &state_dir, &tracked)?;
+    let loaded_s = started.elapsed().as_secs_f64();
     let mut partition_offsets: HashMap<(usize, u32), u64> = HashMap::new();
     let (engine, last_epoch, positions) = match &point.snapshot {
         Some(chain) => {
@@ -112,7 +114,15 @@ pub(super) fn restore(cfg: &PipelineConfig, fresh: bool, lock: DirLock) -> Resul
                 }
                 .into());
             }
+            let rebuilding = std::time::Instant::now();
             let engine = Engine::restore(cfg.engine(), &chain.engines()?);
+            // What a restore costs, for the operator sizing a restart (docs/operations.md).
+            let timing = format!(
+                "{} file(s), {:.1} MiB read and validated in {loaded_s:.2} s, state rebuilt in {:.2} s",
+                chain.len(),
+                chain.bytes() as f64 / (1024.0 * 1024.0),
+                rebuilding.elapsed().as_secs_f64()
+            );
             let positions = [0, 1].map(|i| Position {
                 line: snap.positions[i].lines.to_native(),
                 offset: snap.positions[i].bytes.to_native(),
@@ -125,6 +135,7 @@ pub(super) fn restore(cfg: &PipelineConfig, fresh: bool, lock: DirLock) -> Resul
                     epoch,
                     clicks_line = positions[0].line,
                     conversions_line = positions[1].line,
+                    %timing,
                     "resuming from checkpoint"
                 );
             } else {
@@ -135,7 +146,7 @@ pub(super) fn restore(cfg: &PipelineConfig, fresh: bool, lock: DirLock) -> Resul
                     .map(|((s, p), o)| format!("{}/{p}@{o}", ["clicks", "conversions"][*s]))
                     .collect::<Vec<_>>()
                     .join(" ");
-                tracing::info!(epoch, %offsets, "resuming from checkpoint (next offset per partition)");
+                tracing::info!(epoch, %offsets, %timing, "resuming from checkpoint (next offset per partition)");
             }
             (engine, *epoch, positions)
         }

@@ -158,6 +158,12 @@ impl DedupMap {
         self.map.get(&key).map(|e| *e)
     }
 
+    /// An entry of a full snapshot, on restore: not logged (the snapshot holds it), and through
+    /// `&self` so the map fills beside the click index.
+    pub fn restore(&self, key: u64, entry: ConvEntry) {
+        self.map.insert(key, entry);
+    }
+
     pub fn put(&mut self, key: u64, entry: ConvEntry) {
         self.map.insert(key, entry);
         self.log.push(|| DedupOp {

@@ -238,23 +238,35 @@ impl Engine {
         let Some(head) = chain.last() else {
             return e;
         };
-        // The catalog first, file by file (a delta holds what its interval added), so the
-        // strings pending conversions intern below are found, not added.
-        for snap in chain {
-            e.restore_catalog(snap);
-        }
-        e.restore_small(head);
-        let deltas = match chain.first() {
-            Some(base) if base.delta.is_none() => {
-                let (clicks, keys) = chain[1..]
-                    .iter()
-                    .filter_map(|d| d.delta.as_ref())
-                    .fold((0, 0), |(c, k), d| (c + d.clicks.len(), k + d.dedup.len()));
-                e.restore_big(base, clicks, keys);
-                &chain[1..]
+        let base = chain.first().filter(|b| b.delta.is_none());
+        let deltas = if base.is_some() { &chain[1..] } else { chain };
+        // The full snapshot's big structures on one thread (which spreads them over more)
+        // while this one reads the catalog, file by file (a delta holds what its interval
+        // added); the two share nothing. The catalog comes before the small parts, so the
+        // strings pending conversions intern are found, not added.
+        let (clicks, keys) = deltas
+            .iter()
+            .filter_map(|d| d.delta.as_ref())
+            .fold((0, 0), |(c, k), d| (c + d.clicks.len(), k + d.dedup.len()));
+        std::thread::scope(|s| {
+            if let Some(base) = base {
+                let big = Big {
+                    clicks: &mut e.clicks,
+                    unique: &mut e.unique,
+                    dedup: &mut e.dedup,
+                };
+                s.spawn(move || big.restore(base, clicks, keys));
             }
-            _ => chain,
-        };
+            let mut catalog = Catalog {
+                strings: &mut e.strings,
+                dims: &mut e.dims,
+                dims_by_hash: &mut e.dims_by_hash,
+            };
+            for snap in chain {
+                catalog.restore(snap);
+            }
+        });
+        e.restore_small(head);
         e.apply(deltas);
         e
     }
@@ -317,39 +329,6 @@ impl Engine {
         }
     }
 
-    /// The catalog of one file: strings, dimension sets and `dims_by_hash` (all of them in a
-    /// full snapshot, the ones its interval added in a delta).
-    fn restore_catalog(&mut self, snap: &ArchivedEngineSnap) {
-        let e = self;
-        if let Some(d) = snap.delta.as_ref()
-            && (d.strings_from.to_native() != e.strings.len() as u64
-                || d.dims_from.to_native() != e.dims.len() as u64)
-        {
-            tracing::error!(
-                strings = e.strings.len(),
-                dims = e.dims.len(),
-                delta_strings_from = d.strings_from.to_native(),
-                delta_dims_from = d.dims_from.to_native(),
-                "a checkpoint delta does not continue the catalog of the one before it"
-            );
-        }
-        for s in snap.strings.iter() {
-            e.strings.intern(s.as_str());
-        }
-        for d in snap.dims.iter() {
-            e.dims.intern(Dims {
-                tenant: d[0].to_native(),
-                offer: d[1].to_native(),
-                affiliate: d[2].to_native(),
-                country: d[3].to_native(),
-                currency: d[4].to_native(),
-            });
-        }
-        for t in snap.dims_by_hash.iter() {
-            e.dims_by_hash.insert(t.0.to_native(), t.1.to_native());
-        }
-    }
-
     /// The small parts of the newest file: pending conversions, open aggregates, watermarks,
     /// counters.
     fn restore_small(&mut self, snap: &ArchivedEngineSnap) {
@@ -395,16 +374,66 @@ impl Engine {
             }
         }
     }
+}
 
-    /// The big structures of a full snapshot: click index, extras, visitor sets, dedup map
-    /// (with room for `more_clicks` and `more_keys` to come from deltas).
-    fn restore_big(&mut self, snap: &ArchivedEngineSnap, more_clicks: usize, more_keys: usize) {
-        let e = self;
-        // The big structures are rebuilt on parallel threads, straight from the archived bytes
-        // and into maps sized up front.
-        e.clicks = super::click_index::ClickIndex::with_capacity(snap.clicks.len() + more_clicks);
-        e.dedup = super::dedup::DedupMap::with_capacity(snap.dedup.len() + more_keys);
-        let clicks = &mut e.clicks;
+/// The catalog's parts of an engine, restored apart from the rest (`Engine::restore`).
+struct Catalog<'a> {
+    strings: &'a mut super::interner::Interner,
+    dims: &'a mut super::interner::DimsTable,
+    dims_by_hash: &'a mut std::collections::HashMap<u64, u32, crate::event::keys::BuildIdentity>,
+}
+
+impl Catalog<'_> {
+    /// The catalog of one file: strings, dimension sets and `dims_by_hash` (all of them in a
+    /// full snapshot, the ones its interval added in a delta).
+    fn restore(&mut self, snap: &ArchivedEngineSnap) {
+        if let Some(d) = snap.delta.as_ref()
+            && (d.strings_from.to_native() != self.strings.len() as u64
+                || d.dims_from.to_native() != self.dims.len() as u64)
+        {
+            tracing::error!(
+                strings = self.strings.len(),
+                dims = self.dims.len(),
+                delta_strings_from = d.strings_from.to_native(),
+                delta_dims_from = d.dims_from.to_native(),
+                "a checkpoint delta does not continue the catalog of the one before it"
+            );
+        }
+        for s in snap.strings.iter() {
+            self.strings.intern(s.as_str());
+        }
+        for d in snap.dims.iter() {
+            self.dims.intern(Dims {
+                tenant: d[0].to_native(),
+                offer: d[1].to_native(),
+                affiliate: d[2].to_native(),
+                country: d[3].to_native(),
+                currency: d[4].to_native(),
+            });
+        }
+        for t in snap.dims_by_hash.iter() {
+            self.dims_by_hash.insert(t.0.to_native(), t.1.to_native());
+        }
+    }
+}
+
+/// The big structures of an engine, restored from a full snapshot apart from the rest.
+struct Big<'a> {
+    clicks: &'a mut super::click_index::ClickIndex,
+    unique: &'a mut super::unique::UniqueClicks,
+    dedup: &'a mut super::dedup::DedupMap,
+}
+
+impl Big<'_> {
+    /// Click index, extras, visitor sets and dedup map from a full snapshot (with room for
+    /// `more_clicks` and `more_keys` to come from deltas), straight from the archived bytes
+    /// into maps sized up front, on parallel threads: the index (itself on three,
+    /// `ClickIndex::restore_from`), the visitor days, and the dedup map.
+    fn restore(self, snap: &ArchivedEngineSnap, more_clicks: usize, more_keys: usize) {
+        *self.clicks =
+            super::click_index::ClickIndex::with_capacity(snap.clicks.len() + more_clicks);
+        *self.dedup = super::dedup::DedupMap::with_capacity(snap.dedup.len() + more_keys);
+        let (clicks, dedup) = (&mut *self.clicks, &*self.dedup);
         let unique_days: Vec<(
             i64,
             std::collections::HashSet<u64, crate::event::keys::BuildIdentity>,
@@ -422,31 +451,33 @@ impl Engine {
                     })
                     .collect()
             });
+            s.spawn(move || {
+                for d in snap.dedup.iter() {
+                    dedup.restore(
+                        d.key.to_native(),
+                        ConvEntry::from_parts(
+                            d.packed.to_native(),
+                            d.amount_micros.to_native(),
+                            d.dims.to_native(),
+                            d.click_delay_s.to_native(),
+                        ),
+                    );
+                }
+            });
             clicks.restore_from(snap.clicks.as_slice());
             days.join().unwrap_or_default()
         });
         for (day, set) in unique_days {
-            e.unique.restore_day(day, set);
+            self.unique.restore_day(day, set);
         }
         for x in snap.extras.iter() {
-            e.clicks.extras.restore(
+            self.clicks.extras.restore(
                 x.id.to_native(),
                 x.hash.to_native(),
                 extras_from(x),
                 x.last_used_ms.to_native(),
             );
         }
-        e.clicks.extras.finish_restore();
-        for d in snap.dedup.iter() {
-            e.dedup.put(
-                d.key.to_native(),
-                ConvEntry::from_parts(
-                    d.packed.to_native(),
-                    d.amount_micros.to_native(),
-                    d.dims.to_native(),
-                    d.click_delay_s.to_native(),
-                ),
-            );
-        }
+        self.clicks.extras.finish_restore();
     }
 }
