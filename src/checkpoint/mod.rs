@@ -582,7 +582,12 @@ mod tests {
         // Empty (a full disk at the wrong moment) and shorter than a header.
         for len in [0, 7, HEADER - 1] {
             fs::write(&newest, &bytes[..len]).unwrap();
-            assert!(read(&newest).unwrap_err().to_string().contains("bad header"));
+            assert!(
+                read(&newest)
+                    .unwrap_err()
+                    .to_string()
+                    .contains("bad header")
+            );
             assert_eq!(load_latest(dir.path()).unwrap().unwrap().epoch, 1);
         }
     }
