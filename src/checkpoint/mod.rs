@@ -35,6 +35,8 @@ pub use snapshot::{FORMAT_VERSION, InputSnap, Snapshot, StreamPos};
 
 const MAGIC: &[u8; 8] = b"ATRBDSNP";
 const HEADER: usize = 8 + 4 + 4 + 8 + 8;
+// The payload starts at `HEADER` in a page-aligned map; rkyv needs it 16-aligned.
+const _: () = assert!(HEADER.is_multiple_of(16));
 
 /// Where the full snapshot of `epoch` lives.
 pub fn snapshot_path(dir: &Path, epoch: u64) -> PathBuf {
@@ -284,7 +286,7 @@ pub fn load(dir: &Path, epoch: u64) -> Result<Chain> {
             .with_context(|| format!("checkpoint {at} is missing in {}", dir.display()))?;
         if let Some(full) = &f.full {
             match read_valid(full) {
-                Ok(bytes) if view(&bytes)?.engine.delta.is_none() => {
+                Ok(bytes) if view(&bytes).is_ok_and(|s| s.engine.delta.is_none()) => {
                     chain.push(bytes);
                     break;
                 }
@@ -380,11 +382,21 @@ pub fn read(path: &Path) -> Result<Payload> {
     let file = File::open(path).with_context(|| format!("reading {}", path.display()))?;
     // SAFETY: a snapshot file is never changed once renamed into place: checkpoints and
     // compaction write a temporary file and rename it, pruning unlinks (a mapping outlives an
-    // unlink), and the directory lock keeps a second attribd from writing here. The map is
-    // read-only and its page-aligned start keeps the payload (at offset `HEADER`, a multiple
-    // of 16) aligned for rkyv.
-    let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }
+    // unlink), and the directory lock keeps a second attribd from writing here (outside tools
+    // must not edit `_state` in place either: docs/operations.md). The map is read-only and
+    // its page-aligned start keeps the payload (at offset `HEADER`, a multiple of 16) aligned
+    // for rkyv.
+    let map = unsafe { memmap2::Mmap::map(&file) }
         .with_context(|| format!("reading {}", path.display()))?;
+    // Page the whole file in now, so that a disk that cannot read it is an error here (and the
+    // previous checkpoint is used) rather than a SIGBUS wherever the bytes are first touched.
+    #[cfg(target_os = "linux")]
+    match map.advise(memmap2::Advice::PopulateRead) {
+        Ok(()) => {}
+        // Before Linux 5.14 the advice is unknown: pages are read as they are touched.
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
     let header = map.get(..HEADER).unwrap_or_default();
     if header.len() < HEADER || &header[..8] != MAGIC {
         bail!("{} is not an attribd snapshot (bad header)", path.display());
@@ -401,7 +413,7 @@ pub fn read(path: &Path) -> Result<Payload> {
     }
     let len = long(16) as usize;
     let sum = long(24);
-    if map.len() != HEADER + len {
+    if HEADER.checked_add(len) != Some(map.len()) {
         bail!(
             "{} is truncated: {} of {len} payload bytes",
             path.display(),

@@ -111,6 +111,7 @@ impl Compactor {
         let spawned = std::thread::Builder::new()
             .name("compaction".into())
             .spawn(move || {
+                lower_priority();
                 let t = Instant::now();
                 match materialize(&dir, epoch, epoch, cfg)
                     .with_context(|| format!("compacting checkpoint {epoch}"))
@@ -136,5 +137,17 @@ impl Compactor {
         if let Some(t) = self.running.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Background work yields to the pipeline: the compaction thread (and the restore threads it
+/// starts, which inherit it) run at nice 10, so on a busy host the state stage keeps its core
+/// while a chain is rebuilt (restore fills a 30 M index on several threads at once).
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: `setpriority` only reads its integer arguments. On Linux the nice value is per
+    // thread and `who = 0` names the calling thread; raising it needs no privilege.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, 10);
     }
 }

@@ -118,7 +118,7 @@ pub(super) fn restore(cfg: &PipelineConfig, fresh: bool, lock: DirLock) -> Resul
             let engine = Engine::restore(cfg.engine(), &chain.engines()?);
             // What a restore costs, for the operator sizing a restart (docs/operations.md).
             let timing = format!(
-                "{} file(s), {:.1} MiB read and validated in {loaded_s:.2} s, state rebuilt in {:.2} s",
+                "checkpoint chosen and its {} file(s), {:.1} MiB, read and validated in {loaded_s:.2} s; state rebuilt in {:.2} s",
                 chain.len(),
                 chain.bytes() as f64 / (1024.0 * 1024.0),
                 rebuilding.elapsed().as_secs_f64()

@@ -372,9 +372,8 @@ impl ClickIndex {
                 s.spawn(|| HourBuckets::of(clicks, |c| (c.ts_ms.to_native(), c.key.to_native())));
             let other = s.spawn(|| fill(1));
             fill(0);
-            // Not reached (filling does not panic); the other half is filled here instead.
-            if other.join().is_err() {
-                fill(1);
+            if let Err(panic) = other.join() {
+                std::panic::resume_unwind(panic);
             }
             hours.join()
         });
