@@ -372,20 +372,13 @@ impl ClickIndex {
                 s.spawn(|| HourBuckets::of(clicks, |c| (c.ts_ms.to_native(), c.key.to_native())));
             let other = s.spawn(|| fill(1));
             fill(0);
+            // A panic in either is a bug: propagate it rather than restore half an index.
             if let Err(panic) = other.join() {
                 std::panic::resume_unwind(panic);
             }
             hours.join()
         });
-        match hours {
-            Ok(hours) => self.by_hour = hours,
-            // Not reached (filing does not panic); filed here instead, slower.
-            Err(_) => {
-                for c in clicks {
-                    self.by_hour.file(c.ts_ms.to_native(), c.key.to_native());
-                }
-            }
-        }
+        self.by_hour = hours.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
     }
 
     /// Inserts a click known to be new (restore).

@@ -24,9 +24,7 @@ impl Engine {
         let country = self.strings.intern(arena.get(c.country));
         let id = self.dims_id(tenant, offer, affiliate, country, self.empty);
         self.dims_by_hash.insert(c.dims_hash, id);
-        if self.tracking {
-            self.new_dims_by_hash.push((c.dims_hash, id));
-        }
+        self.new_dims_by_hash.push(|| (c.dims_hash, id));
         id
     }
 

@@ -57,6 +57,16 @@ impl ConvEntry {
         e
     }
 
+    /// An entry as a checkpoint holds it (full snapshot or delta log).
+    pub fn from_archived(d: &ArchivedDedupSnap) -> ConvEntry {
+        ConvEntry::from_parts(
+            d.packed.to_native(),
+            d.amount_micros.to_native(),
+            d.dims.to_native(),
+            d.click_delay_s.to_native(),
+        )
+    }
+
     /// The packed word, for snapshots.
     pub fn packed(&self) -> u64 {
         self.packed
@@ -140,15 +150,8 @@ impl DedupMap {
             |step| match step {
                 Step::Sweep(horizon) => self.evict_before(horizon),
                 Step::Op(op) => {
-                    self.map.insert(
-                        op.key.to_native(),
-                        ConvEntry::from_parts(
-                            op.packed.to_native(),
-                            op.amount_micros.to_native(),
-                            op.dims.to_native(),
-                            op.click_delay_s.to_native(),
-                        ),
-                    );
+                    self.map
+                        .insert(op.key.to_native(), ConvEntry::from_archived(op));
                 }
             },
         );

@@ -38,6 +38,7 @@ use crate::event::time::{MS_PER_HOUR, MS_PER_MINUTE, day_of, minute_floor};
 use crate::event::{DeadLetter, Stream};
 use crate::rows::SinkBatch;
 use aggregate::Aggregator;
+use changes::ChangeLog;
 use click_index::ClickIndex;
 use dedup::DedupMap;
 use interner::{Dims, DimsTable, Interner, Sym};
@@ -107,8 +108,7 @@ pub struct Engine {
     /// checkpoints so far hold, and the `dims_by_hash` entries added since (change log on).
     sent_strings: usize,
     sent_dims: usize,
-    new_dims_by_hash: Vec<(u64, u32)>,
-    tracking: bool,
+    new_dims_by_hash: ChangeLog<(u64, u32)>,
 }
 
 impl Engine {
@@ -133,8 +133,7 @@ impl Engine {
             counters: Counters::default(),
             sent_strings: 0,
             sent_dims: 0,
-            new_dims_by_hash: Vec::new(),
-            tracking: false,
+            new_dims_by_hash: ChangeLog::default(),
         }
     }
 
@@ -146,7 +145,7 @@ impl Engine {
     /// map record what they do, for [`Engine::delta_snapshot`] (the pipeline's checkpoints).
     pub fn track_changes(&mut self) {
         // What the engine holds now is in the checkpoint it was restored from (or empty).
-        self.tracking = true;
+        self.new_dims_by_hash.on = true;
         self.sent_strings = self.strings.len();
         self.sent_dims = self.dims.len();
         self.clicks.log.on = true;

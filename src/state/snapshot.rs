@@ -100,8 +100,7 @@ impl Engine {
     /// copied whole).
     pub fn snapshot(&self) -> EngineSnap {
         let mut snap = self.small_snapshot();
-        snap.strings = self.strings.all().iter().map(|s| s.to_string()).collect();
-        snap.dims = self.dims.all().iter().map(dims_array).collect();
+        (snap.strings, snap.dims) = self.catalog_from(0, 0);
         snap.dims_by_hash = self.dims_by_hash.iter().map(|(h, d)| (*h, *d)).collect();
         let mut clicks = Vec::with_capacity(self.clicks.len());
         self.clicks.for_each(|key, c| {
@@ -146,15 +145,8 @@ impl Engine {
         let visitors = self.unique.log.take();
         let dedup = self.dedup.log.take();
         let mut snap = self.small_snapshot();
-        snap.strings = self.strings.all()[self.sent_strings.min(self.strings.len())..]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        snap.dims = self.dims.all()[self.sent_dims.min(self.dims.len())..]
-            .iter()
-            .map(dims_array)
-            .collect();
-        snap.dims_by_hash = std::mem::take(&mut self.new_dims_by_hash);
+        (snap.strings, snap.dims) = self.catalog_from(self.sent_strings, self.sent_dims);
+        snap.dims_by_hash = self.new_dims_by_hash.take().ops;
         let (strings_from, dims_from) = (self.sent_strings as u64, self.sent_dims as u64);
         self.sent_strings = self.strings.len();
         self.sent_dims = self.dims.len();
@@ -175,6 +167,22 @@ impl Engine {
             dedup_sweeps: dedup.sweeps,
         });
         snap
+    }
+
+    /// The strings and dimension sets interned from these positions on (the catalog only
+    /// grows: a full snapshot takes all of it, a delta what the last one did not).
+    fn catalog_from(&self, strings: usize, dims: usize) -> (Vec<String>, Vec<[u32; 5]>) {
+        let (all_strings, all_dims) = (self.strings.all(), self.dims.all());
+        (
+            all_strings[strings.min(all_strings.len())..]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            all_dims[dims.min(all_dims.len())..]
+                .iter()
+                .map(dims_array)
+                .collect(),
+        )
     }
 
     /// Everything but the three big structures and the catalog (strings, dimension sets,
@@ -453,19 +461,12 @@ impl Big<'_> {
             });
             s.spawn(move || {
                 for d in snap.dedup.iter() {
-                    dedup.restore(
-                        d.key.to_native(),
-                        ConvEntry::from_parts(
-                            d.packed.to_native(),
-                            d.amount_micros.to_native(),
-                            d.dims.to_native(),
-                            d.click_delay_s.to_native(),
-                        ),
-                    );
+                    dedup.restore(d.key.to_native(), ConvEntry::from_archived(d));
                 }
             });
             clicks.restore_from(snap.clicks.as_slice());
-            days.join().unwrap_or_default()
+            days.join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         });
         for (day, set) in unique_days {
             self.unique.restore_day(day, set);

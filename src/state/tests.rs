@@ -680,7 +680,12 @@ fn delta_checkpoints_replayed_with_their_sweeps_folded_restore_what_the_live_run
         let s = e.sizes();
         (
             (s.indexed_clicks, s.dedup_keys, s.pending, s.open_buckets),
-            (s.dims, s.interned_strings, e.unique.len()),
+            (
+                s.dims,
+                s.interned_strings,
+                e.unique.len(),
+                e.dims_by_hash.len(),
+            ),
         )
     };
     for seed in [1, 2, 3] {
