@@ -47,7 +47,7 @@ fn main() -> anyhow::Result<()> {
             },
         })
         .collect();
-    let mut sink = ClickHouseSink::connect(&cfg)?;
+    let mut sink = ClickHouseSink::connect(&cfg, "0000000000bec4e5")?;
     let t = Instant::now();
     for chunk in stats.chunks(4096) {
         sink.write(Vec::new(), chunk.to_vec())?;
@@ -85,7 +85,7 @@ fn main() -> anyhow::Result<()> {
             seconds_to_convert: Some(600),
         })
         .collect();
-    let mut sink = ClickHouseSink::connect(&cfg)?;
+    let mut sink = ClickHouseSink::connect(&cfg, "0000000000bec4e5")?;
     let t = Instant::now();
     for chunk in conversions.chunks(4096) {
         sink.write(chunk.to_vec(), Vec::new())?;

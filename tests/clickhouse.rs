@@ -176,7 +176,7 @@ fn fixture_into_clickhouse_equals_known_answers_and_parquet_and_replay_adds_noth
     );
 
     // A crash right before the final checkpoint: the rerun resumes from the checkpoint before
-    // the end and replays the end; its batches are found committed, nothing is added.
+    // the end, takes back the batch the end wrote and replays the end: nothing is added.
     let snaps: Vec<_> = files_under(&dir.path().join("_state"))
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "snap"))
@@ -186,7 +186,7 @@ fn fixture_into_clickhouse_equals_known_answers_and_parquet_and_replay_adds_noth
     let again = run_fixture(&url, &db, dir.path());
     assert!(
         again.contains("resumed from checkpoint")
-            && again.contains("clickhouse: batches (skipped)               1 (1)"),
+            && again.contains("clickhouse: batches (skipped)               1 (0)"),
         "{again}"
     );
     assert_eq!(clickhouse_sums(&url, &db), want);
@@ -402,6 +402,122 @@ fn a_run_killed_mid_stream_and_replayed_counts_nothing_twice() {
     };
     assert_eq!(batches(&db), batches(&reference));
     query(&url, &format!("DROP DATABASE {db}"));
+    query(&url, &format!("DROP DATABASE {reference}"));
+}
+
+/// The window the random kill above hits only now and then, hit every time: the checkpoint
+/// writer dies while a snapshot is in flight, its barrier already passed, so the ClickHouse
+/// sink has gone on writing batches of the next epoch — which no checkpoint covers and which
+/// a replay cannot form again (its barriers fall elsewhere). Once before the first checkpoint
+/// (the restart has no checkpoint, only the instance id) and once at the third (it resumes
+/// from the second): the restart takes those batches back and the result is exact.
+#[test]
+fn a_crash_with_a_checkpoint_in_flight_takes_back_the_next_epochs_batches() {
+    let Some(url) = server("in_flight") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // Clicks and postbacks, read in batches of 4 096 lines: a checkpoint after each.
+    let inputs = generate_input(
+        dir.path(),
+        "clicks = 20000\nconversion_rate = 1.0\nspan_hours = 48.0\nseed = 12",
+    );
+    let input = inputs.join("conversions.ndjson");
+    let clicks = format!(
+        "clicks = {:?}\n",
+        inputs.join("clicks.ndjson").display().to_string()
+    );
+    let pipeline = |db: &str, out: &str| {
+        let p = write_pipeline(dir.path(), &url, db, &input, &dir.path().join(out));
+        let text = std::fs::read_to_string(&p)
+            .unwrap()
+            .replace("flush_rows = 40\n", "flush_rows = 400\n")
+            .replace("kind = \"files\"\n", &format!("kind = \"files\"\n{clicks}"))
+            + "[checkpoint]\nevery = \"1h\"\nevery_events = 4096\n";
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let reference = fresh_db("ref");
+    migrate(&url, &reference);
+    let p = pipeline(&reference, "out-ref");
+    attribd(&["run", "-q", "-p", p.to_str().unwrap()]);
+    let want = clickhouse_sums(&url, &reference);
+    let batches = |d: &str| {
+        query(
+            &url,
+            &format!("SELECT count(), sum(rows) FROM {d}.attribd_batches FINAL FORMAT TSV"),
+        )
+    };
+
+    for skip in [0, 2] {
+        let db = fresh_db(&format!("in_flight_{skip}"));
+        migrate(&url, &db);
+        let out = dir.path().join(format!("out-{skip}"));
+        let p = pipeline(&db, &format!("out-{skip}"));
+        let o = common::attribd_cmd()
+            .args(["run", "-q", "-p", p.to_str().unwrap()])
+            .env("ATTRIBD_LOG", "error")
+            .env("ATTRIBD_CRASH_AT", "checkpoint-before-snapshot")
+            .env("ATTRIBD_CRASH_SKIP", skip.to_string())
+            .env("ATTRIBD_CRASH_DELAY_MS", "3000")
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "the run was to crash");
+        // The situation under test: the snapshot of checkpoint skip+1 never reached the disk,
+        // and ClickHouse holds batches of the epoch after it.
+        let newest = std::fs::read_dir(out.join("_state"))
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".snap"))
+            .filter_map(|n| {
+                n.strip_prefix("checkpoint-")?
+                    .get(..10)?
+                    .parse::<usize>()
+                    .ok()
+            })
+            .max();
+        assert_eq!(newest.unwrap_or(0), skip);
+        let past = query(
+            &url,
+            &format!(
+                "SELECT count() FROM {db}.attribd_batches WHERE batch_id LIKE '%-e{:08}-%'",
+                skip + 2
+            ),
+        );
+        assert_ne!(
+            past,
+            ["0"],
+            "crash at checkpoint {}: no batch of the epoch after it",
+            skip + 1
+        );
+
+        let run_logged = || {
+            let o = common::attribd_cmd()
+                .args(["run", "-q", "-p", p.to_str().unwrap()])
+                .env("ATTRIBD_LOG", "info")
+                .output()
+                .unwrap();
+            let log = String::from_utf8_lossy(&o.stderr).to_string();
+            assert!(o.status.success(), "{log}");
+            log
+        };
+        let log = run_logged();
+        assert!(log.contains("took back the rows written after"), "{log}");
+        assert_eq!(
+            clickhouse_sums(&url, &db),
+            want,
+            "crash at checkpoint {}: after the restart equal to the uninterrupted run",
+            skip + 1
+        );
+        assert_eq!(
+            batches(&db)[0].split('\t').nth(1),
+            batches(&reference)[0].split('\t').nth(1)
+        );
+        // A further run has nothing to take back or to add.
+        assert!(!run_logged().contains("took back"));
+        assert_eq!(clickhouse_sums(&url, &db), want);
+        query(&url, &format!("DROP DATABASE {db}"));
+    }
     query(&url, &format!("DROP DATABASE {reference}"));
 }
 

@@ -1,7 +1,8 @@
 -- Committed batches: one row per INSERT attribd made. Materialized views on the two data
 -- tables (below) write it from the inserted block itself, only after the block is in the
 -- table, so "a batch id is here" means "its rows are in the table". attribd looks a batch id
--- up before inserting, which makes inserts exactly once across retries and restarts.
+-- up in the data before a retry, and after a crash deletes its instance's batches of the
+-- epochs after the checkpoint it resumes from (here and in the data tables).
 CREATE TABLE IF NOT EXISTS {db}.attribd_batches
 (
     batch_id String,

@@ -19,6 +19,7 @@
 //! checkpoint to resume from.
 
 pub mod identity;
+pub mod instance;
 pub mod lock;
 pub mod rollback;
 pub mod snapshot;
@@ -86,6 +87,19 @@ fn remove_if_there(path: &Path) -> Result<()> {
 
 /// Writes `payload` behind the header to `path` atomically.
 fn write_file(dir: &Path, path: &Path, payload: &[u8]) -> Result<()> {
+    let mut header = Vec::with_capacity(HEADER);
+    header.extend_from_slice(MAGIC);
+    header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header.extend_from_slice(&0u32.to_le_bytes());
+    header.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    header.extend_from_slice(&xxh3_64(payload).to_le_bytes());
+    write_atomic(dir, path, &[&header, payload])
+}
+
+/// Writes `parts` one after the other to `path` in `dir`, atomically and durably: a temporary
+/// file, fsync, rename, fsync of the directory. A failed write leaves no partial file behind
+/// (and whatever was at `path` stands).
+pub fn write_atomic(dir: &Path, path: &Path, parts: &[&[u8]]) -> Result<()> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
@@ -93,14 +107,9 @@ fn write_file(dir: &Path, path: &Path, payload: &[u8]) -> Result<()> {
     let tmp = dir.join(format!(".{name}.tmp"));
     let result = (|| -> Result<()> {
         let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        let mut header = Vec::with_capacity(HEADER);
-        header.extend_from_slice(MAGIC);
-        header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        header.extend_from_slice(&0u32.to_le_bytes());
-        header.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-        header.extend_from_slice(&xxh3_64(payload).to_le_bytes());
-        f.write_all(&header)
-            .and_then(|_| f.write_all(payload))
+        parts
+            .iter()
+            .try_for_each(|p| f.write_all(p))
             .with_context(|| format!("writing {}", tmp.display()))?;
         f.sync_all()
             .with_context(|| format!("fsync {}", tmp.display()))?;
@@ -109,12 +118,10 @@ fn write_file(dir: &Path, path: &Path, payload: &[u8]) -> Result<()> {
             .and_then(|d| d.sync_all())
             .with_context(|| format!("fsync directory {}", dir.display()))
     })();
-    if let Err(e) = result {
-        // A failed checkpoint leaves no partial file behind; the previous snapshot stands.
+    if result.is_err() {
         let _ = fs::remove_file(&tmp);
-        return Err(e);
     }
-    Ok(())
+    result
 }
 
 /// The checkpoint files of one epoch.

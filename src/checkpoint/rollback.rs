@@ -10,8 +10,7 @@
 //! like now — even if the appended records were taken away again — instead of trusting an end
 //! whose outputs are already half gone.
 
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -25,18 +24,7 @@ fn path(dir: &Path) -> PathBuf {
 
 /// Records, durably, that the end checkpointed as `ended` is being taken back.
 pub fn begin(dir: &Path, ended: u64) -> Result<()> {
-    let tmp = dir.join(format!(".{FILE}.tmp"));
-    let target = path(dir);
-    (|| -> Result<()> {
-        let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(format!("{ended}\n").as_bytes())
-            .and_then(|_| f.sync_all())
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        fs::rename(&tmp, &target).with_context(|| format!("renaming {}", tmp.display()))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .with_context(|| format!("fsync directory {}", dir.display()))
-    })()
+    super::write_atomic(dir, &path(dir), &[format!("{ended}\n").as_bytes()])
 }
 
 /// The epoch of an end whose rollback was begun and not finished, if any. An unreadable

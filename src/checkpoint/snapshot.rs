@@ -43,7 +43,9 @@ pub struct Snapshot {
     /// checkpoint before it holds the state before that end; a rerun that finds more input
     /// resumes from there, so the longer input gives what a clean run of it gives.
     pub finished: bool,
-    /// With `finished`: the ClickHouse batches the end wrote (taken back by such a rerun).
+    /// Always empty now; kept so the format stays the same. (It held the ClickHouse batches
+    /// a finished end wrote; a rerun now takes back everything its instance wrote after the
+    /// checkpoint it resumes from, `sink/clickhouse/sink.rs`.)
     pub final_batches: Vec<String>,
     pub engine: EngineSnap,
 }

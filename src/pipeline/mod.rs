@@ -146,8 +146,13 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
     )?;
 
     // 4. Sinks (ClickHouse connected and checked before anything is read).
-    let (sink_tx, sink_threads, clickhouse_batches) =
-        sinks::start(cfg, restored.epoch, restored.retract.as_deref(), &metrics)?;
+    let (sink_tx, sink_threads) = sinks::start(
+        cfg,
+        restored.last_epoch,
+        restored.epoch,
+        &restored.instance,
+        &metrics,
+    )?;
     restored.drop_superseded_end(cfg)?;
 
     // 5. The state stage, on this thread, until the inputs end or a stop.
@@ -201,7 +206,6 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
         tracked,
         settings,
         resumed_finished,
-        clickhouse_batches,
         last_record: None,
         inputs_ended: None,
     };

@@ -34,17 +34,19 @@ pub(super) struct Restored {
     pub(super) partition_offsets: HashMap<(usize, u32), u64>,
     /// Resumed from a finished run's end with nothing new (see `StateStage::resumed_finished`).
     pub(super) resumed_finished: bool,
-    /// Going back behind a finished run's end: its ClickHouse batches, to take back.
-    pub(super) retract: Option<Vec<String>>,
-    /// …and its epoch, whose checkpoint is replaced once they are (`drop_superseded_end`).
+    /// Going back behind a finished run's end: its epoch, whose checkpoint is replaced once
+    /// its outputs are taken back (`drop_superseded_end`).
     superseded: Option<u64>,
+    /// This state directory's id, in the name of every ClickHouse batch it writes.
+    pub(super) instance: String,
     /// The file inputs (fingerprinted into every checkpoint) and the semantic settings.
     pub(super) tracked: Vec<TrackedInput>,
     pub(super) settings: Vec<(String, String)>,
 }
 
 impl Restored {
-    /// After the end's ClickHouse batches are taken back (at connect): its checkpoint is
+    /// After the end's ClickHouse batches are taken back (at connect, with everything after
+    /// the checkpoint resumed from): its checkpoint is
     /// replaced by the state before it, under its epoch — a full snapshot of the checkpoint
     /// resumed from, written over the end's (a full snapshot is preferred to a delta of the
     /// same epoch, so the switch is one rename), then the end's delta removed. The newest
@@ -169,8 +171,11 @@ pub(super) fn restore(cfg: &PipelineConfig, fresh: bool, lock: DirLock) -> Resul
         );
     }
     // After going back behind a finished run's end, the epoch that end wrote is skipped, so
-    // no batch of this run is ever taken for one of the outputs just taken back.
-    let epoch = last_epoch + if point.retract.is_some() { 2 } else { 1 };
+    // no output of this run is ever taken for one of the outputs just taken back.
+    let epoch = last_epoch + if point.superseded.is_some() { 2 } else { 1 };
+    // Durable before any output: a run killed before its first checkpoint is followed by one
+    // that takes back what it wrote.
+    let instance = checkpoint::instance::get_or_create(&state_dir)?;
     Ok(Restored {
         lock,
         engine,
@@ -179,8 +184,8 @@ pub(super) fn restore(cfg: &PipelineConfig, fresh: bool, lock: DirLock) -> Resul
         positions,
         partition_offsets,
         resumed_finished: point.finished,
-        retract: point.retract,
         superseded: point.superseded,
+        instance,
         tracked,
         settings,
     })
@@ -191,11 +196,8 @@ pub(super) struct RestorePoint {
     snapshot: Option<checkpoint::Chain>,
     /// The snapshot is a finished run's end and no input has more: nothing left to do.
     finished: bool,
-    /// Going back behind a finished run's end (its input has more now): the ClickHouse
-    /// batches that end wrote, to be taken back with its Parquet files…
-    retract: Option<Vec<String>>,
-    /// …and that end's epoch, whose checkpoint is replaced by the one resumed from once they
-    /// are.
+    /// Going back behind a finished run's end (its input has more now): that end's epoch,
+    /// whose outputs are taken back and whose checkpoint is replaced by the one resumed from.
     superseded: Option<u64>,
 }
 
@@ -214,12 +216,11 @@ pub(super) fn choose_restore_point(
         return Ok(RestorePoint {
             snapshot: None,
             finished: false,
-            retract: None,
             superseded: None,
         });
     };
     let epoch = latest.epoch;
-    let (finished, more, final_batches) = {
+    let (finished, more) = {
         let snap = latest.head()?;
         let more = match cfg.source.kind {
             SourceKind::Fluvio => true,
@@ -231,8 +232,7 @@ pub(super) fn choose_restore_point(
                     .is_some_and(|s| t.grew_past(s))
             }),
         };
-        let batches: Vec<String> = snap.final_batches.iter().map(|b| b.to_string()).collect();
-        (snap.finished, more, batches)
+        (snap.finished, more)
     };
     // A begun rollback of this very end: its outputs may be partly gone, so it is finished.
     let rollback_begun = checkpoint::rollback::pending(state_dir);
@@ -245,7 +245,6 @@ pub(super) fn choose_restore_point(
         return Ok(RestorePoint {
             snapshot: Some(latest),
             finished,
-            retract: None,
             superseded: None,
         });
     }
@@ -261,7 +260,6 @@ pub(super) fn choose_restore_point(
             Ok(RestorePoint {
                 snapshot: Some(b),
                 finished: false,
-                retract: Some(final_batches),
                 superseded: Some(epoch),
             })
         }

@@ -14,7 +14,6 @@
 //! acked does the state stage write the snapshot.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -28,9 +27,6 @@ use crate::sink::clickhouse::{ClickHouseSink, ClickHouseTotals};
 use crate::sink::{FileSinks, SinkTotals};
 use crate::telemetry::{Metrics, Queue, SharedMetrics, SinkKind};
 
-/// Where the ClickHouse thread records the batch ids of the epoch a barrier closed.
-pub(super) type EpochBatches = Arc<Mutex<Vec<String>>>;
-
 /// The running sink threads (joined at the end of the run).
 pub(super) struct SinkThreads {
     parquet: Vec<JoinHandle<Result<SinkTotals>>>,
@@ -38,31 +34,23 @@ pub(super) struct SinkThreads {
 }
 
 /// Connects and checks ClickHouse (before anything is read, so a bad URL, credentials or
-/// schema stops the run at once), takes back `retract` (a finished run's end being decided
-/// again), then starts the sink threads writing outputs of `epoch` onwards. Returns the state
-/// stage's senders, the threads, and where the ClickHouse thread records the batches of each
-/// epoch it closes.
+/// schema stops the run at once), takes back what this instance wrote there after the
+/// checkpoint the run resumes from (`resumed_from`; 0: none), then starts the sink threads
+/// writing outputs of `epoch` onwards. Returns the state stage's senders and the threads.
 pub(super) fn start(
     cfg: &PipelineConfig,
+    resumed_from: u64,
     epoch: u64,
-    retract: Option<&[String]>,
+    instance: &str,
     metrics: &SharedMetrics,
-) -> Result<(SinkSenders, SinkThreads, Option<EpochBatches>)> {
+) -> Result<(SinkSenders, SinkThreads)> {
     let (click_sink_tx, click_sink_rx) = bounded::<SinkMsg>(CHANNEL_BATCHES * 2);
     let (others_tx, others_rx) = bounded::<SinkMsg>(CHANNEL_BATCHES * 2);
-    let clickhouse_batches = cfg
-        .sink
-        .clickhouse
-        .as_ref()
-        .map(|_| Arc::new(Mutex::new(Vec::new())));
     let (ch_tx, clickhouse) = match &cfg.sink.clickhouse {
         Some(ch_cfg) => {
-            let batches = clickhouse_batches.clone().unwrap_or_default();
-            let mut sink = ClickHouseSink::connect(ch_cfg)?;
-            if let Some(ids) = retract {
-                sink.retract(ids)?;
-            }
-            sink.start_at(epoch);
+            let mut sink = ClickHouseSink::connect(ch_cfg, instance)?;
+            sink.roll_back_after(resumed_from)?;
+            sink.set_epoch(epoch);
             sink.set_metrics(metrics.clone());
             let (tx, rx) = bounded::<ClickHouseMsg>(CHANNEL_BATCHES * 2);
             let depth = metrics.queue(Queue::SinkClickHouse).clone();
@@ -80,11 +68,7 @@ pub(super) fn start(
                                 }
                             }
                             ClickHouseMsg::Barrier(next, ack) => {
-                                let r = sink.barrier(next);
-                                if let Ok(mut b) = batches.lock() {
-                                    *b = sink.take_epoch_batches();
-                                }
-                                if let Err(e) = r {
+                                if let Err(e) = sink.barrier(next) {
                                     m.health.sink_failed.store(true, Ordering::Relaxed);
                                     let _ = ack.send(Err(anyhow!("{e:#}")));
                                     return Err(e.context("ClickHouse sink, at a checkpoint"));
@@ -136,7 +120,6 @@ pub(super) fn start(
             parquet,
             clickhouse,
         },
-        clickhouse_batches,
     ))
 }
 
@@ -344,11 +327,6 @@ impl SinkSenders {
             return Err(stopped());
         }
         Ok(())
-    }
-
-    /// Sends a barrier to every sink and waits until all outputs so far are durable.
-    pub(super) fn barrier(&self, next_epoch: u64) -> Result<()> {
-        self.send_barrier(next_epoch)?.wait()
     }
 
     /// Sends a barrier to every sink; the outputs sent before it are durable once the

@@ -73,9 +73,6 @@ pub(super) struct StateStage<'a> {
     /// Resumed from a finished run's end with nothing new: no checkpoint is written, so the
     /// pair "before the end" / "end" stays on disk for a later rerun over a longer input.
     pub(super) resumed_finished: bool,
-    /// The ClickHouse batches of the epoch last closed by a barrier (recorded in a finished
-    /// checkpoint, so a rerun over a longer input can take them back).
-    pub(super) clickhouse_batches: Option<super::sinks::EpochBatches>,
     /// When the last record was processed, and when both streams had ended.
     pub(super) last_record: Option<Instant>,
     pub(super) inputs_ended: Option<Instant>,
@@ -324,14 +321,8 @@ impl StateStage<'_> {
         }
         // The barrier goes down the sink queues and the state stage goes on: the snapshot
         // taken now is the state at the barrier, and the writer puts it on disk only once
-        // every sink has made the outputs before the barrier durable. A finished run's end
-        // waits here, as its snapshot records the ClickHouse batches that end wrote.
-        let acks = if finished {
-            self.sinks.barrier(self.epoch + 1)?;
-            None
-        } else {
-            Some(self.sinks.send_barrier(self.epoch + 1)?)
-        };
+        // every sink has made the outputs before the barrier durable.
+        let acks = self.sinks.send_barrier(self.epoch + 1)?;
         // A partition read to its end without delivering anything still has a position
         // (where the reader started): a restart must not skip what arrives meanwhile.
         for (s, input) in inputs.iter().enumerate() {
@@ -358,10 +349,8 @@ impl StateStage<'_> {
                 .collect::<Result<_>>()?,
             settings: self.settings.clone(),
             finished,
-            final_batches: match (&self.clickhouse_batches, finished) {
-                (Some(b), true) => b.lock().map(|b| b.clone()).unwrap_or_default(),
-                _ => Vec::new(),
-            },
+            // Unused since ClickHouse batches are taken back by instance and epoch.
+            final_batches: Vec::new(),
             engine: self.engine.delta_snapshot(self.parent),
         };
         let offsets = self.fluvio.then(|| {

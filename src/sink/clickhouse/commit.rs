@@ -1,13 +1,15 @@
 //! Exactly-once commit of one batch: its id, the lookup that finds it already in, and the
 //! retry loop with backoff, jitter and a circuit breaker.
 //!
-//! A batch is one INSERT into one table, named by a [`batch_id`] that depends only on the rows
-//! and on where they fall in the input (checkpoint epoch, flush number), so a replay after a
-//! crash names the same rows the same way. `Committer::commit` inserts it; when it may
-//! already be in — a retry after a lost answer, or the run's first epoch, which replays what a
-//! crashed run may have written — it first looks the id up in the data (`is_committed`) and
-//! skips a batch that is there. Servers from 22.2 also get the id as
-//! `insert_deduplication_token`.
+//! A batch is one INSERT into one table, named by a [`batch_id`]: the table, the instance
+//! that wrote it (`checkpoint/instance.rs`), its checkpoint epoch, the process that wrote it,
+//! its flush number and a hash of its rows. Within a process the id is stable, so when an
+//! answer is lost `Committer::commit` looks the id up in the data (`is_committed`) before it
+//! tries again and skips a batch that went in. Across a crash there is nothing to look up:
+//! the restart takes back every batch its instance wrote after the checkpoint it resumes from
+//! (`sink.rs`, `roll_back_after`) and the replay writes them again under new ids (the
+//! process part differs, so a server's `insert_deduplication_token` window, 22.2+, never
+//! mistakes a rewritten batch for one it has seen).
 //!
 //! A failure is retried until the batch is in: the delay starts at `retry_initial` and doubles
 //! up to `retry_max`, each wait jittered ±50 %, and after `breaker_failures` failures in a row
@@ -28,10 +30,32 @@ use super::error::{ClickHouseError, explain};
 use super::migrations::ServerVersion;
 use crate::telemetry::{SharedMetrics, SinkKind};
 
-/// `table-e00000007-000042-1f2e…`: deterministic for the same rows at the same flush of the
-/// same checkpoint epoch.
-pub fn batch_id(table: &str, epoch: u64, seq: u64, content: u64) -> String {
-    format!("{table}-e{epoch:08}-{seq:06}-{content:016x}")
+/// Who wrote a batch: the instance (its state directory) and, within it, the process.
+#[derive(Debug, Clone)]
+pub struct Writer {
+    /// The state directory's [instance id](crate::checkpoint::instance).
+    pub instance: String,
+    /// Random per process: a replay after a crash never reuses an id of the crashed run.
+    pub process: u32,
+}
+
+/// `conversions-<instance>-e00000007-<process>-000042-<content>`. All of an instance's
+/// batches of a table from epoch `e` on sort between [`epochs_from`]'s two bounds.
+pub fn batch_id(table: &str, writer: &Writer, epoch: u64, seq: u64, content: u64) -> String {
+    format!(
+        "{table}-{}-e{epoch:08}-{:08x}-{seq:06}-{content:016x}",
+        writer.instance, writer.process
+    )
+}
+
+/// The ids of `instance`'s batches of `table` in epochs `from` and later are exactly those
+/// `>= .0` and `< .1`.
+pub fn epochs_from(table: &str, instance: &str, from: u64) -> (String, String) {
+    (
+        format!("{table}-{instance}-e{from:08}"),
+        // `f` sorts right after the `e` every epoch of the instance starts with.
+        format!("{table}-{instance}-f"),
+    )
 }
 
 /// One batch to commit.
@@ -42,8 +66,6 @@ pub(super) struct Batch<'a> {
     pub rows: usize,
     /// The rows' time range (in the unit of the table's time column), which prunes the lookup.
     pub range: (i64, i64),
-    /// The batch may be in before its first attempt (the run's first epoch): look it up first.
-    pub may_be_in: bool,
 }
 
 /// How a batch went in.
@@ -158,7 +180,6 @@ impl Committer {
             table,
             rows,
             range,
-            may_be_in,
         } = batch;
         let mut delay = self.cfg.retry_initial;
         let mut attempt = 0u32;
@@ -179,10 +200,9 @@ impl Committer {
                 client
             };
             let timeout = self.cfg.request_timeout;
-            // Only a retry, or the first epoch of a run (which may replay what a crashed run
-            // already committed), can meet a batch that is already in; later first attempts
-            // cannot, and skip the lookup.
-            let check = attempt > 1 || may_be_in;
+            // Only a retry can meet its batch already in (the answer to an INSERT that went
+            // in was lost); a first attempt cannot — a crashed run's batches were taken back.
+            let check = attempt > 1;
             let outcome: Result<bool, ClickHouseError> = self.rt.block_on(async {
                 let committed = check
                     && tokio::time::timeout(timeout, is_committed(&client, table, id, range))
@@ -361,12 +381,46 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_id_starts_with_its_table_and_epoch_and_sorts_by_flush() {
-        let id = batch_id("conversions", 7, 42, 0x1f2e);
-        assert_eq!(id, "conversions-e00000007-000042-0000000000001f2e");
-        // `retract` picks a table's batches by this prefix.
-        assert!(id.starts_with("conversions-e"));
-        assert!(batch_id("t", 7, 9, u64::MAX) < batch_id("t", 7, 10, 0));
-        assert!(batch_id("t", 7, 999_999, 0) < batch_id("t", 8, 1, 0));
+    fn a_batch_id_names_table_instance_epoch_process_flush_and_content() {
+        let w = Writer {
+            instance: "00ff00ff00ff00ff".into(),
+            process: 0xabc,
+        };
+        let id = batch_id("conversions", &w, 7, 42, 0x1f2e);
+        assert_eq!(
+            id,
+            "conversions-00ff00ff00ff00ff-e00000007-00000abc-000042-0000000000001f2e"
+        );
+        assert!(batch_id("t", &w, 7, 9, u64::MAX) < batch_id("t", &w, 7, 10, 0));
+        assert!(batch_id("t", &w, 7, 999_999, 0) < batch_id("t", &w, 8, 1, 0));
+    }
+
+    #[test]
+    fn the_rollback_range_holds_exactly_the_instances_batches_from_an_epoch_on() {
+        let me = |process| Writer {
+            instance: "00ff00ff00ff00ff".into(),
+            process,
+        };
+        let other = Writer {
+            instance: "00ff00ff00ff00fe".into(),
+            process: 1,
+        };
+        let (lo, hi) = epochs_from("conversions", "00ff00ff00ff00ff", 8);
+        let inside = |id: &str| lo.as_str() <= id && id < hi.as_str();
+        for (p, e, seq, content) in [
+            (0, 8, 1, 0),
+            (u32::MAX, 8, 999_999, u64::MAX),
+            (7, 99_999_999, 1, 0),
+        ] {
+            assert!(inside(&batch_id("conversions", &me(p), e, seq, content)));
+        }
+        for id in [
+            batch_id("conversions", &me(u32::MAX), 7, 999_999, u64::MAX),
+            batch_id("conversions", &other, 8, 1, 0),
+            batch_id("conversions", &other, 9, 1, 0),
+            batch_id("attribution_stats_minute", &me(1), 8, 1, 0),
+        ] {
+            assert!(!inside(&id), "{id}");
+        }
     }
 }

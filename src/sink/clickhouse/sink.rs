@@ -1,14 +1,19 @@
 //! The ClickHouse sink itself: buffers the rows the "rest" sink thread hands it, decides when
-//! they become batches, and keeps the per-epoch record a checkpoint needs.
+//! they become batches, and takes back what a crashed run wrote after its last checkpoint.
 //!
 //! [`ClickHouseSink::write`] adds aggregate deltas of the same minute and dimensions up and
 //! queues conversion versions; a table's buffer is flushed as one or more batches (one INSERT
 //! each, at most `flush_rows` rows) when it is full and at every checkpoint barrier
-//! ([`ClickHouseSink::barrier`]). Flush points and row order depend only on the input, so a
-//! replay forms the same batches with the same ids; `commit.rs` gets each of them in exactly
-//! once. [`ClickHouseSink::take_epoch_batches`] hands the checkpoint the ids an epoch
-//! committed, and [`ClickHouseSink::retract`] takes a finished run's last batches back when a
-//! longer input reopens its end.
+//! ([`ClickHouseSink::barrier`]); `commit.rs` gets each of them in exactly once.
+//!
+//! A crash: the checkpoint writer puts a snapshot on disk while the state stage and this sink
+//! go on with the next epoch, so a run can die having written batches of the epoch after the
+//! newest checkpoint and of the one after that. Where a replay places its barriers depends on
+//! the clock (and, for Fluvio, on fetch sizes), so it cannot form the same batches again.
+//! Instead, before anything is written, [`ClickHouseSink::roll_back_after`] deletes every
+//! batch this instance wrote in epochs after the checkpoint the run resumes from — the
+//! ClickHouse side of what `sink::discard_after` does for Parquet files — and the replay
+//! writes them again.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use xxhash_rust::xxh3::Xxh3;
 
-use super::commit::{Batch, Committed, Committer, batch_id};
+use super::commit::{Batch, Committed, Committer, Writer, batch_id, epochs_from};
 use super::config::{ClickHouseConfig, Credentials, client, loggable_url};
 use super::encode::{ConversionIngest, StatsIngest};
 use super::error::explain;
@@ -60,20 +65,19 @@ pub struct ClickHouseSink {
     committer: Committer,
     stats: rustc_hash::FxHashMap<StatsKey, StatsRow>,
     conversions: Vec<ConversionRow>,
+    /// Instance and process: parts of the batch id.
+    writer: Writer,
     /// Checkpoint epoch and flush numbers per table within it; parts of the batch id.
     epoch: u64,
-    /// The run's first epoch: its batches are looked up before inserting.
-    verify_epoch: u64,
     stats_seq: u64,
     conversions_seq: u64,
-    /// Ids of the batches committed in the current epoch.
-    epoch_batches: Vec<String>,
     pub totals: ClickHouseTotals,
 }
 
 impl ClickHouseSink {
     /// Connects and checks the database (exists, migrated, compatible) before anything runs.
-    pub fn connect(cfg: &ClickHouseConfig) -> Result<ClickHouseSink> {
+    /// Batches are named after `instance` ([`crate::checkpoint::instance`]).
+    pub fn connect(cfg: &ClickHouseConfig, instance: &str) -> Result<ClickHouseSink> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -91,11 +95,13 @@ impl ClickHouseSink {
             committer: Committer::new(cfg, client, version, rt),
             stats: rustc_hash::FxHashMap::default(),
             conversions: Vec::new(),
+            writer: Writer {
+                instance: instance.to_string(),
+                process: rand::random(),
+            },
             epoch: 1,
-            verify_epoch: 1,
             stats_seq: 0,
             conversions_seq: 0,
-            epoch_batches: Vec::new(),
             totals: ClickHouseTotals::default(),
         })
     }
@@ -134,61 +140,56 @@ impl ClickHouseSink {
         self.conversions_seq = 0;
     }
 
-    /// The run starts at `epoch`: its batches may already be in (a replay) and are verified.
-    pub fn start_at(&mut self, epoch: u64) {
-        self.verify_epoch = epoch;
-        self.set_epoch(epoch);
-    }
-
-    /// The ids of the batches committed since the last call (after a barrier: the epoch it
-    /// closed).
-    pub fn take_epoch_batches(&mut self) -> Vec<String> {
-        std::mem::take(&mut self.epoch_batches)
-    }
-
-    /// Takes back the batches a finished run's end wrote, when a rerun over a longer input
-    /// decides that end again: `ALTER TABLE … DELETE` of exactly those batch ids (never another
-    /// instance's), waited for until the server has applied it.
-    pub fn retract(&mut self, ids: &[String]) -> Result<()> {
-        if ids.is_empty() {
-            return Ok(());
-        }
+    /// Takes back every batch this instance wrote in epochs after `checkpoint` (the one the
+    /// run resumes from; 0: none): a crashed run's outputs past its last durable checkpoint,
+    /// or a finished run's end when a longer input reopens it. `ALTER TABLE … DELETE` of the
+    /// instance's id range (never another instance's), issued only where such rows exist and
+    /// waited for until the server has applied it, so the replay's inserts come after it.
+    pub fn roll_back_after(&mut self, checkpoint: u64) -> Result<()> {
         let timeout = Duration::from_secs(300);
-        for table in ["conversions", "attribution_stats_minute", "attribd_batches"] {
-            let prefix = format!("{table}-e");
-            let mine: Vec<&str> = ids
-                .iter()
-                .map(String::as_str)
-                .filter(|id| table == "attribd_batches" || id.starts_with(&prefix))
-                .collect();
-            if mine.is_empty() {
-                continue;
-            }
-            let client = self.committer.client().clone();
-            self.committer
+        let instance = &self.writer.instance;
+        let data_tables = ["conversions", "attribution_stats_minute"];
+        let ranges = data_tables.map(|t| epochs_from(t, instance, checkpoint + 1));
+        // attribd_batches lists the batches of both tables.
+        let plan: [(&str, &[(String, String)]); 3] = [
+            (data_tables[0], &ranges[..1]),
+            (data_tables[1], &ranges[1..]),
+            ("attribd_batches", &ranges[..]),
+        ];
+        for (table, ranges) in plan {
+            let predicate = vec!["(batch_id >= ? AND batch_id < ?)"; ranges.len()].join(" OR ");
+            let query = |sql: String| {
+                ranges
+                    .iter()
+                    .fold(self.committer.client().query(&sql), |q, (lo, hi)| {
+                        q.bind(lo.as_str()).bind(hi.as_str())
+                    })
+            };
+            let count_sql = format!("SELECT count() FROM {table} WHERE {predicate}");
+            let deleted = self
+                .committer
                 .block_on(async {
-                    client
-                        .query(&format!(
-                            "ALTER TABLE {table} DELETE WHERE has(?, batch_id)"
-                        ))
-                        .bind(&mine)
+                    let found: u64 = query(count_sql.clone())
+                        .fetch_one()
+                        .await
+                        .map_err(explain)?;
+                    if found == 0 {
+                        return Ok(0);
+                    }
+                    query(format!("ALTER TABLE {table} DELETE WHERE {predicate}"))
                         .execute()
                         .await
                         .map_err(explain)?;
                     let started = Instant::now();
+                    // Done when the rows are gone (asked of the data itself, not of the
+                    // mutation bookkeeping, which 18.16 reports done too early).
                     loop {
-                        // Done when the rows are gone (asked of the data itself, not of the
-                        // mutation bookkeeping, which 18.16 reports done too early).
-                        let running: u64 = client
-                            .query(&format!(
-                                "SELECT count() FROM {table} WHERE has(?, batch_id)"
-                            ))
-                            .bind(&mine)
+                        let left: u64 = query(count_sql.clone())
                             .fetch_one()
                             .await
                             .map_err(explain)?;
-                        if running == 0 {
-                            return Ok(());
+                        if left == 0 {
+                            return Ok(found);
                         }
                         if started.elapsed() > timeout {
                             anyhow::bail!("the delete has not finished after {timeout:?}");
@@ -198,15 +199,18 @@ impl ClickHouseSink {
                 })
                 .with_context(|| {
                     format!(
-                        "taking back {} batches of the previous end from ClickHouse table {table}",
-                        mine.len()
+                        "taking back from ClickHouse table {table} what this instance \
+                         ({instance}) wrote after checkpoint {checkpoint}"
                     )
                 })?;
-            tracing::info!(
-                table,
-                batches = mine.len(),
-                "took back the batches of the previous run's end"
-            );
+            if deleted > 0 {
+                tracing::info!(
+                    table,
+                    rows = deleted,
+                    checkpoint,
+                    "took back the rows written after the checkpoint resumed from; the replay writes them again"
+                );
+            }
         }
         Ok(())
     }
@@ -280,6 +284,7 @@ impl ClickHouseSink {
         self.stats_seq += 1;
         let id = batch_id(
             "attribution_stats_minute",
+            &self.writer,
             self.epoch,
             self.stats_seq,
             h.digest(),
@@ -293,7 +298,6 @@ impl ClickHouseSink {
             table: "attribution_stats_minute",
             rows: rows.len(),
             range,
-            may_be_in: self.epoch == self.verify_epoch,
         };
         let committed = self.committer.commit(batch, |client, id| async move {
             let mut ins = client
@@ -304,7 +308,7 @@ impl ClickHouseSink {
             }
             ins.end().await
         })?;
-        if !self.count(id, &committed) {
+        if !self.count(&committed) {
             self.totals.stats_rows += rows.len() as u64;
         }
         Ok(())
@@ -332,7 +336,13 @@ impl ClickHouseSink {
             h.update(&r.version.to_le_bytes());
         }
         self.conversions_seq += 1;
-        let id = batch_id("conversions", self.epoch, self.conversions_seq, h.digest());
+        let id = batch_id(
+            "conversions",
+            &self.writer,
+            self.epoch,
+            self.conversions_seq,
+            h.digest(),
+        );
         let range = (
             rows.iter().map(|r| r.ts_ms).min().unwrap_or(0),
             rows.iter().map(|r| r.ts_ms).max().unwrap_or(0),
@@ -342,7 +352,6 @@ impl ClickHouseSink {
             table: "conversions",
             rows: rows.len(),
             range,
-            may_be_in: self.epoch == self.verify_epoch,
         };
         let committed = self.committer.commit(batch, |client, id| async move {
             let mut ins = client.insert::<ConversionIngest<'_>>("conversions").await?;
@@ -351,16 +360,14 @@ impl ClickHouseSink {
             }
             ins.end().await
         })?;
-        if !self.count(id, &committed) {
+        if !self.count(&committed) {
             self.totals.conversion_rows += rows.len() as u64;
         }
         Ok(())
     }
 
-    /// Records a committed batch in the epoch's list and the totals; returns whether it was
-    /// skipped (already in).
-    fn count(&mut self, id: String, committed: &Committed) -> bool {
-        self.epoch_batches.push(id);
+    /// Records a committed batch in the totals; returns whether it was skipped (already in).
+    fn count(&mut self, committed: &Committed) -> bool {
         self.totals.batches += 1;
         self.totals.failures += committed.failed_attempts;
         if committed.skipped {
