@@ -45,6 +45,20 @@ impl Backoff {
     }
 }
 
+/// The client's view of the cluster: its endpoint and TLS settings.
+pub fn cluster_config(cfg: &FluvioSourceConfig) -> fluvio::FluvioClusterConfig {
+    let config = fluvio::FluvioClusterConfig::new(cfg.endpoint.clone());
+    match &cfg.tls {
+        Some(tls) => config.with_tls(fluvio::config::TlsPaths {
+            domain: tls.domain.clone(),
+            key: tls.client_key.clone(),
+            cert: tls.client_cert.clone(),
+            ca_cert: tls.ca_cert.clone(),
+        }),
+        None => config,
+    }
+}
+
 /// Connects to the SC, retrying with capped backoff (the cluster may be starting or briefly
 /// away) until `give_up_after` (forever when `None`). `on_retry` runs before each wait.
 pub async fn connect(
@@ -52,15 +66,7 @@ pub async fn connect(
     give_up_after: Option<Duration>,
     mut on_retry: impl FnMut(&str),
 ) -> Result<fluvio::Fluvio> {
-    let mut config = fluvio::FluvioClusterConfig::new(cfg.endpoint.clone());
-    if let Some(tls) = &cfg.tls {
-        config = config.with_tls(fluvio::config::TlsPaths {
-            domain: tls.domain.clone(),
-            key: tls.client_key.clone(),
-            cert: tls.client_cert.clone(),
-            ca_cert: tls.ca_cert.clone(),
-        });
-    }
+    let config = cluster_config(cfg);
     let started = Instant::now();
     let mut backoff = Backoff::new(Duration::from_secs(10));
     loop {

@@ -23,6 +23,7 @@
 pub mod admin;
 pub mod commit;
 mod config;
+pub mod fetch;
 pub mod offsets;
 mod produce;
 pub mod reader;
@@ -150,6 +151,7 @@ async fn run(
         _ = stop_requested() => return Ok(()),
     };
     let fluvio = Arc::new(fluvio);
+    let cluster = Arc::new(admin::cluster_config(&cfg));
     let topics = [Stream::Clicks, Stream::Conversions].map(|s| cfg.topic(s).to_string());
     let setup = async {
         let ends = admin::log_ends(&fluvio, &topics).await?;
@@ -201,6 +203,7 @@ async fn run(
                     .or_else(|| committed.get(&p).copied());
                 readers.push(reader::PartitionReader {
                     fluvio: fluvio.clone(),
+                    cluster: cluster.clone(),
                     topic: topic.clone(),
                     partition: p,
                     start: match cfg.start {

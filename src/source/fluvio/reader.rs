@@ -9,19 +9,18 @@
 //! arrives and the partition is read up to its log end, the reader tells the state stage
 //! ([`Signal::CaughtUp`]) so the merge of partitions does not wait for it.
 //!
-//! Reads use `PartitionConsumer::stream_batches_with_config` (deprecated in 0.50 but the only
-//! call that hands out whole batches with their base offset; the retrying record stream costs a
-//! lock and a timer per record and was the reason the source ran at a fifth of the file rate).
+//! Reads use attribd's own stream fetch (`fetch.rs`): whole batches with their base offset, and
+//! no records skipped where a response cuts a batch, as the `fluvio` 0.50.1 consumer does.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use futures_util::{FutureExt, Stream, StreamExt};
+use futures_util::{FutureExt, StreamExt};
 
 use super::admin::Backoff;
+use super::fetch::{self, BatchStream};
 use super::offsets::{Check, OffsetTracker};
 use crate::raw::Position;
 use crate::source::{BATCH_LINES, Credit, RawBatch, Signal};
@@ -33,17 +32,6 @@ const POLL: Duration = Duration::from_millis(100);
 const STALL: Duration = Duration::from_secs(3);
 /// Batches a partition may have in flight between its reader and the end of the state stage.
 pub const CREDITS: usize = 8;
-
-type BatchStream = Pin<
-    Box<
-        dyn Stream<
-                Item = std::result::Result<
-                    fluvio::dataplane::record::Batch,
-                    fluvio::dataplane::link::ErrorCode,
-                >,
-            > + Send,
-    >,
->;
 
 /// State shared by the readers, the log-end poller and the pipeline.
 #[derive(Default)]
@@ -98,6 +86,8 @@ impl Board {
 /// Everything one partition reader needs.
 pub struct PartitionReader {
     pub fluvio: Arc<fluvio::Fluvio>,
+    /// Endpoint and TLS settings, for the connection to the partition's leader SPU.
+    pub cluster: Arc<fluvio::FluvioClusterConfig>,
     pub topic: String,
     pub partition: u32,
     /// Where to start without a known position.
@@ -140,8 +130,9 @@ impl PartitionReader {
                 break;
             }
             let from = match self.tracker.next() {
-                Some(n) => fluvio::Offset::absolute(n).unwrap_or_else(|_| self.start.clone()),
-                None => self.start.clone(),
+                Some(n) => fetch::From::Offset(n),
+                None if self.start == fluvio::Offset::end() => fetch::From::End,
+                None => fetch::From::Beginning,
             };
             let mut stream = match self.open(from).await {
                 Ok(s) => s,
@@ -337,17 +328,16 @@ impl PartitionReader {
         }
     }
 
-    #[allow(deprecated)] // see the module doc
-    async fn open(&self, from: fluvio::Offset) -> Result<BatchStream> {
-        let consumer = self
-            .fluvio
-            .partition_consumer(self.topic.clone(), self.partition)
-            .await?;
-        let config = fluvio::ConsumerConfig::builder()
-            .max_bytes(self.max_fetch_bytes)
-            .build()?;
-        let stream = consumer.stream_batches_with_config(from, config).await?;
-        Ok(Box::pin(stream))
+    async fn open(&self, from: fetch::From) -> Result<BatchStream> {
+        fetch::open(
+            &self.fluvio,
+            &self.cluster,
+            &self.topic,
+            self.partition,
+            from,
+            self.max_fetch_bytes,
+        )
+        .await
     }
 
     /// Sends the batch once the partition has a credit for it; false when the pipeline stops.
