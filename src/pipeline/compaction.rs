@@ -5,7 +5,8 @@
 //! delta on the one before it. Left alone, a restore would read every delta since the run
 //! began; so after each delta the writer asks [`Compactor::after_write`] whether the chain has
 //! grown past its bounds — [`MAX_DELTAS`] files, or deltas adding up to a sixteenth of the full
-//! snapshot they stand on — and if so this thread loads the chain, rebuilds the engine from it
+//! snapshot they stand on (or of the run's first checkpoint, a delta on the empty state, which
+//! is a whole state too and never compacted alone) — and if so this thread loads the chain, rebuilds the engine from it
 //! (the restore code itself), and writes it back as a full snapshot of that epoch. Deltas after
 //! it continue the chain from there; `checkpoint::prune` removes what no longer serves.
 //!
@@ -62,11 +63,15 @@ fn due(dir: &Path, epoch: u64) -> Result<bool> {
         let Some((parent, path)) = &f.delta else {
             break;
         };
-        deltas += 1;
-        delta_bytes += size(path);
         if *parent == 0 {
+            // A delta on the empty state is a whole state already: the base of this chain,
+            // as a full snapshot would be. Compacting it alone would rewrite the same state
+            // (and a run's first checkpoint would start a compaction its end waits for).
+            full_bytes = size(path);
             break;
         }
+        deltas += 1;
+        delta_bytes += size(path);
         at = *parent;
     }
     Ok(deltas >= MAX_DELTAS || delta_bytes >= (full_bytes / DELTA_SHARE).max(MIN_DELTA_BYTES))
@@ -149,5 +154,57 @@ fn lower_priority() {
     // thread and `who = 0` names the calling thread; raising it needs no privilege.
     unsafe {
         libc::setpriority(libc::PRIO_PROCESS, 0, 10);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Puts an (empty, sparse) checkpoint file of `len` bytes in place.
+    fn file(path: PathBuf, len: u64) {
+        std::fs::File::create(path)
+            .and_then(|f| f.set_len(len))
+            .unwrap();
+    }
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn a_chain_is_due_by_delta_count_or_by_bytes_against_its_base() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // A run's first checkpoint, a delta on the empty state, is a whole state: nothing to
+        // compact, however large.
+        file(checkpoint::delta_path(d, 1, 0), 400 * MIB);
+        assert!(!due(d, 1).unwrap());
+        // Deltas on it count against it as against a full snapshot: 24 MiB of a 400 MiB base
+        // is below a sixteenth…
+        file(checkpoint::delta_path(d, 2, 1), 24 * MIB);
+        assert!(!due(d, 2).unwrap());
+        // …26 MiB more is not.
+        file(checkpoint::delta_path(d, 3, 2), 2 * MIB);
+        assert!(due(d, 3).unwrap());
+
+        // Small state: 16 MiB of deltas or 32 files, on a full snapshot as on a first delta.
+        for base in [
+            checkpoint::snapshot_path(d, 10),
+            checkpoint::delta_path(d, 10, 0),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let d = dir.path();
+            file(base.file_name().map(|n| d.join(n)).unwrap(), MIB);
+            for e in 11..11 + MAX_DELTAS as u64 {
+                file(checkpoint::delta_path(d, e, e - 1), 1024);
+                assert_eq!(due(d, e).unwrap(), e == 10 + MAX_DELTAS as u64, "epoch {e}");
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let d = dir.path();
+            file(base.file_name().map(|n| d.join(n)).unwrap(), MIB);
+            file(checkpoint::delta_path(d, 11, 10), 15 * MIB);
+            assert!(!due(d, 11).unwrap());
+            file(checkpoint::delta_path(d, 12, 11), MIB);
+            assert!(due(d, 12).unwrap());
+        }
     }
 }
