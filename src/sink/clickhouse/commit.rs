@@ -209,9 +209,17 @@ impl Committer {
                         .await
                         .map_err(|_| ClickHouseError::timed_out(timeout))??;
                 if committed {
+                    // Its `attribd_batches` row may be what is missing (the server died
+                    // between the two): a restart's roll-back looks there first.
+                    tokio::time::timeout(timeout, record_batch(&client, table, id))
+                        .await
+                        .map_err(|_| ClickHouseError::timed_out(timeout))??;
                     return Ok(true);
                 }
-                tokio::time::timeout(timeout, insert(client.clone(), id))
+                // The batch id is the query id: a restart after a crash waits for an INSERT
+                // the server is still executing before it takes the crashed run's rows back.
+                let inserting = client.clone().with_setting("query_id", id);
+                tokio::time::timeout(timeout, insert(inserting, id))
                     .await
                     .map_err(|_| ClickHouseError::timed_out(timeout))?
                     .map_err(explain)?;
@@ -276,6 +284,21 @@ impl Committer {
             }
         }
     }
+}
+
+/// Writes the `attribd_batches` row of batch `id` of `table` from its rows, as the
+/// materialized view does (a second row of the same batch is merged away: ReplacingMergeTree).
+async fn record_batch(client: &Client, table: &str, id: &str) -> Result<(), ClickHouseError> {
+    client
+        .query(&format!(
+            "INSERT INTO attribd_batches (batch_id, table_name, rows, inserted_at) \
+             SELECT batch_id, '{table}', count(), now() FROM {table} WHERE batch_id = ? \
+             GROUP BY batch_id"
+        ))
+        .bind(id)
+        .execute()
+        .await
+        .map_err(explain)
 }
 
 /// Whether rows of batch `id` are in `table`, looked up in the data itself (the rows and their

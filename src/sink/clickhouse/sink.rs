@@ -58,6 +58,20 @@ fn stats_key(r: &StatsRow) -> StatsKey {
     )
 }
 
+/// `(column >= ? AND column < ?) OR …`, one pair per range.
+fn range_predicate(column: &str, ranges: usize) -> String {
+    vec![format!("({column} >= ? AND {column} < ?)"); ranges].join(" OR ")
+}
+
+fn bind_ranges(
+    q: clickhouse::query::Query,
+    ranges: &[(String, String)],
+) -> clickhouse::query::Query {
+    ranges
+        .iter()
+        .fold(q, |q, (lo, hi)| q.bind(lo.as_str()).bind(hi.as_str()))
+}
+
 /// Buffers the rows of one run and commits them to ClickHouse in batches, each exactly once.
 pub struct ClickHouseSink {
     cfg: ClickHouseConfig,
@@ -145,74 +159,103 @@ impl ClickHouseSink {
     /// or a finished run's end when a longer input reopens it. `ALTER TABLE … DELETE` of the
     /// instance's id range (never another instance's), issued only where such rows exist and
     /// waited for until the server has applied it, so the replay's inserts come after it.
+    ///
+    /// First, an INSERT of the crashed process the server is still executing (its query id is
+    /// its batch id) is waited for: landing after the delete, it would escape it. Then
+    /// `attribd_batches`, keyed by (table, batch id), says in a few granules whether there is
+    /// anything to take back, so a start with nothing to do does not scan the data tables. (A
+    /// batch is missing there only if the server died between writing its rows and its
+    /// `attribd_batches` row; the retry that then finds it in the data writes that row, see
+    /// `commit.rs`.)
     pub fn roll_back_after(&mut self, checkpoint: u64) -> Result<()> {
-        let timeout = Duration::from_secs(300);
-        let instance = &self.writer.instance;
+        let instance = self.writer.instance.clone();
         let data_tables = ["conversions", "attribution_stats_minute"];
-        let ranges = data_tables.map(|t| epochs_from(t, instance, checkpoint + 1));
-        // attribd_batches lists the batches of both tables.
+        let ranges = data_tables.map(|t| epochs_from(t, &instance, checkpoint + 1));
+        let explain_step = |what: &str| {
+            format!(
+                "taking back from ClickHouse what this instance ({instance}) wrote after \
+                 checkpoint {checkpoint}: {what}"
+            )
+        };
+        let running = self
+            .wait_for_zero("system.processes", "query_id", &ranges)
+            .with_context(|| explain_step("waiting for its inserts still running"))?;
+        if running > 0 {
+            tracing::info!(
+                inserts = running,
+                "waited for inserts of the previous run that were still running"
+            );
+        }
+        let listed = self
+            .count_in("attribd_batches", "batch_id", &ranges)
+            .with_context(|| explain_step("looking in attribd_batches"))?;
+        if listed == 0 {
+            return Ok(());
+        }
         let plan: [(&str, &[(String, String)]); 3] = [
             (data_tables[0], &ranges[..1]),
             (data_tables[1], &ranges[1..]),
             ("attribd_batches", &ranges[..]),
         ];
         for (table, ranges) in plan {
-            let predicate = vec!["(batch_id >= ? AND batch_id < ?)"; ranges.len()].join(" OR ");
-            let query = |sql: String| {
-                ranges
-                    .iter()
-                    .fold(self.committer.client().query(&sql), |q, (lo, hi)| {
-                        q.bind(lo.as_str()).bind(hi.as_str())
-                    })
-            };
-            let count_sql = format!("SELECT count() FROM {table} WHERE {predicate}");
-            let deleted = self
-                .committer
-                .block_on(async {
-                    let found: u64 = query(count_sql.clone())
-                        .fetch_one()
-                        .await
-                        .map_err(explain)?;
-                    if found == 0 {
-                        return Ok(0);
-                    }
-                    query(format!("ALTER TABLE {table} DELETE WHERE {predicate}"))
-                        .execute()
-                        .await
-                        .map_err(explain)?;
-                    let started = Instant::now();
-                    // Done when the rows are gone (asked of the data itself, not of the
-                    // mutation bookkeeping, which 18.16 reports done too early).
-                    loop {
-                        let left: u64 = query(count_sql.clone())
-                            .fetch_one()
-                            .await
-                            .map_err(explain)?;
-                        if left == 0 {
-                            return Ok(found);
-                        }
-                        if started.elapsed() > timeout {
-                            anyhow::bail!("the delete has not finished after {timeout:?}");
-                        }
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                })
-                .with_context(|| {
-                    format!(
-                        "taking back from ClickHouse table {table} what this instance \
-                         ({instance}) wrote after checkpoint {checkpoint}"
-                    )
-                })?;
-            if deleted > 0 {
-                tracing::info!(
-                    table,
-                    rows = deleted,
-                    checkpoint,
-                    "took back the rows written after the checkpoint resumed from; the replay writes them again"
-                );
+            let found = self
+                .count_in(table, "batch_id", ranges)
+                .with_context(|| explain_step(table))?;
+            if found == 0 {
+                continue;
             }
+            let sql = format!(
+                "ALTER TABLE {table} DELETE WHERE {}",
+                range_predicate("batch_id", ranges.len())
+            );
+            let client = self.committer.client().clone();
+            self.committer
+                .block_on(bind_ranges(client.query(&sql), ranges).execute())
+                .map_err(explain)
+                .with_context(|| explain_step(table))?;
+            self.wait_for_zero(table, "batch_id", ranges)
+                .with_context(|| explain_step(table))?;
+            tracing::info!(
+                table,
+                rows = found,
+                checkpoint,
+                "took back the rows written after the checkpoint resumed from; the replay writes them again"
+            );
         }
         Ok(())
+    }
+
+    /// Rows of `table` whose `column` falls in one of `ranges`.
+    fn count_in(&self, table: &str, column: &str, ranges: &[(String, String)]) -> Result<u64> {
+        let sql = format!(
+            "SELECT count() FROM {table} WHERE {}",
+            range_predicate(column, ranges.len())
+        );
+        let client = self.committer.client().clone();
+        let n = self
+            .committer
+            .block_on(bind_ranges(client.query(&sql), ranges).fetch_one::<u64>())
+            .map_err(explain)?;
+        Ok(n)
+    }
+
+    /// Waits (up to 5 minutes, polling every half second) until [`Self::count_in`] is 0;
+    /// returns the first count.
+    fn wait_for_zero(&self, table: &str, column: &str, ranges: &[(String, String)]) -> Result<u64> {
+        let timeout = Duration::from_secs(300);
+        let started = Instant::now();
+        let first = self.count_in(table, column, ranges)?;
+        let mut left = first;
+        // Asked of the data itself, not of the mutation bookkeeping, which 18.16 reports done
+        // too early.
+        while left > 0 {
+            if started.elapsed() > timeout {
+                anyhow::bail!("{left} rows of {table} still there after {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(500));
+            left = self.count_in(table, column, ranges)?;
+        }
+        Ok(first)
     }
 
     /// A checkpoint barrier: everything buffered is committed, then batches of `next_epoch`.
