@@ -126,8 +126,8 @@ struct Reading {
 }
 
 impl Reading {
-    /// The batches of the next response (decoded, the cut one with the records that arrived
-    /// whole), after acknowledging where the next one must start; `None` when the SPU closed
+    /// The batches of the next response that arrived whole, decoded, after acknowledging
+    /// where the next one must start; `None` when the SPU closed
     /// the stream, a last item with the error when it failed.
     async fn next(mut self) -> Option<(Vec<std::result::Result<Batch, ErrorCode>>, Reading)> {
         if self.ended {
@@ -146,17 +146,17 @@ impl Reading {
         let received = partition.records.batches.len();
         let mut out = Vec::with_capacity(received);
         for raw in partition.records.batches {
+            // Judged on the bytes, before decoding: a cut batch's records are cut wherever
+            // the response ended (mid-record, or mid-stream of a compressed batch).
+            if !raw.validate_decoding() {
+                // Cut short by the response: the SPU starts the next one at a batch boundary,
+                // so asking for the first missing record would skip the rest of this batch.
+                // It comes again, whole, from its base offset.
+                self.expected = self.expected.max(raw.get_base_offset());
+                break;
+            }
             match <Batch as TryFrom<_>>::try_from(raw) {
                 Ok(batch) => {
-                    let whole = batch.records().len() as i64
-                        == i64::from(batch.header.last_offset_delta) + 1;
-                    if !whole {
-                        // Cut short by the response: the SPU starts the next one at a batch
-                        // boundary, so asking for the first missing record would skip the
-                        // rest of this batch. It comes again, whole, from its base offset.
-                        self.expected = self.expected.max(batch.get_base_offset());
-                        break;
-                    }
                     self.expected = self.expected.max(batch.computed_last_offset());
                     out.push(Ok(batch));
                 }
@@ -182,7 +182,15 @@ impl Reading {
                     session_id: stream_id,
                 }],
             };
-            if let Err(e) = self.serial.send_receive(update).await {
+            let refused = match self.serial.send_receive(update).await {
+                Ok(answer) => answer
+                    .status
+                    .into_iter()
+                    .find(|s| s.error != ErrorCode::None)
+                    .map(|s| format!("{:?}", s.error)),
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(e) = refused {
                 out.push(Err(ErrorCode::Other(format!(
                     "acknowledging offset {} to the SPU: {e}",
                     self.expected
