@@ -509,10 +509,9 @@ fn a_crash_with_a_checkpoint_in_flight_takes_back_the_next_epochs_batches() {
             "crash at checkpoint {}: after the restart equal to the uninterrupted run",
             skip + 1
         );
-        assert_eq!(
-            batches(&db)[0].split('\t').nth(1),
-            batches(&reference)[0].split('\t').nth(1)
-        );
+        // Checkpoints every 4 096 events fall where the reference's fell: the same batches,
+        // as many and as large, none of the crashed run's left over.
+        assert_eq!(batches(&db), batches(&reference));
         // A further run has nothing to take back or to add.
         assert!(!run_logged().contains("took back"));
         assert_eq!(clickhouse_sums(&url, &db), want);

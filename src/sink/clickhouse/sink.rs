@@ -167,7 +167,7 @@ impl ClickHouseSink {
     /// batch is missing there only if the server died between writing its rows and its
     /// `attribd_batches` row; the retry that then finds it in the data writes that row, see
     /// `commit.rs`.)
-    pub fn roll_back_after(&mut self, checkpoint: u64) -> Result<()> {
+    pub fn roll_back_after(&self, checkpoint: u64) -> Result<()> {
         let instance = self.writer.instance.clone();
         let data_tables = ["conversions", "attribution_stats_minute"];
         let ranges = data_tables.map(|t| epochs_from(t, &instance, checkpoint + 1));

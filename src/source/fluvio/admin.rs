@@ -1,5 +1,5 @@
 //! Talking to the Fluvio cluster about topics rather than records: connecting (with retries),
-//! partition counts, log ends, committed consumer offsets, topic creation.
+//! partition counts, log ends, partition leaders, committed consumer offsets, topic creation.
 //!
 //! The SC's list calls filter by *substring* (`conversions` also returns `conversions1p`), so
 //! every lookup here keeps exact name matches only.
@@ -132,6 +132,33 @@ pub async fn log_ends(
         }
     }
     Ok(out)
+}
+
+/// The SPU that leads `topic`/`partition` (its id, name and public endpoint).
+pub async fn leader_spu(
+    fluvio: &fluvio::Fluvio,
+    topic: &str,
+    partition: u32,
+) -> Result<fluvio::metadata::objects::Metadata<fluvio::metadata::spu::SpuSpec>> {
+    use fluvio::metadata::partition::PartitionSpec;
+    use fluvio::metadata::spu::SpuSpec;
+    let admin = fluvio.admin().await;
+    let name = format!("{topic}-{partition}");
+    let leader = admin
+        .all::<PartitionSpec>()
+        .await
+        .context("listing Fluvio partitions")?
+        .into_iter()
+        .find(|p| p.name == name)
+        .map(|p| p.spec.leader)
+        .ok_or_else(|| anyhow!("no Fluvio partition {name}"))?;
+    admin
+        .all::<SpuSpec>()
+        .await
+        .context("listing Fluvio SPUs")?
+        .into_iter()
+        .find(|s| s.spec.id == leader)
+        .ok_or_else(|| anyhow!("the leader of {name}, SPU {leader}, is not registered"))
 }
 
 /// Next offset to read per partition of `topic`, from the offsets `consumer` committed.

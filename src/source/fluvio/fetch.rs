@@ -31,33 +31,26 @@ use fluvio_spu_schema::server::stream_fetch::{
 use fluvio_spu_schema::server::update_offset::{OffsetUpdate, UpdateOffsetsRequest};
 use futures_util::{Stream, StreamExt};
 
+use super::StartFrom;
+
 /// Batches of one partition in offset order, as the reader consumes them.
 pub type BatchStream = Pin<Box<dyn Stream<Item = std::result::Result<Batch, ErrorCode>> + Send>>;
 
-/// Where a partition's stream starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum From {
-    Offset(i64),
-    /// The first record the log still holds.
-    Beginning,
-    /// After the last record in the log now.
-    End,
-}
-
-/// Opens a stream fetch of `topic`/`partition` at `from` on the partition's leader SPU.
+/// Opens a stream fetch of `topic`/`partition` on the partition's leader SPU, at offset
+/// `next`, or where `start` says when there is none.
 pub async fn open(
     fluvio: &fluvio::Fluvio,
     cluster: &fluvio::FluvioClusterConfig,
     topic: &str,
     partition: u32,
-    from: From,
+    (next, start): (Option<i64>, StartFrom),
     max_bytes: i32,
 ) -> Result<BatchStream> {
     let mut socket = connect_to_leader(fluvio, cluster, topic, partition).await?;
     let serial = socket.create_serial_socket().await;
-    let offset = match from {
-        From::Offset(o) => o,
-        From::Beginning | From::End => {
+    let offset = match next {
+        Some(o) => o,
+        None => {
             let answer = serial
                 .send_receive(FetchOffsetsRequest::new(topic.to_string(), partition))
                 .await
@@ -78,10 +71,9 @@ pub async fn open(
                     p.error_code
                 ));
             }
-            if from == From::Beginning {
-                p.start_offset
-            } else {
-                p.last_stable_offset
+            match start {
+                StartFrom::Beginning => p.start_offset,
+                StartFrom::End => p.last_stable_offset,
             }
         }
     };
@@ -215,25 +207,7 @@ async fn connect_to_leader(
     topic: &str,
     partition: u32,
 ) -> Result<StreamSocket> {
-    use fluvio::metadata::partition::PartitionSpec;
-    use fluvio::metadata::spu::SpuSpec;
-    let admin = fluvio.admin().await;
-    let name = format!("{topic}-{partition}");
-    let leader = admin
-        .all::<PartitionSpec>()
-        .await
-        .context("listing Fluvio partitions")?
-        .into_iter()
-        .find(|p| p.name == name)
-        .map(|p| p.spec.leader)
-        .ok_or_else(|| anyhow!("no Fluvio partition {name}"))?;
-    let spu = admin
-        .all::<SpuSpec>()
-        .await
-        .context("listing Fluvio SPUs")?
-        .into_iter()
-        .find(|s| s.spec.id == leader)
-        .ok_or_else(|| anyhow!("the leader of {name}, SPU {leader}, is not registered"))?;
+    let spu = super::admin::leader_spu(fluvio, topic, partition).await?;
     let config = ClientConfig::new(
         spu.spec.public_endpoint.addr(),
         TryFrom::try_from(cluster.tls.clone()).context("the Fluvio TLS settings")?,
@@ -245,7 +219,7 @@ async fn connect_to_leader(
     let (socket, config, versions) = config
         .connect()
         .await
-        .with_context(|| format!("connecting to SPU {leader} at {addr}"))?
+        .with_context(|| format!("connecting to SPU {} at {addr}", spu.spec.id))?
         .split();
     Ok(StreamSocket::new(
         config,

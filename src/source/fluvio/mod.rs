@@ -206,10 +206,7 @@ async fn run(
                     cluster: cluster.clone(),
                     topic: topic.clone(),
                     partition: p,
-                    start: match cfg.start {
-                        StartFrom::Beginning => fluvio::Offset::beginning(),
-                        StartFrom::End => fluvio::Offset::end(),
-                    },
+                    start: cfg.start,
                     tracker: offsets::OffsetTracker::new(next),
                     max_fetch_bytes: cfg.max_fetch_bytes.min(i32::MAX as u32) as i32,
                     credits: Arc::new(tokio::sync::Semaphore::new(reader::CREDITS)),

@@ -91,7 +91,7 @@ pub struct PartitionReader {
     pub topic: String,
     pub partition: u32,
     /// Where to start without a known position.
-    pub start: fluvio::Offset,
+    pub start: super::StartFrom,
     pub tracker: OffsetTracker,
     pub max_fetch_bytes: i32,
     pub credits: Arc<tokio::sync::Semaphore>,
@@ -115,7 +115,7 @@ impl PartitionReader {
         if self.tracker.next().is_none()
             && let Some((start, end)) = self.board.log_end(&self.topic, self.partition)
         {
-            let at = if self.start == fluvio::Offset::end() {
+            let at = if self.start == super::StartFrom::End {
                 end
             } else {
                 start
@@ -129,12 +129,7 @@ impl PartitionReader {
             if self.finishing() {
                 break;
             }
-            let from = match self.tracker.next() {
-                Some(n) => fetch::From::Offset(n),
-                None if self.start == fluvio::Offset::end() => fetch::From::End,
-                None => fetch::From::Beginning,
-            };
-            let mut stream = match self.open(from).await {
+            let mut stream = match self.open().await {
                 Ok(s) => s,
                 Err(e) => {
                     if connected {
@@ -184,7 +179,7 @@ impl PartitionReader {
                             (Some(_), _) => behind == Some(0),
                             // No record yet: an empty log, or opened at its end.
                             (None, Some((start, end))) => {
-                                start >= end || self.start == fluvio::Offset::end()
+                                start >= end || self.start == super::StartFrom::End
                             }
                             (None, None) => false,
                         };
@@ -328,13 +323,14 @@ impl PartitionReader {
         }
     }
 
-    async fn open(&self, from: fetch::From) -> Result<BatchStream> {
+    /// A stream at the next expected offset (or where `start` says, before the first record).
+    async fn open(&self) -> Result<BatchStream> {
         fetch::open(
             &self.fluvio,
             &self.cluster,
             &self.topic,
             self.partition,
-            from,
+            (self.tracker.next(), self.start),
             self.max_fetch_bytes,
         )
         .await
