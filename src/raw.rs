@@ -38,6 +38,8 @@ pub struct RawBatch {
     /// The partition's in-flight allowance this batch holds; given back when the state stage
     /// is done with the batch (see [`Credit`]).
     pub credit: Option<Credit>,
+    /// The source its dead letters name, when not the stream's (an HTTP request's id).
+    pub source: Option<Arc<str>>,
 }
 
 /// What a partitioned source tells the state stage besides records. Travels in order with
@@ -116,6 +118,7 @@ impl RawBatch {
             arrived: None,
             signal: None,
             credit: None,
+            source: None,
         }
     }
 

@@ -67,14 +67,6 @@ fn metric(addr: &str, name: &str) -> u64 {
         .sum::<f64>() as u64
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn counters(out: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(out.with_extension("json")).unwrap();
     serde_json::from_str::<serde_json::Value>(&text).unwrap()["report"]["counters"].clone()

@@ -203,7 +203,7 @@ pub fn semantic_settings(cfg: &PipelineConfig) -> Vec<(String, String)> {
                 f.conversions_topic.clone(),
             ));
         }
-        SourceKind::Files => {}
+        SourceKind::Files | SourceKind::Http => {}
     }
     if cfg.checkpoint.state_dir.is_some() {
         // A state directory of its own could be shared by two outputs by mistake; the

@@ -50,6 +50,7 @@ pub(super) fn unused_source_keys(text: &str, kind: SourceKind) -> Vec<ConfigProb
             let owner = match key.as_str() {
                 "generator" => SourceKind::Generator,
                 "fluvio" => SourceKind::Fluvio,
+                "http" => SourceKind::Http,
                 "clicks" | "conversions" => SourceKind::Files,
                 _ => return None,
             };

@@ -147,6 +147,11 @@ impl PipelineConfig {
                     bad(&key, problem);
                 }
             }
+            SourceKind::Http => {
+                for (key, problem) in self.source.http.validate() {
+                    bad(key, problem);
+                }
+            }
         }
         if self.semantics.attribution_window.is_zero() {
             bad(

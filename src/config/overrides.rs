@@ -90,6 +90,7 @@ impl PipelineConfig {
         let reads = match self.source.kind {
             SourceKind::Files => Some("files"),
             SourceKind::Generator => Some("the generator"),
+            SourceKind::Http => Some("HTTP requests"),
             SourceKind::Fluvio => None,
         };
         if let Some(reads) = reads {

@@ -89,6 +89,8 @@ pub enum SourceKind {
     Files,
     /// Fluvio topics (`[source.fluvio]`).
     Fluvio,
+    /// The HTTP door (`[source.http]`): requests logged ahead, then processed.
+    Http,
 }
 
 impl SourceKind {
@@ -98,6 +100,7 @@ impl SourceKind {
             SourceKind::Generator => "generator",
             SourceKind::Files => "files",
             SourceKind::Fluvio => "fluvio",
+            SourceKind::Http => "http",
         }
     }
 }
@@ -119,6 +122,9 @@ pub struct SourceConfig {
     /// Cluster, topics and partitions; `kind = "fluvio"`.
     #[serde(default)]
     pub fluvio: FluvioSourceConfig,
+    /// Listen address, keys and limits of the HTTP door; `kind = "http"` (and `attribd ingest`).
+    #[serde(default)]
+    pub http: crate::source::http::HttpConfig,
 }
 
 /// `[semantics]`: the windows of dedup and attribution.

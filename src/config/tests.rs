@@ -52,7 +52,7 @@ fn keys(text: &str) -> Vec<String> {
 
 #[test]
 fn every_shipped_pipeline_is_valid() {
-    for name in ["default", "files", "fluvio-clickhouse"] {
+    for name in ["default", "files", "fluvio-clickhouse", "http"] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("pipelines/{name}.toml"));
         if let Err(e) = PipelineConfig::load(&path) {
             panic!("{e}");
@@ -284,4 +284,30 @@ fn live_mode_knobs_need_a_rate() {
     let without = generator("rate = 100.0\nunbounded = true").unwrap();
     let settings = crate::checkpoint::identity::semantic_settings;
     assert_eq!(settings(&cfg), settings(&without));
+}
+
+/// The HTTP door: beyond loopback only with keys; TLS refused (not served yet), not ignored.
+#[test]
+fn an_http_source_is_refused_open_to_the_network_without_keys_and_with_tls() {
+    let base = "[source]\nkind = \"http\"\n[source.http]\n";
+    let problems = |extra: &str| -> String {
+        match PipelineConfig::parse(&format!("{base}{extra}"), "p.toml") {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    };
+    assert_eq!(problems("listen = \"127.0.0.1:8088\""), "");
+    let open = problems("listen = \"0.0.0.0:8088\"");
+    assert!(open.contains("source.http.keys_file"), "{open}");
+    assert_eq!(
+        problems("listen = \"0.0.0.0:8088\"\nkeys_file = \"k.toml\""),
+        ""
+    );
+    let tls = problems("tls_cert = \"c.pem\"\ntls_key = \"k.pem\"");
+    assert!(
+        tls.contains("source.http.tls_cert") && tls.contains("not served"),
+        "{tls}"
+    );
+    let bad = problems("listen = \"here\"");
+    assert!(bad.contains("source.http.listen"), "{bad}");
 }

@@ -37,6 +37,8 @@ pub(super) struct Job {
     pub(super) arrived: Vec<(usize, Instant)>,
     /// (Fluvio) topic, partition and next offset per partition the snapshot covers.
     pub(super) offsets: Option<Vec<(String, u32, u64)>>,
+    /// (HTTP) next offset of each stream's write-ahead log the snapshot covers.
+    pub(super) wal_next: [Option<u64>; 2],
     /// When the checkpoint began (barrier included), for its duration.
     pub(super) began: Instant,
 }
@@ -62,6 +64,7 @@ impl CheckpointWriter {
         metrics: std::sync::Arc<Metrics>,
         durable_latency: [Histogram; 2],
         committer: Option<Committer>,
+        wal_covered: Option<std::sync::Arc<crate::source::http::Covered>>,
         engine: EngineConfig,
     ) -> Result<CheckpointWriter> {
         let (jobs, rx) = bounded::<Job>(1);
@@ -72,7 +75,17 @@ impl CheckpointWriter {
             .spawn(move || {
                 for job in rx {
                     let epoch = job.snap.epoch;
+                    let wal_next = job.wal_next;
                     let result = write(&state_dir, job, &metrics, &durable_latency, &committer);
+                    if result.is_ok()
+                        && let Some(covered) = &wal_covered
+                    {
+                        for (s, next) in wal_next.iter().enumerate() {
+                            if let Some(next) = next {
+                                covered.set(s, *next);
+                            }
+                        }
+                    }
                     let failed = result.is_err();
                     if !failed {
                         compactor.after_write(epoch);

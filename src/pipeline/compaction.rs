@@ -11,13 +11,17 @@
 //! it continue the chain from there; `checkpoint::prune` removes what no longer serves.
 //!
 //! The compaction never touches the live engine and never blocks the state stage; it costs a
-//! second copy of the state in memory while it runs (see docs/capacity.md). A failure is
+//! second copy of the state in memory while it runs (see docs/capacity.md). When the run ends
+//! it is given up at its next step, unless the chain has reached its file bound
+//! ([`Compactor::finish`]): a batch run does not wait seconds to rewrite a state the next start
+//! can compact. A failure is
 //! logged and counted and leaves the deltas (still a valid checkpoint); the next delta tries
 //! again. The same routine turns a delta into a full snapshot of another epoch for a rollback
 //! ([`materialize`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -37,8 +41,28 @@ const MIN_DELTA_BYTES: u64 = 16 << 20;
 /// Writes checkpoint `from` (a chain) as a full snapshot of epoch `as_epoch`; returns its
 /// size.
 pub fn materialize(dir: &Path, from: u64, as_epoch: u64, cfg: EngineConfig) -> Result<u64> {
+    let never = AtomicBool::new(false);
+    materialize_unless(dir, from, as_epoch, cfg, &never)?.context("materialize is never cancelled")
+}
+
+/// [`materialize`], given up between its steps once `cancelled` is set (`None` then: nothing
+/// written).
+fn materialize_unless(
+    dir: &Path,
+    from: u64,
+    as_epoch: u64,
+    cfg: EngineConfig,
+    cancelled: &AtomicBool,
+) -> Result<Option<u64>> {
+    let go_on = || !cancelled.load(Ordering::Relaxed);
     let chain = checkpoint::load(dir, from)?;
+    if !go_on() {
+        return Ok(None);
+    }
     let engine = Engine::restore(cfg, &chain.engines()?);
+    if !go_on() {
+        return Ok(None);
+    }
     let mut snap: Snapshot = rkyv::deserialize::<Snapshot, rkyv::rancor::Error>(chain.head()?)
         .map_err(|e| anyhow::anyhow!("reading checkpoint {from}: {e}"))?;
     // Memory: the chain's files go before the engine is copied into the snapshot.
@@ -46,35 +70,59 @@ pub fn materialize(dir: &Path, from: u64, as_epoch: u64, cfg: EngineConfig) -> R
     snap.epoch = as_epoch;
     snap.engine = engine.snapshot();
     drop(engine);
-    checkpoint::write(dir, &snap)
+    if !go_on() {
+        return Ok(None);
+    }
+    checkpoint::write(dir, &snap).map(Some)
+}
+
+/// The chain of deltas that ends at an epoch, down to its base.
+#[derive(Debug, Default, PartialEq)]
+struct Chain {
+    deltas: usize,
+    delta_bytes: u64,
+    /// The base: a full snapshot, or a delta on the empty state.
+    base_bytes: u64,
+}
+
+impl Chain {
+    fn of(dir: &Path, epoch: u64) -> Result<Chain> {
+        let files = checkpoint::list(dir)?;
+        let mut chain = Chain::default();
+        let mut at = epoch;
+        while let Some(f) = files.get(&at) {
+            let size = |p: &PathBuf| std::fs::metadata(p).map_or(0, |m| m.len());
+            if let Some(full) = &f.full {
+                chain.base_bytes = size(full);
+                break;
+            }
+            let Some((parent, path)) = &f.delta else {
+                break;
+            };
+            if *parent == 0 {
+                // A delta on the empty state is a whole state already: the base of this chain,
+                // as a full snapshot would be. Compacting it alone would rewrite the same state
+                // (and a run's first checkpoint would start a compaction its end waits for).
+                chain.base_bytes = size(path);
+                break;
+            }
+            chain.deltas += 1;
+            chain.delta_bytes += size(path);
+            at = *parent;
+        }
+        Ok(chain)
+    }
+
+    /// Past its bounds: too many files, or deltas too large against the base.
+    fn due(&self) -> bool {
+        self.deltas >= MAX_DELTAS
+            || self.delta_bytes >= (self.base_bytes / DELTA_SHARE).max(MIN_DELTA_BYTES)
+    }
 }
 
 /// Does the chain of `epoch` need compacting?
 fn due(dir: &Path, epoch: u64) -> Result<bool> {
-    let files = checkpoint::list(dir)?;
-    let (mut deltas, mut delta_bytes, mut full_bytes) = (0usize, 0u64, 0u64);
-    let mut at = epoch;
-    while let Some(f) = files.get(&at) {
-        let size = |p: &PathBuf| std::fs::metadata(p).map_or(0, |m| m.len());
-        if let Some(full) = &f.full {
-            full_bytes = size(full);
-            break;
-        }
-        let Some((parent, path)) = &f.delta else {
-            break;
-        };
-        if *parent == 0 {
-            // A delta on the empty state is a whole state already: the base of this chain,
-            // as a full snapshot would be. Compacting it alone would rewrite the same state
-            // (and a run's first checkpoint would start a compaction its end waits for).
-            full_bytes = size(path);
-            break;
-        }
-        deltas += 1;
-        delta_bytes += size(path);
-        at = *parent;
-    }
-    Ok(deltas >= MAX_DELTAS || delta_bytes >= (full_bytes / DELTA_SHARE).max(MIN_DELTA_BYTES))
+    Ok(Chain::of(dir, epoch)?.due())
 }
 
 /// The compaction thread's handle, owned by the checkpoint writer.
@@ -82,7 +130,15 @@ pub(super) struct Compactor {
     dir: PathBuf,
     cfg: EngineConfig,
     metrics: Arc<Metrics>,
-    running: Option<JoinHandle<()>>,
+    running: Option<Running>,
+    /// The newest epoch written.
+    last_epoch: Option<u64>,
+}
+
+/// A compaction in progress.
+struct Running {
+    thread: JoinHandle<()>,
+    cancel: Arc<AtomicBool>,
 }
 
 impl Compactor {
@@ -92,17 +148,23 @@ impl Compactor {
             cfg,
             metrics,
             running: None,
+            last_epoch: None,
         }
     }
 
     /// Called after checkpoint `epoch` is on disk: starts its compaction when its chain is
     /// due and no compaction runs.
     pub(super) fn after_write(&mut self, epoch: u64) {
-        if self.running.as_ref().is_some_and(|t| !t.is_finished()) {
+        self.last_epoch = Some(epoch);
+        if self
+            .running
+            .as_ref()
+            .is_some_and(|r| !r.thread.is_finished())
+        {
             return;
         }
-        if let Some(t) = self.running.take() {
-            let _ = t.join();
+        if let Some(r) = self.running.take() {
+            let _ = r.thread.join();
         }
         match due(&self.dir, epoch) {
             Ok(true) => {}
@@ -113,15 +175,20 @@ impl Compactor {
             }
         }
         let (dir, cfg, metrics) = (self.dir.clone(), self.cfg, self.metrics.clone());
+        let cancel = Arc::new(AtomicBool::new(false));
+        let cancelled = cancel.clone();
         let spawned = std::thread::Builder::new()
             .name("compaction".into())
             .spawn(move || {
                 lower_priority();
                 let t = Instant::now();
-                match materialize(&dir, epoch, epoch, cfg)
+                match materialize_unless(&dir, epoch, epoch, cfg, &cancelled)
                     .with_context(|| format!("compacting checkpoint {epoch}"))
                 {
-                    Ok(bytes) => {
+                    Ok(None) => {
+                        tracing::debug!(epoch, took = ?t.elapsed(), "compaction given up: the run ends");
+                    }
+                    Ok(Some(bytes)) => {
                         metrics.checkpoint_compacted(t.elapsed(), Some(bytes));
                         tracing::debug!(epoch, bytes, took = ?t.elapsed(), "checkpoint compacted");
                     }
@@ -132,16 +199,29 @@ impl Compactor {
                 }
             });
         match spawned {
-            Ok(t) => self.running = Some(t),
+            Ok(thread) => self.running = Some(Running { thread, cancel }),
             Err(e) => tracing::warn!(error = %e, "cannot start the compaction thread"),
         }
     }
 
-    /// Waits for a compaction in progress (end of the run: its file is not left half-written).
+    /// End of the run. A compaction in progress is given up (at its next step; nothing is
+    /// written) unless the newest chain has reached [`MAX_DELTAS`] files: a state that is
+    /// only ever restarted must not grow an unbounded chain, but the common end — a batch
+    /// run whose last deltas crossed the byte share — need not wait seconds to rewrite a
+    /// state that the next start can still compact. Then waits for the thread, so no file is
+    /// left half-written by this process.
     pub(super) fn finish(&mut self) {
-        if let Some(t) = self.running.take() {
-            let _ = t.join();
+        let Some(r) = self.running.take() else {
+            return;
+        };
+        let files_bound = self
+            .last_epoch
+            .and_then(|e| Chain::of(&self.dir, e).ok())
+            .is_some_and(|c| c.deltas >= MAX_DELTAS);
+        if !files_bound {
+            r.cancel.store(true, Ordering::Relaxed);
         }
+        let _ = r.thread.join();
     }
 }
 
@@ -169,6 +249,37 @@ mod tests {
     }
 
     const MIB: u64 = 1 << 20;
+
+    /// A delta on the empty state (epoch 1) and one on it (epoch 2), written for real.
+    fn real_chain(d: &Path) {
+        for (epoch, parent) in [(1, 0), (2, 1)] {
+            let mut snap = Snapshot {
+                epoch,
+                ..Snapshot::default()
+            };
+            snap.engine.delta = Some(crate::checkpoint::snapshot::DeltaSnap {
+                parent,
+                ..Default::default()
+            });
+            checkpoint::write(d, &snap).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_cancelled_compaction_writes_nothing_and_an_uncancelled_one_a_full_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        real_chain(d);
+        let full_of_2 = || checkpoint::list(d).unwrap()[&2].full.is_some();
+        let cancelled = AtomicBool::new(true);
+        let out = materialize_unless(d, 2, 2, EngineConfig::default(), &cancelled).unwrap();
+        assert_eq!(out, None);
+        assert!(!full_of_2());
+        let go_on = AtomicBool::new(false);
+        let out = materialize_unless(d, 2, 2, EngineConfig::default(), &go_on).unwrap();
+        assert!(out.is_some_and(|bytes| bytes > 0));
+        assert!(full_of_2());
+    }
 
     #[test]
     fn a_chain_is_due_by_delta_count_or_by_bytes_against_its_base() {

@@ -60,6 +60,18 @@ fn decode_loop(
 ) -> Result<()> {
     for mut raw in rx {
         raw_depth.dec_by(raw.len() as i64);
+        // A batch that names its own source (an HTTP request) decodes with that name.
+        let named;
+        let decoder = match raw.source.take() {
+            Some(source) => {
+                named = Decoder {
+                    source,
+                    ..decoder.clone()
+                };
+                &named
+            }
+            None => decoder,
+        };
         let (kind, dead, first_ts) = match stream {
             Stream::Clicks => {
                 let (b, dead) = decoder.decode_clicks(&raw);

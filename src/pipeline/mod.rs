@@ -118,7 +118,8 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
 
     // 2. Sources → raw queues. A partitioned source bounds what it has in flight per
     // partition (credits), so its raw queues only need room for every partition's allowance.
-    let partitioned = cfg.source.kind == SourceKind::Fluvio;
+    // The HTTP source is one partition (0) of its write-ahead log.
+    let partitioned = matches!(cfg.source.kind, SourceKind::Fluvio | SourceKind::Http);
     let raw_capacity = if partitioned { 4096 } else { CHANNEL_BATCHES };
     let (click_raw_tx, click_raw_rx) = bounded::<RawBatch>(raw_capacity);
     let (conv_raw_tx, conv_raw_rx) = bounded::<RawBatch>(raw_capacity);
@@ -175,6 +176,7 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
         metrics.clone(),
         metrics.latency_handles("durable"),
         sources.fluvio.as_ref().map(|f| f.committer.clone()),
+        sources.http_covered.clone(),
         cfg.engine(),
     )?;
     let mut stage = StateStage {

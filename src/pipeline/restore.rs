@@ -223,7 +223,8 @@ pub(super) fn choose_restore_point(
     let (finished, more) = {
         let snap = latest.head()?;
         let more = match cfg.source.kind {
-            SourceKind::Fluvio => true,
+            // A log that grows.
+            SourceKind::Fluvio | SourceKind::Http => true,
             SourceKind::Generator => false,
             SourceKind::Files => inputs_now.iter().any(|t| {
                 snap.inputs

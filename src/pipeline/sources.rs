@@ -27,6 +27,8 @@ pub(super) struct Sources {
     /// File and generator threads.
     pub(super) threads: Vec<JoinHandle<Result<()>>>,
     pub(super) fluvio: Option<FluvioSource>,
+    /// The HTTP door's log positions a checkpoint covers (its writers delete what is below).
+    pub(super) http_covered: Option<Arc<crate::source::http::Covered>>,
 }
 
 /// Starts the source `cfg.source.kind` names, delivering into `raw` (0 clicks,
@@ -45,16 +47,11 @@ pub(super) fn start(
     let mut sources = Sources {
         threads: Vec::new(),
         fluvio: None,
+        http_covered: None,
     };
     match cfg.source.kind {
         SourceKind::Fluvio => {
-            let deliver = raw.map(|tx| {
-                let deliver: crate::source::fluvio::Deliver = Arc::new(move |b: RawBatch| {
-                    let n = b.len();
-                    tx.send(b, n)
-                });
-                deliver
-            });
+            let deliver = raw.map(delivery);
             sources.fluvio = Some(crate::source::fluvio::start(
                 &cfg.source.fluvio,
                 partition_offsets,
@@ -62,6 +59,24 @@ pub(super) fn start(
                 metrics.clone(),
                 stop.clone(),
             )?);
+        }
+        SourceKind::Http => {
+            let deliver = raw.map(delivery);
+            // Next offset of each stream's log (partition 0) the checkpoint covers.
+            let resume = [0, 1].map(|s| partition_offsets.get(&(s, 0)).copied().unwrap_or(0));
+            let decoder =
+                crate::event::decode::Decoder::new(Arc::from("http"), cfg.decode_limits());
+            let http = crate::source::http::start(
+                &cfg.source.http,
+                &cfg.state_dir(),
+                decoder,
+                resume,
+                deliver,
+                metrics,
+                stop.clone(),
+            )?;
+            sources.threads.extend(http.threads);
+            sources.http_covered = Some(http.covered);
         }
         SourceKind::Generator => {
             let gen_cfg = cfg.source.generator.clone();
@@ -97,6 +112,14 @@ pub(super) fn start(
             .store(true, Ordering::Relaxed);
     }
     Ok(sources)
+}
+
+/// A raw queue as the callback a task-based source (Fluvio, HTTP) delivers into.
+fn delivery(tx: Metered<RawBatch>) -> crate::source::fluvio::Deliver {
+    Arc::new(move |b: RawBatch| {
+        let n = b.len();
+        tx.send(b, n)
+    })
 }
 
 /// One NDJSON file (or stdin) read on its own thread.
@@ -188,6 +211,7 @@ pub(super) fn source_name(cfg: &PipelineConfig, stream: Stream) -> Arc<str> {
     match cfg.source.kind {
         SourceKind::Generator => Arc::from("generator"),
         SourceKind::Fluvio => Arc::from(format!("fluvio:{}", cfg.source.fluvio.endpoint)),
+        SourceKind::Http => Arc::from("http"),
         SourceKind::Files => {
             let path = match stream {
                 Stream::Clicks => &cfg.source.clicks,

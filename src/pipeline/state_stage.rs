@@ -364,6 +364,7 @@ impl StateStage<'_> {
             snap,
             arrived: std::mem::take(&mut self.awaiting_durable),
             offsets,
+            wal_next: [0, 1].map(|s| self.partition_offsets.get(&(s, 0)).copied()),
             began: t,
         })?;
         self.metrics.checkpoint_paused(t.elapsed());

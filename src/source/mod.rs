@@ -8,5 +8,6 @@
 pub mod file;
 pub mod fluvio;
 pub mod generator;
+pub mod http;
 
 pub use crate::raw::{BATCH_LINES, Credit, OVERSIZE_HEAD_BYTES, RawBatch, RawRecord, Signal};

@@ -57,6 +57,8 @@ pub struct Metrics {
     fluvio_reconnects: Family<Labels2, Counter>,
     fluvio_committed: Family<Labels2, Gauge>,
     fluvio_commit_failures: Counter,
+    http_requests: Family<Labels2, Counter>,
+    http_latency: Family<Labels, Histogram>,
     state_waiting: Family<Labels, CounterF>,
     checkpoint_duration: Histogram,
     checkpoint_pause: Histogram,
@@ -160,6 +162,16 @@ impl Metrics {
         let l = labels2(topic, partition);
         self.fluvio_gaps.get_or_create(&l).inc();
         self.fluvio_gap_records.get_or_create(&l).inc_by(records);
+    }
+
+    /// An HTTP ingest request was answered.
+    pub fn http_request(&self, route: &'static str, code: u16, took: Duration) {
+        self.http_requests
+            .get_or_create(&[("route", route.to_string()), ("code", code.to_string())])
+            .inc();
+        self.http_latency
+            .get_or_create(&label("route", route))
+            .observe(seconds(took));
     }
 
     /// The state stage waited `seconds` for input of `stream` (`clicks`, `conversions`, `both`).

@@ -211,6 +211,23 @@ impl Metrics {
             "1 while the ClickHouse circuit breaker is open",
             circuit_open.clone(),
         );
+        let http_requests = Family::<Labels2, Counter>::default();
+        r.register(
+            "http_requests",
+            "HTTP ingest requests by route (clicks, conversions, postback) and status code",
+            http_requests.clone(),
+        );
+        // Bounds around the webhook senders' timeout (500 ms) and the 50 ms target.
+        let http_latency = Family::<Labels, Histogram>::new_with_constructor(|| {
+            Histogram::new([
+                0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+            ])
+        });
+        r.register(
+            "http_request_duration_seconds",
+            "HTTP ingest: time from a request's arrival to its answer (202 only once its records are durable), by route",
+            http_latency.clone(),
+        );
         let build: Family<Labels, Gauge> = Family::default();
         r.register("build_info", "Version of the running binary", build.clone());
         build
@@ -231,6 +248,8 @@ impl Metrics {
             fluvio_reconnects,
             fluvio_committed,
             fluvio_commit_failures,
+            http_requests,
+            http_latency,
             state_waiting,
             checkpoint_duration,
             checkpoint_pause,

@@ -145,8 +145,15 @@ async fn ready(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
     }
 }
 
-/// The TCP listener of the endpoint, handing out connections wrapped in a [`Deadline`].
-struct DeadlineListener(tokio::net::TcpListener);
+/// The TCP listener of the endpoint, handing out connections wrapped in a [`Deadline`]
+/// (the HTTP ingest door uses it too).
+pub(crate) struct DeadlineListener(tokio::net::TcpListener);
+
+impl DeadlineListener {
+    pub(crate) fn new(listener: tokio::net::TcpListener) -> DeadlineListener {
+        DeadlineListener(listener)
+    }
+}
 
 impl axum::serve::Listener for DeadlineListener {
     type Io = Deadline<tokio::net::TcpStream>;
@@ -166,7 +173,7 @@ impl axum::serve::Listener for DeadlineListener {
 /// previous response: a read still pending at the deadline fails with `TimedOut`, and hyper
 /// closes the connection. Bytes that trickle in do not move the deadline, so a client cannot
 /// hold the connection by sending one byte at a time; writing a response does.
-struct Deadline<S> {
+pub(crate) struct Deadline<S> {
     inner: S,
     timeout: Duration,
     deadline: Pin<Box<Sleep>>,

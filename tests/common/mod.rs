@@ -40,6 +40,15 @@ pub fn attribd(args: &[&str]) -> Output {
     out
 }
 
+/// A TCP port free at the moment of asking.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Every file below `dir` (recursively).
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

@@ -1,0 +1,422 @@
+//! The HTTP source: a door for ingest edges that cannot speak Fluvio — an advertiser's server
+//! firing a postback URL, a small click redirector.
+//!
+//! ```text
+//! request ─▶ server (auth, limits, decoder check) ─▶ Destination ─▶ 202
+//!                                                      │
+//!            kind = "http":   write-ahead log (group commit) ─▶ raw queue ─▶ decode ─▶ state
+//!            attribd ingest:  Fluvio topic (keyed by click_id)
+//! ```
+//!
+//! Inside `attribd run` ([`start`]) each stream has a writer thread that appends the accepted
+//! requests to the stream's write-ahead log (`wal.rs`), makes them durable with one `fsync`
+//! for everything that arrived meanwhile, answers, and then sends the records on into the
+//! pipeline. To the rest of the pipeline the log is a partitioned source with one partition
+//! (0) whose offsets are the log's record numbers: checkpoints record the next offset, a
+//! restart replays the log from it, and segments a checkpoint covers are deleted. The
+//! writer's queue is bounded (`queue_requests`): a full queue is a 503 with `Retry-After`,
+//! never an unbounded backlog.
+
+pub mod config;
+pub mod keys;
+pub mod records;
+pub mod server;
+pub mod sign;
+pub mod wal;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+
+pub use config::HttpConfig;
+
+use crate::event::Stream;
+use crate::event::decode::Decoder;
+use crate::raw::{Position, RawBatch, Signal};
+use crate::telemetry::SharedMetrics;
+
+/// One request's records, handed to a destination; `done` answers once they are durable.
+pub struct Submit {
+    pub request_id: String,
+    /// The request as received (stream, tenant, records before the door completed them):
+    /// a retry of a request already in the log has the same one.
+    pub fingerprint: u128,
+    pub records: Vec<Vec<u8>>,
+    /// `Ok(true)`: durable; `Ok(false)`: a retry of a request already durable, not logged again.
+    pub done: tokio::sync::oneshot::Sender<Result<bool, String>>,
+}
+
+/// Where accepted records go: the write-ahead log of `attribd run`, or Fluvio for
+/// `attribd ingest`. `submit` never waits: `Err` is the 503 answer's text.
+pub trait Destination: Send + Sync {
+    fn submit(&self, s: Submit) -> Result<(), String>;
+}
+
+/// A stream's write-ahead-log writer, seen from the handlers.
+struct WalQueue {
+    tx: Sender<Submit>,
+}
+
+impl Destination for WalQueue {
+    fn submit(&self, s: Submit) -> Result<(), String> {
+        match self.tx.try_send(s) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err("backpressure: the pipeline is behind; retry".into()),
+            Err(TrySendError::Disconnected(_)) => Err("the pipeline is stopping".into()),
+        }
+    }
+}
+
+/// Next offsets per stream that the newest checkpoint covers; the writers delete log
+/// segments below them.
+#[derive(Debug, Default)]
+pub struct Covered(pub [AtomicU64; 2]);
+
+impl Covered {
+    pub fn set(&self, stream: usize, next: u64) {
+        self.0[stream].fetch_max(next, Ordering::Relaxed);
+    }
+}
+
+/// The running HTTP source.
+pub struct HttpSource {
+    pub threads: Vec<JoinHandle<Result<()>>>,
+    pub covered: Arc<Covered>,
+    pub addr: std::net::SocketAddr,
+}
+
+/// The write-ahead logs' directory under the state directory.
+pub fn wal_dir(state_dir: &Path, stream: Stream) -> std::path::PathBuf {
+    state_dir.join("wal").join(stream.as_str())
+}
+
+/// Opens both logs, binds the listener (an error at once, naming the address), and starts
+/// the writers and the server. `resume[i]` is the next offset of stream `i` the checkpoint
+/// covers (0 for a fresh run): the log is replayed from there before new requests are taken.
+pub fn start(
+    cfg: &HttpConfig,
+    state_dir: &Path,
+    decoder: Decoder,
+    resume: [u64; 2],
+    deliver: [crate::source::fluvio::Deliver; 2],
+    metrics: &SharedMetrics,
+    stop: Arc<AtomicBool>,
+) -> Result<HttpSource> {
+    let keys = match &cfg.keys_file {
+        Some(path) => Some(Arc::new(keys::Keys::load(Path::new(path))?)),
+        None => {
+            tracing::warn!("HTTP ingest without API keys (loopback only): every request is taken");
+            None
+        }
+    };
+    let addr = cfg.addr()?;
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("HTTP ingest: cannot listen on {addr} (source.http.listen)"))?;
+    listener
+        .set_nonblocking(true)
+        .context("HTTP ingest: setting the socket non-blocking")?;
+    let local = listener.local_addr().context("HTTP ingest address")?;
+    let covered = Arc::new(Covered::default());
+    let mut threads = Vec::new();
+    let mut queues: Vec<Arc<dyn Destination>> = Vec::new();
+    for (i, tx) in deliver.into_iter().enumerate() {
+        let stream = Stream::ALL[i];
+        let wal = wal::Wal::open(&wal_dir(state_dir, stream), cfg.wal_segment_bytes)?;
+        if wal.next_offset() < resume[i] {
+            anyhow::bail!(
+                "the {} write-ahead log ends at record {} but the checkpoint covers up to {}: \
+                 the log in {} was removed or replaced; start with --fresh",
+                stream.as_str(),
+                wal.next_offset(),
+                resume[i],
+                wal_dir(state_dir, stream).display()
+            );
+        }
+        let (qtx, qrx) = bounded::<Submit>(cfg.queue_requests);
+        queues.push(Arc::new(WalQueue { tx: qtx }));
+        let writer = Writer {
+            stream,
+            wal,
+            rx: qrx,
+            tx,
+            covered: covered.clone(),
+            recent: Recent::default(),
+        };
+        threads.push(spawn(
+            &format!("http-wal-{}", stream.as_str()),
+            metrics,
+            move || writer.run(resume[i]),
+        )?);
+    }
+    let destinations: [Arc<dyn Destination>; 2] = [queues[0].clone(), queues[1].clone()];
+    drop(queues);
+    let door = Arc::new(server::Door::new(
+        cfg,
+        keys.clone(),
+        decoder,
+        destinations,
+        metrics.clone(),
+    ));
+    let app = server::router(door, cfg.max_body_bytes);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("http-ingest")
+        .enable_all()
+        .build()
+        .context("HTTP ingest: starting its runtime")?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    threads.push(spawn("http-server", metrics, move || {
+        rt.block_on(async move {
+            // The pipeline's stop flag (SIGTERM) closes the door; SIGHUP and file changes
+            // reload the keys.
+            let hup = Arc::new(AtomicBool::new(false));
+            let _ = signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone());
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(100));
+                let mut n = 0u32;
+                loop {
+                    tick.tick().await;
+                    if stop.load(Ordering::Relaxed) {
+                        let _ = stop_tx.send(true);
+                        return;
+                    }
+                    n += 1;
+                    if let Some(k) = &keys {
+                        let forced = hup.swap(false, Ordering::Relaxed);
+                        if forced || n.is_multiple_of(10) {
+                            k.reload(forced);
+                        }
+                    }
+                }
+            });
+            server::serve(listener, app, stop_rx).await
+        })
+        // Dropping the runtime drops the handlers' queues: the writers then finish.
+    })?);
+    Ok(HttpSource {
+        threads,
+        covered,
+        addr: local,
+    })
+}
+
+/// A source thread; its failure marks the pipeline not ready (and the state stage stops).
+fn spawn(
+    name: &str,
+    metrics: &SharedMetrics,
+    f: impl FnOnce() -> Result<()> + Send + 'static,
+) -> Result<JoinHandle<Result<()>>> {
+    let metrics = metrics.clone();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let r = f();
+            if let Err(e) = &r {
+                tracing::error!(error = %format!("{e:#}"), "HTTP source failed");
+                metrics.health.source_failed.store(true, Ordering::Relaxed);
+            }
+            r
+        })
+        .with_context(|| format!("spawning {name}"))
+}
+
+/// Most requests made durable by one `fsync`.
+const GROUP_MAX: usize = 1024;
+
+/// Requests remembered per stream to recognise a retry (the newest ones; a sender retries
+/// within seconds, and after a crash the unanswered request is in the replayed log).
+const RECENT_REQUESTS: usize = 100_000;
+
+/// Fingerprints of the newest requests in the log.
+#[derive(Default)]
+struct Recent {
+    set: std::collections::HashSet<u128>,
+    order: std::collections::VecDeque<u128>,
+}
+
+impl Recent {
+    /// False if `f` is already there.
+    fn insert(&mut self, f: u128) -> bool {
+        if !self.set.insert(f) {
+            return false;
+        }
+        self.order.push_back(f);
+        if self.order.len() > RECENT_REQUESTS
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
+        }
+        true
+    }
+}
+
+/// One stream's log writer.
+struct Writer {
+    stream: Stream,
+    wal: wal::Wal,
+    rx: Receiver<Submit>,
+    tx: crate::source::fluvio::Deliver,
+    covered: Arc<Covered>,
+    recent: Recent,
+}
+
+impl Writer {
+    fn run(mut self, resume: u64) -> Result<()> {
+        let p = Some(0);
+        if !(self.tx)(RawBatch::signal(Signal::Partitions(vec![0]), p)) {
+            return Ok(());
+        }
+        // What was acknowledged before a crash and not yet covered by a checkpoint.
+        let mut replayed = 0u64;
+        let mut open = true;
+        let mut recent = std::mem::take(&mut self.recent);
+        self.wal.replay(resume, |e| {
+            replayed += e.records.len() as u64;
+            recent.insert(e.fingerprint);
+            open = self.forward(&e.request_id, e.first, &e.records, resume);
+            Ok(open)
+        })?;
+        self.recent = recent;
+        if replayed > 0 {
+            tracing::info!(
+                stream = self.stream.as_str(),
+                records = replayed,
+                from = resume,
+                "replayed the write-ahead log"
+            );
+        }
+        if !open || !self.caught_up() {
+            return Ok(());
+        }
+        let mut since_truncate = Instant::now();
+        loop {
+            let first = match self.rx.recv_timeout(Duration::from_millis(500)) {
+                Ok(s) => s,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    self.truncate(&mut since_truncate);
+                    continue;
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            };
+            let mut group = Vec::new();
+            let mut next = Some(first);
+            while let Some(s) = next {
+                // A retry of a request already in the log is answered, not logged twice:
+                // its postbacks would be harmless duplicates, but a status change inside it
+                // would be applied again (approved → rejected → approved → rejected).
+                if self.recent.insert(s.fingerprint) {
+                    group.push(s);
+                } else {
+                    let _ = s.done.send(Ok(false));
+                }
+                next = if group.len() < GROUP_MAX {
+                    self.rx.try_recv().ok()
+                } else {
+                    None
+                };
+            }
+            if group.is_empty() {
+                continue;
+            }
+            let firsts = match self.commit(&group) {
+                Ok(f) => f,
+                Err(e) => {
+                    for s in group {
+                        let _ = s.done.send(Err("the write-ahead log failed; retry".into()));
+                    }
+                    return Err(e);
+                }
+            };
+            // Durable: answer first (the sender's latency), then feed the pipeline.
+            let mut batches = Vec::with_capacity(group.len());
+            for (s, first) in group.into_iter().zip(firsts) {
+                let _ = s.done.send(Ok(true));
+                batches.push((s.request_id, first, s.records));
+            }
+            for (id, first, records) in batches {
+                if !self.forward(&id, first, &records, 0) {
+                    return Ok(());
+                }
+            }
+            if self.rx.is_empty() && !self.caught_up() {
+                return Ok(());
+            }
+            self.truncate(&mut since_truncate);
+        }
+        Ok(())
+    }
+
+    /// Appends the group and makes it durable; the first offset of each request.
+    fn commit(&mut self, group: &[Submit]) -> Result<Vec<u64>> {
+        let firsts = group
+            .iter()
+            .map(|s| self.wal.append(&s.request_id, s.fingerprint, &s.records))
+            .collect::<Result<Vec<u64>>>()?;
+        self.wal.sync()?;
+        // Crash tests: durable, not yet answered — the sender retries a request that is in.
+        crate::failpoint::crash_point("http-wal-synced");
+        Ok(firsts)
+    }
+
+    /// Sends a request's records (from offset `skip_before` on) into the pipeline as one
+    /// batch whose dead letters name the request. False once the pipeline is gone.
+    fn forward(&self, request_id: &str, first: u64, records: &[Vec<u8>], skip_before: u64) -> bool {
+        let mut b = RawBatch::with_capacity(records.iter().map(|r| r.len()).sum(), records.len());
+        for (i, r) in records.iter().enumerate() {
+            let offset = first + i as u64;
+            if offset < skip_before {
+                continue;
+            }
+            b.push_line(
+                r,
+                Position {
+                    line: offset,
+                    offset: 0,
+                },
+            );
+        }
+        if b.is_empty() {
+            return true;
+        }
+        b.end = Position {
+            line: first + records.len() as u64,
+            offset: 0,
+        };
+        b.partition = Some(0);
+        b.source = Some(records::source_of(request_id));
+        (self.tx)(b)
+    }
+
+    /// Tells the state stage the partition has nothing more for now (so the other stream is
+    /// not held waiting for it).
+    fn caught_up(&self) -> bool {
+        let next = self.wal.next_offset();
+        (self.tx)(RawBatch::signal(Signal::CaughtUp(0, Some(next)), Some(0)))
+    }
+
+    fn truncate(&mut self, since: &mut Instant) {
+        if since.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        *since = Instant::now();
+        let covered =
+            self.covered.0[usize::from(self.stream == Stream::Conversions)].load(Ordering::Relaxed);
+        match self.wal.truncate_before(covered) {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(
+                stream = self.stream.as_str(),
+                segments = n,
+                covered,
+                "write-ahead log segments covered by a checkpoint deleted"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot delete covered write-ahead log segments")
+            }
+        }
+    }
+}

@@ -1,0 +1,480 @@
+//! The HTTP source against real HTTP requests: `attribd run` with `kind = "http"` as a child
+//! process, a plain HTTP/1.1 client over TCP, the Parquet output read back.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// One HTTP/1.1 exchange: (status, body). `None` when the server is not there.
+fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).ok()?;
+    s.write_all(body).ok()?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).ok()?;
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}
+
+fn sha256_hex(key: &str) -> String {
+    attribd::source::http::keys::hash_hex(key)
+}
+
+/// A pipeline reading HTTP on `addr` into `out`; `extra` goes under `[source.http]`.
+fn http_pipeline(dir: &Path, out: &Path, addr: &str, extra: &str) -> PathBuf {
+    let p = dir.join(format!(
+        "http-{}.toml",
+        out.file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::write(
+        &p,
+        format!(
+            "[source]\nkind = \"http\"\n[source.http]\nlisten = \"{addr}\"\n{extra}\n\
+             [sink.parquet]\nout = \"{}\"\n[checkpoint]\nevery = \"1s\"\n",
+            out.display()
+        ),
+    )
+    .unwrap();
+    p
+}
+
+/// A run of `pipeline`: the child, and its metrics endpoint.
+struct Running {
+    child: Option<Child>,
+    metrics: String,
+}
+
+impl Drop for Running {
+    /// A failed test leaves no server behind.
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn start(pipeline: &Path, addr: &str) -> Running {
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let child = attribd_cmd()
+        .args(["run", "-q", "-p", pipeline.to_str().unwrap()])
+        .env("ATTRIBD_LOG", "warn")
+        .env("ATTRIBD_METRICS_ADDR", &metrics)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while request(addr, "GET", "/health", &[], b"").is_none() {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the door never opened"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Running {
+        child: Some(child),
+        metrics,
+    }
+}
+
+/// Waits until the state stage has taken `clicks` and `conversions` records (valid or not:
+/// `attribd_events_in_total`), then SIGTERM; the run's summary. (A stop checkpoints what is
+/// processed and leaves the rest in the log for the next start: the output would be short.)
+fn stop_after(mut run: Running, clicks: u64, conversions: u64) -> String {
+    let t = Instant::now();
+    loop {
+        let page = request(&run.metrics, "GET", "/metrics", &[], b"")
+            .map(|r| r.1)
+            .unwrap_or_default();
+        let count = |stream: &str| -> u64 {
+            let prefix = format!("attribd_events_in_total{{stream=\"{stream}\"}} ");
+            page.lines()
+                .find_map(|l| l.strip_prefix(&prefix))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        let now = (count("clicks"), count("conversions"));
+        if now == (clicks, conversions) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "processed {now:?}, expected ({clicks}, {conversions})"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop(run.child.take().expect("running"))
+}
+
+/// SIGTERM, then the run's summary.
+fn stop(child: Child) -> String {
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "attribd failed after SIGTERM");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+const CLICK: &str =
+    r#"{"click_id":"CID","ts":"2026-11-01T10:00:00Z","offer_id":"o1","affiliate_id":"a1"}"#;
+
+fn click(id: &str) -> String {
+    CLICK.replace("CID", id)
+}
+
+fn postback(click_id: &str, external_id: &str, status: &str) -> String {
+    format!(
+        r#"{{"click_id":"{click_id}","external_id":"{external_id}","amount":10.5,"status":"{status}","currency":"USD","ts":"2026-11-01T10:05:00Z"}}"#
+    )
+}
+
+#[test]
+fn the_door_answers_every_kind_of_request_as_documented_and_what_it_accepts_is_in_the_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.toml");
+    std::fs::write(
+        &keys,
+        format!(
+            "[[key]]\nid = \"acme-1\"\ntenant = \"acme\"\nsha256 = \"{}\"\n\
+             [[key]]\nid = \"acme-0\"\ntenant = \"acme\"\nsha256 = \"{}\"\nrevoked = true\n\
+             [[key]]\nid = \"acme-signed\"\ntenant = \"acme\"\nsha256 = \"{}\"\nsigning_secret = \"s3cret\"\n\
+             [[key]]\nid = \"acme-busy\"\ntenant = \"acme\"\nsha256 = \"{}\"\n",
+            sha256_hex("key-1"),
+            sha256_hex("key-0"),
+            sha256_hex("key-signed"),
+            sha256_hex("key-busy"),
+        ),
+    )
+    .unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let out = dir.path().join("out");
+    let p = http_pipeline(
+        dir.path(),
+        &out,
+        &addr,
+        &format!(
+            "keys_file = \"{}\"\nmax_body_bytes = 4096\nmax_records_per_request = 5\nrate_per_key = 1\nburst_per_key = 5",
+            keys.display()
+        ),
+    );
+    let run = start(&p, &addr);
+    let key = |k: &'static str| ("X-Api-Key", k);
+    let post = |path: &str, h: &[(&str, &str)], body: &str| {
+        request(&addr, "POST", path, h, body.as_bytes()).expect("an answer")
+    };
+
+    // Who: no key, an unknown key, a revoked key.
+    let body = click("c-anon");
+    assert_eq!(post("/v1/clicks", &[], &body).0, 401);
+    assert_eq!(post("/v1/clicks", &[key("nope")], &body).0, 401);
+    let (code, text) = post("/v1/clicks", &[key("key-0")], &body);
+    assert_eq!(code, 401);
+    assert!(text.contains("revoked"), "{text}");
+
+    // Accepted: three clicks as NDJSON, bound to the key's tenant.
+    let clicks = [click("c1"), click("c2"), click("c3")].join("\n");
+    let (code, text) = post("/v1/clicks", &[("Authorization", "Bearer key-1")], &clicks);
+    assert_eq!(code, 202, "{text}");
+    assert!(text.contains(r#""accepted":3"#), "{text}");
+
+    // A record of another tenant refuses the whole request.
+    let other = click("c-globex").replace("{", r#"{"tenant_id":"globex","#);
+    let (code, _) = post(
+        "/v1/clicks",
+        &[key("key-1")],
+        &format!("{}\n{other}", click("c4")),
+    );
+    assert_eq!(code, 403);
+
+    // A bad record: 400 with its reason; the good one is taken.
+    let mixed = format!(
+        "{}\n{{\"click_id\":\"c1\"}}",
+        postback("c1", "e1", "approved")
+    );
+    let (code, text) = post("/v1/conversions", &[key("key-1")], &mixed);
+    assert_eq!(code, 400, "{text}");
+    assert!(
+        text.contains(r#""accepted":1"#) && text.contains("missing_field"),
+        "{text}"
+    );
+    let bad_request: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let bad_request_id = bad_request["request_id"].as_str().unwrap().to_string();
+
+    // Too large: bytes, records.
+    let (code, _) = post("/v1/clicks", &[key("key-1")], &"x".repeat(5000));
+    assert_eq!(code, 413);
+    let six = (0..6)
+        .map(|i| click(&format!("m{i}")))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_eq!(post("/v1/clicks", &[key("key-1")], &six).0, 413);
+
+    // Signed: required for this key; verified once; a replay and a forgery refused.
+    let signed_body = click("c-signed");
+    assert_eq!(
+        post("/v1/clicks", &[key("key-signed")], &signed_body).0,
+        401
+    );
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    let sig = attribd::source::http::sign::sign("s3cret", &ts, signed_body.as_bytes());
+    let signed = [
+        key("key-signed"),
+        ("X-Attribd-Timestamp", &ts),
+        ("X-Attribd-Signature", &sig),
+    ];
+    assert_eq!(post("/v1/clicks", &signed, &signed_body).0, 202);
+    let (code, text) = post("/v1/clicks", &signed, &signed_body);
+    assert_eq!(code, 401);
+    assert!(text.contains("replay"), "{text}");
+    let forged = [
+        key("key-signed"),
+        ("X-Attribd-Timestamp", &ts),
+        ("X-Attribd-Signature", &sig),
+    ];
+    assert_eq!(post("/v1/clicks", &forged, &click("c-forged")).0, 401);
+
+    // A postback URL, key in the query.
+    let (code, text) = request(
+        &addr,
+        "GET",
+        "/v1/postback?api_key=key-1&click_id=c2&external_id=e2&amount=12.50&status=approved&currency=USD",
+        &[],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(code, 202, "{text}");
+
+    // A key over its rate: 5 at once, then 429.
+    let codes: Vec<u16> = (0..7)
+        .map(|i| post("/v1/clicks", &[key("key-busy")], &click(&format!("b{i}"))).0)
+        .collect();
+    assert_eq!(codes.iter().filter(|&&c| c == 202).count(), 5, "{codes:?}");
+    assert_eq!(codes.last(), Some(&429), "{codes:?}");
+
+    // Records in the log: 3 + 5 clicks + the signed one; 2 postbacks (one bad) + 1 by URL.
+    let summary = stop_after(run, 9, 3);
+    assert!(summary.contains("clicks"), "{summary}");
+
+    // What was accepted is in the output, bound to acme; nothing refused is.
+    let click_rows = rows(&read_table(&out, "clicks"));
+    let mut ids: Vec<&str> = click_rows.iter().map(|r| get(r, "click_id")).collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        ["b0", "b1", "b2", "b3", "b4", "c-signed", "c1", "c2", "c3"]
+    );
+    assert!(click_rows.iter().all(|r| get(r, "tenant_id") == "acme"));
+    let convs = rows(&read_table(&out, "conversions"));
+    let mut ext: Vec<(&str, &str, &str)> = convs
+        .iter()
+        .map(|r| {
+            (
+                get(r, "external_id"),
+                get(r, "tenant_id"),
+                get(r, "attributed"),
+            )
+        })
+        .collect();
+    ext.sort();
+    assert_eq!(ext, [("e1", "acme", "true"), ("e2", "acme", "true")]);
+    // The bad record is a dead letter naming its request.
+    let dead: Vec<serde_json::Value> = files_under(&out.join("dead_letters"))
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "ndjson"))
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["reason"], "missing_field");
+    assert_eq!(dead[0]["source"], format!("http:{bad_request_id}"));
+}
+
+/// Sends `bodies` in order to `path`; returns how many were acknowledged before the first
+/// that was not (the server died).
+fn send_all(addr: &str, path: &str, bodies: &[String], from: usize) -> usize {
+    let mut acked = from;
+    for b in &bodies[from..] {
+        match request(addr, "POST", path, &[], b.as_bytes()) {
+            Some((202, _)) => acked += 1,
+            Some((code, text)) => panic!("{path}: {code} {text}"),
+            None => break,
+        }
+    }
+    acked
+}
+
+/// Generated clicks and postbacks cut into requests of 50 records.
+fn requests(input: &Path, file: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(input.join(file)).unwrap();
+    // Only valid lines: the door refuses the generator's malformed ones with 400 (tested above).
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| v.is_object()))
+        .collect();
+    lines.chunks(50).map(|c| c.join("\n")).collect()
+}
+
+#[test]
+fn acknowledged_records_survive_a_crash_exactly_once_and_a_retried_request_is_not_logged_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = generate_input(
+        dir.path(),
+        "clicks = 4000\nseed = 5\nmalformed_rate = 0.0\nspan_hours = 2.0",
+    );
+    let clicks = requests(&input, "clicks.ndjson");
+    let convs = requests(&input, "conversions.ndjson");
+
+    // Reference: every request once, no crash. Clicks first, then postbacks, so attribution
+    // does not depend on how the two streams interleave.
+    let addr = format!("127.0.0.1:{}", free_port());
+    let reference = dir.path().join("ref");
+    let run = start(&http_pipeline(dir.path(), &reference, &addr, ""), &addr);
+    assert_eq!(send_all(&addr, "/v1/clicks", &clicks, 0), clicks.len());
+    assert_eq!(send_all(&addr, "/v1/conversions", &convs, 0), convs.len());
+    let records = |r: &[String]| r.iter().map(|b| b.lines().count() as u64).sum::<u64>();
+    stop_after(run, records(&clicks), records(&convs));
+
+    // The process dies in the middle of the postbacks — as kill -9, with acknowledged
+    // records past the last checkpoint, and right after one request was made durable but
+    // before it was answered.
+    let addr = format!("127.0.0.1:{}", free_port());
+    let out = dir.path().join("crash");
+    let p = http_pipeline(dir.path(), &out, &addr, "");
+    let half = convs.len() / 2;
+    let crashing = attribd_cmd()
+        .args(["run", "-q", "-p", p.to_str().unwrap()])
+        .env("ATTRIBD_LOG", "error")
+        .env("ATTRIBD_CRASH_AT", "http-wal-synced")
+        // One request per group (the client waits for each answer): pass every click request
+        // and `half` postback requests.
+        .env("ATTRIBD_CRASH_SKIP", (clicks.len() + half).to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while request(&addr, "GET", "/health", &[], b"").is_none() {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the door never opened"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut crashing = crashing;
+    assert_eq!(send_all(&addr, "/v1/clicks", &clicks, 0), clicks.len());
+    let acked = send_all(&addr, "/v1/conversions", &convs, 0);
+    let status = crashing.wait().unwrap();
+    assert!(!status.success(), "the crash point was not reached");
+    assert_eq!(acked, half, "the request durable but unanswered is #{half}");
+    assert!(
+        files_under(&out.join("_state").join("wal").join("conversions"))
+            .iter()
+            .any(|f| f.extension().is_some_and(|e| e == "wal")),
+        "no write-ahead log"
+    );
+
+    // The sender retries what it has no answer for, from request #half on (that one is in the
+    // log already): nothing is lost and nothing counted twice.
+    let run = start(&p, &addr);
+    // The request that was durable but unanswered is recognised: answered, not logged twice
+    // (a status change inside it would otherwise be applied again).
+    let (code, text) = request(
+        &addr,
+        "POST",
+        "/v1/conversions",
+        &[],
+        convs[acked].as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(code, 202, "{text}");
+    assert!(text.contains(r#""retry":true"#), "{text}");
+    assert_eq!(
+        send_all(&addr, "/v1/conversions", &convs, acked + 1),
+        convs.len()
+    );
+    stop_after(run, records(&clicks), records(&convs));
+
+    let (want, got) = (outputs(&reference), outputs(&out));
+    assert!(
+        want.0.len() > 3000 && want.1.len() > 100,
+        "{} {}",
+        want.0.len(),
+        want.1.len()
+    );
+    let missing: Vec<_> = want
+        .0
+        .iter()
+        .filter(|c| !got.0.contains(c))
+        .take(5)
+        .collect();
+    let extra: Vec<_> = got
+        .0
+        .iter()
+        .filter(|c| !want.0.contains(c))
+        .take(5)
+        .collect();
+    assert!(
+        got.0 == want.0,
+        "clicks: {} against {}; missing {missing:?}, extra {extra:?}",
+        got.0.len(),
+        want.0.len()
+    );
+    let extra: Vec<_> = got
+        .1
+        .iter()
+        .filter(|c| !want.1.contains(c))
+        .take(8)
+        .collect();
+    let missing: Vec<_> = want
+        .1
+        .iter()
+        .filter(|c| !got.1.contains(c))
+        .take(8)
+        .collect();
+    assert!(
+        got.1 == want.1,
+        "conversions: {} against {}; extra {extra:?} missing {missing:?}",
+        got.1.len(),
+        want.1.len()
+    );
+    // The retried request counts once in every measure but the duplicates (where a retry
+    // is, rightly, a duplicate postback).
+    let total = |o: &common::Outputs, i: usize| o.2.values().map(|v| v[i]).sum::<i64>();
+    for (i, m) in attribd::sink::parquet::schema::MEASURES.iter().enumerate() {
+        if !m.starts_with("duplicate") {
+            assert_eq!(total(&got, i), total(&want, i), "{m} in stats_minute");
+        }
+    }
+}
