@@ -73,6 +73,9 @@ impl CheckpointWriter {
         let thread = std::thread::Builder::new()
             .name("checkpoint".into())
             .spawn(move || {
+                // The HTTP logs are cut one checkpoint behind: a restore that falls back from
+                // a damaged newest checkpoint to the one before still finds its records.
+                let mut wal_before: [Option<u64>; 2] = [None; 2];
                 for job in rx {
                     let epoch = job.snap.epoch;
                     let wal_next = job.wal_next;
@@ -80,11 +83,12 @@ impl CheckpointWriter {
                     if result.is_ok()
                         && let Some(covered) = &wal_covered
                     {
-                        for (s, next) in wal_next.iter().enumerate() {
+                        for (s, next) in wal_before.iter().enumerate() {
                             if let Some(next) = next {
                                 covered.set(s, *next);
                             }
                         }
+                        wal_before = wal_next;
                     }
                     let failed = result.is_err();
                     if !failed {

@@ -127,6 +127,17 @@ pub fn start(
     for (i, tx) in deliver.into_iter().enumerate() {
         let stream = Stream::ALL[i];
         let wal = wal::Wal::open(&wal_dir(state_dir, stream), cfg.wal_segment_bytes)?;
+        if wal.first_offset() > resume[i] {
+            anyhow::bail!(
+                "the {} write-ahead log starts at record {} but the checkpoint resumed from \
+                 needs it from {}: acknowledged records would be lost (was the log in {} \
+                 pruned by hand, or the checkpoint restored from elsewhere?)",
+                stream.as_str(),
+                wal.first_offset(),
+                resume[i],
+                wal_dir(state_dir, stream).display()
+            );
+        }
         if wal.next_offset() < resume[i] {
             anyhow::bail!(
                 "the {} write-ahead log ends at record {} but the checkpoint covers up to {}: \
@@ -228,29 +239,34 @@ fn spawn(
 /// Most requests made durable by one `fsync`.
 const GROUP_MAX: usize = 1024;
 
-/// Requests remembered per stream to recognise a retry (the newest ones; a sender retries
-/// within seconds, and after a crash the unanswered request is in the replayed log).
+/// How long a request is remembered to recognise a retry of it: senders retry within
+/// seconds to minutes; an identical request later is a new one (say approved, rejected, and
+/// approved again the next day).
+const RETRY_WINDOW: Duration = Duration::from_secs(600);
+/// At most this many requests remembered per stream (memory stays bounded at any rate).
 const RECENT_REQUESTS: usize = 100_000;
 
-/// Fingerprints of the newest requests in the log.
+/// Fingerprints of the requests logged within the retry window.
 #[derive(Default)]
 struct Recent {
     set: std::collections::HashSet<u128>,
-    order: std::collections::VecDeque<u128>,
+    order: std::collections::VecDeque<(u128, Instant)>,
 }
 
 impl Recent {
-    /// False if `f` is already there.
-    fn insert(&mut self, f: u128) -> bool {
+    /// False if `f` was logged within the window.
+    fn insert(&mut self, f: u128, now: Instant) -> bool {
+        while let Some(&(old, at)) = self.order.front() {
+            if now.duration_since(at) < RETRY_WINDOW && self.order.len() < RECENT_REQUESTS {
+                break;
+            }
+            self.order.pop_front();
+            self.set.remove(&old);
+        }
         if !self.set.insert(f) {
             return false;
         }
-        self.order.push_back(f);
-        if self.order.len() > RECENT_REQUESTS
-            && let Some(old) = self.order.pop_front()
-        {
-            self.set.remove(&old);
-        }
+        self.order.push_back((f, now));
         true
     }
 }
@@ -274,11 +290,16 @@ impl Writer {
         // What was acknowledged before a crash and not yet covered by a checkpoint.
         let mut replayed = 0u64;
         let mut open = true;
+        // Every request still in the log is remembered (a retry of one answered, or made
+        // durable, just before a stop is recognised); those past the checkpoint are sent on.
         let mut recent = std::mem::take(&mut self.recent);
-        self.wal.replay(resume, |e| {
-            replayed += e.records.len() as u64;
-            recent.insert(e.fingerprint);
-            open = self.forward(&e.request_id, e.first, &e.records, resume);
+        let now = Instant::now();
+        self.wal.replay(0, |e| {
+            recent.insert(e.fingerprint, now);
+            if e.first + e.records.len() as u64 > resume {
+                replayed += e.records.len() as u64;
+                open = self.forward(&e.request_id, e.first, &e.records, resume);
+            }
             Ok(open)
         })?;
         self.recent = recent;
@@ -298,40 +319,45 @@ impl Writer {
             let first = match self.rx.recv_timeout(Duration::from_millis(500)) {
                 Ok(s) => s,
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    if !self.caught_up() {
+                        return Ok(());
+                    }
                     self.truncate(&mut since_truncate);
                     continue;
                 }
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
             };
-            let mut group = Vec::new();
+            let (mut group, mut retries) = (Vec::new(), Vec::new());
             let mut next = Some(first);
+            let now = Instant::now();
             while let Some(s) = next {
-                // A retry of a request already in the log is answered, not logged twice:
-                // its postbacks would be harmless duplicates, but a status change inside it
-                // would be applied again (approved → rejected → approved → rejected).
-                if self.recent.insert(s.fingerprint) {
+                // A retry of a request already in the log (within RETRY_WINDOW) is answered,
+                // not logged twice: its postbacks would be harmless duplicates, but a status
+                // change inside it would be applied again (approved → rejected → approved →
+                // rejected). Answered only after this group's fsync: its original may be in it.
+                if self.recent.insert(s.fingerprint, now) {
                     group.push(s);
                 } else {
-                    let _ = s.done.send(Ok(false));
+                    retries.push(s);
                 }
-                next = if group.len() < GROUP_MAX {
+                next = if group.len() + retries.len() < GROUP_MAX {
                     self.rx.try_recv().ok()
                 } else {
                     None
                 };
             }
-            if group.is_empty() {
-                continue;
-            }
             let firsts = match self.commit(&group) {
                 Ok(f) => f,
                 Err(e) => {
-                    for s in group {
+                    for s in group.into_iter().chain(retries) {
                         let _ = s.done.send(Err("the write-ahead log failed; retry".into()));
                     }
                     return Err(e);
                 }
             };
+            for s in retries {
+                let _ = s.done.send(Ok(false));
+            }
             // Durable: answer first (the sender's latency), then feed the pipeline.
             let mut batches = Vec::with_capacity(group.len());
             for (s, first) in group.into_iter().zip(firsts) {
@@ -343,6 +369,7 @@ impl Writer {
                     return Ok(());
                 }
             }
+            // Nothing waiting: the state stage must not hold the other stream for this one.
             if self.rx.is_empty() && !self.caught_up() {
                 return Ok(());
             }

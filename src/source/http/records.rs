@@ -165,43 +165,56 @@ pub fn check(
     let verdicts = judge(decoder, stream, records);
     let mut checked = Checked::default();
     for (i, (record, verdict)) in records.iter().zip(verdicts).enumerate() {
-        let claimed = match verdict {
-            Err(r) => {
-                checked.rejected.push(r);
-                checked.records.push(record.to_vec());
-                continue;
+        // Fields of an object (`None`: not a JSON object, or a duplicate key — never valid,
+        // whenever it is decoded).
+        let present: Option<Present<'_>> = serde_json::from_slice(record).ok();
+        // The tenant is checked on every object, valid today or not: a record refused now
+        // (say, `ts` too far ahead) may be valid when the pipeline decodes it later.
+        if let (
+            Some(t),
+            Some(Present {
+                tenant_id: Some(named),
+                ..
+            }),
+        ) = (tenant, &present)
+        {
+            let named: Option<String> = serde_json::from_str(named.get()).ok();
+            if named.as_deref() != Some(t) {
+                return Err(WrongTenant {
+                    index: i,
+                    claimed: named.unwrap_or_default(),
+                });
             }
-            Ok(claimed) => claimed,
-        };
-        let present: Present<'_> = match serde_json::from_slice(record) {
-            Ok(p) => p,
-            // The decoder took it, so it is an object; keep it as it is.
-            Err(_) => Present {
-                tenant_id: None,
-                ts: None,
-            },
-        };
+        }
         let mut add: Vec<(&str, String)> = Vec::new();
-        if let Some(t) = tenant {
-            if present.tenant_id.is_some() {
-                if claimed != t {
-                    return Err(WrongTenant { index: i, claimed });
-                }
-            } else {
+        if let Some(p) = &present {
+            if let (Some(t), None) = (tenant, p.tenant_id) {
                 add.push(("tenant_id", serde_json::to_string(t).unwrap_or_default()));
             }
+            if stream == Stream::Conversions && p.ts.is_none() {
+                add.push(("ts", now_ms.to_string()));
+            }
         }
-        if stream == Stream::Conversions && present.ts.is_none() {
-            add.push(("ts", now_ms.to_string()));
-        }
-        if add.is_empty() {
-            checked.records.push(record.to_vec());
-            continue;
-        }
-        let completed = with_fields(record, &add);
-        match judge(decoder, stream, &[&completed]).pop() {
-            Some(Ok(now)) if tenant.is_none_or(|t| now == t) => checked.records.push(completed),
-            _ => return Err(WrongTenant { index: i, claimed }),
+        let completed = if add.is_empty() {
+            record.to_vec()
+        } else {
+            with_fields(record, &add)
+        };
+        match verdict {
+            Err(r) => {
+                checked.rejected.push(r);
+                checked.records.push(completed);
+            }
+            Ok(claimed) => {
+                if !add.is_empty() {
+                    // The completed record must still decode, to the key's tenant.
+                    match judge(decoder, stream, &[&completed]).pop() {
+                        Some(Ok(now)) if tenant.is_none_or(|t| now == t) => {}
+                        _ => return Err(WrongTenant { index: i, claimed }),
+                    }
+                }
+                checked.records.push(completed);
+            }
         }
     }
     Ok(checked)
@@ -297,6 +310,19 @@ mod tests {
         // An explicit empty tenant is not the key's either.
         let empty = CLICK.replace("{", r#"{"tenant_id":"","#);
         assert!(check(&d, Stream::Clicks, &[empty.as_bytes()], Some("acme"), NOW).is_err());
+        // So is a record the decoder refuses today but names another tenant (it could be
+        // valid when the pipeline decodes it).
+        let refused_other = r#"{"tenant_id":"globex","click_id":"c9"}"#;
+        assert!(
+            check(
+                &d,
+                Stream::Clicks,
+                &[refused_other.as_bytes()],
+                Some("acme"),
+                NOW
+            )
+            .is_err()
+        );
         // Without keys the record's own tenant stands.
         assert!(check(&d, Stream::Clicks, &[other.as_bytes()], None, NOW).is_ok());
     }

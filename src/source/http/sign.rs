@@ -81,7 +81,7 @@ impl Verifier {
             return Err(Refused::Missing);
         };
         let at: i64 = ts.trim().parse().map_err(|_| Refused::BadTimestamp)?;
-        if (now - at).abs() > self.window_s {
+        if now.abs_diff(at) > self.window_s.unsigned_abs() {
             return Err(Refused::OutsideWindow);
         }
         let given = hex::decode(sig.trim()).map_err(|_| Refused::Mismatch)?;

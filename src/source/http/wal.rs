@@ -83,6 +83,18 @@ fn read_segment(path: &Path, mut f: impl FnMut(Entry) -> Result<bool>) -> Result
     let mut at = 0usize;
     while at < bytes.len() {
         let Some(entry) = parse_entry(&bytes[at..]) else {
+            // A torn write can only be the last entry. A bad entry with more after it is
+            // damage: cutting there would drop entries that were acknowledged.
+            let declared = bytes
+                .get(at..at + 4)
+                .and_then(|b| b.try_into().ok())
+                .map(|b| u32::from_le_bytes(b) as usize);
+            if declared.is_some_and(|len| at + HEADER + len < bytes.len()) {
+                bail!(
+                    "{} is damaged at byte {at} (a bad entry with more after it)",
+                    path.display()
+                );
+            }
             return Ok((at as u64, true));
         };
         let (entry, len) = entry;
@@ -274,6 +286,11 @@ impl Wal {
             removed += 1;
         }
         Ok(removed)
+    }
+
+    /// Offset of the oldest record still in the log.
+    pub fn first_offset(&self) -> u64 {
+        self.segments.first().copied().unwrap_or(0)
     }
 
     /// Segment files on disk.
