@@ -93,6 +93,15 @@ fn start(pipeline: &Path, addr: &str) -> Running {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
+    wait_for_door(addr);
+    Running {
+        child: Some(child),
+        metrics,
+    }
+}
+
+/// Waits (at most a minute) until the door at `addr` answers.
+fn wait_for_door(addr: &str) {
     let t = Instant::now();
     while request(addr, "GET", "/health", &[], b"").is_none() {
         assert!(
@@ -101,10 +110,18 @@ fn start(pipeline: &Path, addr: &str) -> Running {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    Running {
-        child: Some(child),
-        metrics,
-    }
+}
+
+/// `got == want`, or a failure naming what is missing and what is extra.
+fn assert_same_rows(what: &str, got: &[String], want: &[String]) {
+    let missing: Vec<_> = want.iter().filter(|r| !got.contains(r)).take(8).collect();
+    let extra: Vec<_> = got.iter().filter(|r| !want.contains(r)).take(8).collect();
+    assert!(
+        got == want,
+        "{what}: {} against {}; missing {missing:?}, extra {extra:?}",
+        got.len(),
+        want.len()
+    );
 }
 
 /// Waits until the state stage has taken `clicks` and `conversions` records (valid or not:
@@ -421,14 +438,7 @@ fn acknowledged_records_survive_a_crash_exactly_once_and_a_retried_request_is_no
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let t = Instant::now();
-    while request(&addr, "GET", "/health", &[], b"").is_none() {
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "the door never opened"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_door(&addr);
     let mut crashing = crashing;
     assert_eq!(send_all(&addr, "/v1/clicks", &clicks, 0), clicks.len());
     let acked = send_all(&addr, "/v1/conversions", &convs, 0);
@@ -470,42 +480,8 @@ fn acknowledged_records_survive_a_crash_exactly_once_and_a_retried_request_is_no
         want.0.len(),
         want.1.len()
     );
-    let missing: Vec<_> = want
-        .0
-        .iter()
-        .filter(|c| !got.0.contains(c))
-        .take(5)
-        .collect();
-    let extra: Vec<_> = got
-        .0
-        .iter()
-        .filter(|c| !want.0.contains(c))
-        .take(5)
-        .collect();
-    assert!(
-        got.0 == want.0,
-        "clicks: {} against {}; missing {missing:?}, extra {extra:?}",
-        got.0.len(),
-        want.0.len()
-    );
-    let extra: Vec<_> = got
-        .1
-        .iter()
-        .filter(|c| !want.1.contains(c))
-        .take(8)
-        .collect();
-    let missing: Vec<_> = want
-        .1
-        .iter()
-        .filter(|c| !got.1.contains(c))
-        .take(8)
-        .collect();
-    assert!(
-        got.1 == want.1,
-        "conversions: {} against {}; extra {extra:?} missing {missing:?}",
-        got.1.len(),
-        want.1.len()
-    );
+    assert_same_rows("clicks", &got.0, &want.0);
+    assert_same_rows("conversions", &got.1, &want.1);
     // The retried request counts once in every measure but the duplicates (where a retry
     // is, rightly, a duplicate postback).
     let total = |o: &common::Outputs, i: usize| o.2.values().map(|v| v[i]).sum::<i64>();

@@ -60,12 +60,7 @@ impl Drop for MetricsServer {
 /// Binds `addr` (port 0 picks a free port; see [`MetricsServer::addr`]) and serves until the
 /// returned server is dropped. A bind failure is an error at once, not a silent absence.
 pub fn serve(addr: &str, metrics: Arc<Metrics>) -> Result<MetricsServer> {
-    let listener = std::net::TcpListener::bind(addr)
-        .with_context(|| format!("metrics endpoint: cannot listen on {addr}"))?;
-    listener
-        .set_nonblocking(true)
-        .context("metrics endpoint: setting the socket non-blocking")?;
-    let local = listener.local_addr().context("metrics endpoint address")?;
+    let (listener, local) = bind(addr, "metrics endpoint")?;
     let (tx, mut stop) = tokio::sync::watch::channel(false);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -121,6 +116,20 @@ pub fn serve(addr: &str, metrics: Arc<Metrics>) -> Result<MetricsServer> {
         shutdown: Some(tx),
         thread: Some(thread),
     })
+}
+
+/// Binds `addr` for a tokio server (non-blocking) and returns the address bound (port 0 picks
+/// one); errors name `what` and the address. Shared with the HTTP ingest door.
+pub(crate) fn bind(addr: &str, what: &str) -> Result<(std::net::TcpListener, SocketAddr)> {
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("{what}: cannot listen on {addr}"))?;
+    listener
+        .set_nonblocking(true)
+        .with_context(|| format!("{what}: setting the socket non-blocking"))?;
+    let local = listener
+        .local_addr()
+        .with_context(|| format!("{what}: its address"))?;
+    Ok((listener, local))
 }
 
 async fn metrics_page(State(m): State<Arc<Metrics>>) -> impl IntoResponse {

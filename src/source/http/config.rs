@@ -106,10 +106,4 @@ impl HttpConfig {
         }
         p
     }
-
-    pub fn addr(&self) -> anyhow::Result<SocketAddr> {
-        self.listen
-            .parse()
-            .map_err(|e| anyhow::anyhow!("source.http.listen {:?}: {e}", self.listen))
-    }
 }

@@ -87,7 +87,6 @@ impl Covered {
 pub struct HttpSource {
     pub threads: Vec<JoinHandle<Result<()>>>,
     pub covered: Arc<Covered>,
-    pub addr: std::net::SocketAddr,
 }
 
 /// The write-ahead logs' directory under the state directory.
@@ -114,13 +113,8 @@ pub fn start(
             None
         }
     };
-    let addr = cfg.addr()?;
-    let listener = std::net::TcpListener::bind(addr)
-        .with_context(|| format!("HTTP ingest: cannot listen on {addr} (source.http.listen)"))?;
-    listener
-        .set_nonblocking(true)
-        .context("HTTP ingest: setting the socket non-blocking")?;
-    let local = listener.local_addr().context("HTTP ingest address")?;
+    let (listener, _) =
+        crate::telemetry::server::bind(&cfg.listen, "HTTP ingest (source.http.listen)")?;
     let covered = Arc::new(Covered::default());
     let mut threads = Vec::new();
     let mut queues: Vec<Arc<dyn Destination>> = Vec::new();
@@ -209,11 +203,7 @@ pub fn start(
         })
         // Dropping the runtime drops the handlers' queues: the writers then finish.
     })?);
-    Ok(HttpSource {
-        threads,
-        covered,
-        addr: local,
-    })
+    Ok(HttpSource { threads, covered })
 }
 
 /// A source thread; its failure marks the pipeline not ready (and the state stage stops).
