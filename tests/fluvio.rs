@@ -409,16 +409,20 @@ fn kill_9_while_consuming_then_resume_equals_an_uninterrupted_run() {
     args.extend(["-p".to_string(), pipeline.to_str().unwrap().to_string()]);
     let mut rng = rand::rngs::StdRng::seed_from_u64(99);
     for kill in 0..5 {
+        // Killed once it has taken a random number of records (not after a random time: a
+        // fast machine finishes the whole topic in a couple of seconds).
+        let metrics = metrics_addr();
         let mut child = attribd_cmd()
             .args(&args)
             .env("ATTRIBD_LOG", "warn")
+            .env("ATTRIBD_METRICS_ADDR", &metrics)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(rng.random_range(1000..2500)));
-        if child.try_wait().unwrap().is_some() {
-            panic!("the run finished before kill {kill}; give it more input");
+        let at = rng.random_range(10_000..50_000);
+        if !wait_for_events(&mut child, &metrics, at, Duration::from_secs(120)) {
+            panic!("the run finished (or stalled) before {at} records at kill {kill}");
         }
         child.kill().unwrap();
         child.wait().unwrap();
@@ -456,14 +460,23 @@ fn sigterm_then_a_new_instance_without_state_loses_nothing() {
     produce(&endpoint, &topics.1, 2, &input.join("conversions.ndjson"));
 
     let first = dir.path().join("first");
-    let child = attribd_cmd()
+    let metrics = metrics_addr();
+    let mut child = attribd_cmd()
         .args(fluvio_args(&endpoint, &topics, &first, "term"))
         .env("ATTRIBD_LOG", "warn")
+        .env("ATTRIBD_METRICS_ADDR", &metrics)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(3000));
+    // SIGTERM once a fifth of the records are in, so the stop lands mid-way on any machine.
+    let fifth = (want["click_records"].as_u64().unwrap()
+        + want["conversion_records"].as_u64().unwrap())
+        / 5;
+    assert!(
+        wait_for_events(&mut child, &metrics, fifth, Duration::from_secs(120)),
+        "never took {fifth} records"
+    );
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

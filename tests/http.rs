@@ -3,41 +3,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-
-/// One HTTP/1.1 exchange: (status, body). `None` when the server is not there.
-fn request(
-    addr: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    s.write_all(head.as_bytes()).ok()?;
-    s.write_all(body).ok()?;
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).ok()?;
-    let text = String::from_utf8_lossy(&out).to_string();
-    let status = text.split(' ').nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-    Some((status, body))
-}
 
 fn sha256_hex(key: &str) -> String {
     attribd::source::http::keys::hash_hex(key)
@@ -130,15 +100,11 @@ fn assert_same_rows(what: &str, got: &[String], want: &[String]) {
 fn stop_after(mut run: Running, clicks: u64, conversions: u64) -> String {
     let t = Instant::now();
     loop {
-        let page = request(&run.metrics, "GET", "/metrics", &[], b"")
-            .map(|r| r.1)
-            .unwrap_or_default();
-        let count = |stream: &str| -> u64 {
-            let prefix = format!("attribd_events_in_total{{stream=\"{stream}\"}} ");
-            page.lines()
-                .find_map(|l| l.strip_prefix(&prefix))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0)
+        let count = |stream: &str| {
+            metric(
+                &run.metrics,
+                &format!("attribd_events_in_total{{stream=\"{stream}\"}}"),
+            )
         };
         let now = (count("clicks"), count("conversions"));
         if now == (clicks, conversions) {

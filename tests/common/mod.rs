@@ -4,8 +4,11 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Decimal128Type, Int64Type, TimestampMillisecondType, UInt32Type};
@@ -47,6 +50,83 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// One HTTP/1.1 exchange: (status, body). `None` when the server is not there.
+pub fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).ok()?;
+    s.write_all(body).ok()?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).ok()?;
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}
+
+/// The value of the series `name` (e.g. `attribd_events_in_total{stream="clicks"}`) on the
+/// metrics endpoint at `addr`; 0 when the endpoint or the series is not there yet.
+pub fn metric(addr: &str, name: &str) -> u64 {
+    let page = request(addr, "GET", "/metrics", &[], b"")
+        .map(|r| r.1)
+        .unwrap_or_default();
+    let prefix = format!("{name} ");
+    page.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// Records the state stage has taken from both streams so far (valid or not).
+pub fn events_in(metrics_addr: &str) -> u64 {
+    metric(metrics_addr, "attribd_events_in_total{stream=\"clicks\"}")
+        + metric(
+            metrics_addr,
+            "attribd_events_in_total{stream=\"conversions\"}",
+        )
+}
+
+/// A metrics address on a free port, for a child whose progress a test follows.
+pub fn metrics_addr() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
+/// Waits until `child` (serving metrics at `metrics_addr`) has taken at least `events`
+/// records, polling every 10 ms, at most `limit`. `false` when it exited first or the limit
+/// passed — the caller decides whether that is a failure.
+pub fn wait_for_events(
+    child: &mut Child,
+    metrics_addr: &str,
+    events: u64,
+    limit: Duration,
+) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if child.try_wait().ok().flatten().is_some() {
+            return false;
+        }
+        if events_in(metrics_addr) >= events {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
 }
 
 /// Every file below `dir` (recursively).
