@@ -15,6 +15,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod event;
 pub mod failpoint;
+pub mod ingest;
 pub mod pipeline;
 pub mod raw;
 pub mod report;

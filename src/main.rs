@@ -3,6 +3,7 @@
 //! * `run` (the default): a pipeline to the end of its input, resuming from its checkpoint;
 //! * `gen`: generated clicks and conversions as NDJSON files;
 //! * `check`: validates a pipeline file (exit code 2 when it is wrong);
+//! * `ingest`: the stateless HTTP edge, producing what its door accepts into Fluvio;
 //! * `produce`: loads an NDJSON file into a Fluvio topic, keyed by `click_id`;
 //! * `migrate`: creates the ClickHouse database and tables;
 //! * `bench`: measures this machine and writes a capacity plan.
@@ -50,10 +51,40 @@ struct RunArgs {
     summary_json: Option<PathBuf>,
 }
 
+#[derive(Args)]
+struct IngestArgs {
+    /// Pipeline file whose [source.http] and [source.fluvio] the edge uses (default: the
+    /// sections' defaults).
+    #[arg(long, short)]
+    pipeline: Option<PathBuf>,
+    /// Fluvio SC endpoint, `host:port`.
+    #[arg(long)]
+    fluvio_endpoint: Option<String>,
+    /// Topic the clicks go to.
+    #[arg(long)]
+    fluvio_clicks_topic: Option<String>,
+    /// Topic the conversions go to.
+    #[arg(long)]
+    fluvio_conversions_topic: Option<String>,
+    /// The door's `ip:port` (source.http.listen).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Serve /metrics, /health and /ready on this `ip:port` (`off`: no endpoint).
+    #[arg(long, env = "ATTRIBD_METRICS_ADDR")]
+    metrics_addr: Option<String>,
+    /// Log format: text or json.
+    #[arg(long, env = "ATTRIBD_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a pipeline to the end of its input (default: pipelines/default.toml).
     Run(RunArgs),
+    /// The stateless HTTP edge: the door of `[source.http]`, each accepted record produced
+    /// into the `[source.fluvio]` topics keyed by click_id, answered 202 once Fluvio has
+    /// acknowledged it. Runs until SIGTERM.
+    Ingest(IngestArgs),
     /// Load an NDJSON file into a Fluvio topic, each record keyed by its click_id.
     Produce {
         /// Topic to write to (clicks or conversions).
@@ -159,8 +190,9 @@ fn main() -> ExitCode {
     let command = cli
         .command
         .unwrap_or_else(|| Command::Run(RunArgs::default()));
-    // `run` takes the format from its pipeline (after loading it); the rest from the env.
-    if !matches!(command, Command::Run(_)) {
+    // `run` and `ingest` take the format from their pipeline (after loading it); the rest
+    // from the env.
+    if !matches!(command, Command::Run(_) | Command::Ingest(_)) {
         let format = match std::env::var("ATTRIBD_LOG_FORMAT").as_deref() {
             Ok("json") => LogFormat::Json,
             _ => LogFormat::Text,
@@ -351,6 +383,35 @@ fn dispatch(command: Command) -> Result<()> {
                 println!("database `{}`: applied migrations {applied:?}", ch.database);
             }
             Ok(())
+        }
+        Command::Ingest(args) => {
+            let file = args
+                .pipeline
+                .as_ref()
+                .map_or_else(|| "(defaults)".to_string(), |p| p.display().to_string());
+            let mut cfg = match &args.pipeline {
+                Some(p) => PipelineConfig::load(p)?,
+                None => PipelineConfig::parse("[source]\nkind = \"fluvio\"\n", &file)?,
+            };
+            let f = &mut cfg.source.fluvio;
+            f.endpoint = args.fluvio_endpoint.unwrap_or(f.endpoint.clone());
+            f.clicks_topic = args.fluvio_clicks_topic.unwrap_or(f.clicks_topic.clone());
+            f.conversions_topic = args
+                .fluvio_conversions_topic
+                .unwrap_or(f.conversions_topic.clone());
+            if let Some(l) = args.listen {
+                cfg.source.http.listen = l;
+            }
+            if let Some(a) = args.metrics_addr {
+                cfg.metrics.addr = a;
+            }
+            if let Some(f) = args.log_format {
+                cfg.log.format = f;
+            }
+            attribd::ingest::validate(&cfg, &file)?;
+            init_logging(cfg.log.format);
+            let stop = stop_on_signals()?;
+            attribd::ingest::run(&cfg, stop)
         }
         Command::Produce {
             topic,

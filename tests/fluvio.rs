@@ -631,3 +631,153 @@ fn topics_are_matched_by_exact_name() {
         "{err}"
     );
 }
+
+/// `attribd ingest`, the stateless edge: refuses topics that do not exist (naming them); then
+/// records POSTed to it (NDJSON requests, a postback URL, a bad record answered 400) are
+/// produced keyed by click_id, each request answered 202 only after Fluvio acknowledged it;
+/// SIGTERM drains it. The pipeline reading those topics equals the file run of the same
+/// records.
+#[test]
+fn records_posted_to_the_ingest_edge_equal_the_file_run() {
+    let Some(endpoint) = endpoint("records_posted_to_the_ingest_edge_equal_the_file_run") else {
+        return;
+    };
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let topics = topics("edge");
+    let door = format!("127.0.0.1:{}", free_port());
+    let edge_args = [
+        "ingest",
+        "--fluvio-endpoint",
+        &endpoint,
+        "--fluvio-clicks-topic",
+        &topics.0,
+        "--fluvio-conversions-topic",
+        &topics.1,
+        "--listen",
+        &door,
+    ];
+
+    // Topics that do not exist: an error naming the topic, not a door that takes requests.
+    let o = attribd_cmd()
+        .args(edge_args)
+        .env("ATTRIBD_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&topics.0) && err.contains("does not exist"),
+        "{err}"
+    );
+
+    // Valid records only, so the reference is exactly what was posted (the door's 400s are
+    // tested in tests/http.rs; one bad record below checks it still reaches the dead letters).
+    let input = generate_input(
+        dir.path(),
+        "clicks = 20000\nseed = 66\nspan_hours = 30.0\nmalformed_rate = 0.0",
+    );
+    let empty = dir.path().join("empty.ndjson");
+    std::fs::write(&empty, "").unwrap();
+    produce(&endpoint, &topics.0, 2, &empty);
+    produce(&endpoint, &topics.1, 2, &empty);
+
+    let metrics = metrics_addr();
+    let child = attribd_cmd()
+        .args(edge_args)
+        .env("ATTRIBD_LOG", "warn")
+        .env("ATTRIBD_METRICS_ADDR", &metrics)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    while request(&metrics, "GET", "/ready", &[], b"").map(|r| r.0) != Some(200) {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the edge never got ready"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let post = |path: &str, body: &str| {
+        request(&door, "POST", path, &[], body.as_bytes()).expect("an answer")
+    };
+    let mut posted = 0;
+    for file in ["clicks.ndjson", "conversions.ndjson"] {
+        let text = std::fs::read_to_string(input.join(file)).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        // The last conversion goes as a postback URL instead.
+        let lines = if file == "conversions.ndjson" {
+            &lines[..lines.len() - 1]
+        } else {
+            &lines[..]
+        };
+        let path = format!("/v1/{}", file.trim_end_matches(".ndjson"));
+        for chunk in lines.chunks(500) {
+            let (code, text) = post(&path, &chunk.join("\n"));
+            assert_eq!(code, 202, "{text}");
+            assert!(
+                text.contains(&format!("\"accepted\":{}", chunk.len())),
+                "{text}"
+            );
+            posted += chunk.len();
+        }
+    }
+    let conversions = std::fs::read_to_string(input.join("conversions.ndjson")).unwrap();
+    let last: serde_json::Value =
+        serde_json::from_str(conversions.lines().last().unwrap()).unwrap();
+    let mut query = String::new();
+    for (k, v) in last.as_object().unwrap() {
+        if k == "metadata" {
+            continue;
+        }
+        let v = match v {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let v: String = v
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        query.push_str(&format!("{k}={v}&"));
+    }
+    let (code, text) = request(&door, "GET", &format!("/v1/postback?{query}"), &[], b"").unwrap();
+    assert_eq!(code, 202, "{text}");
+    posted += 1;
+    let bad = r#"{"click_id":5,"ts":"2026-11-01T10:00:00Z","offer_id":"o","affiliate_id":"a"}"#;
+    let (code, text) = post("/v1/clicks", bad);
+    assert_eq!(code, 400, "{text}");
+
+    // SIGTERM: the door closes, the producers flush, exit 0.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // The reference: the same records from files, the bad one at the end of the clicks, the
+    // last conversion as the postback sent it (a URL carries no metadata).
+    let mut fields = last.as_object().unwrap().clone();
+    fields.remove("metadata");
+    let mut lines: Vec<String> = conversions.lines().map(String::from).collect();
+    *lines.last_mut().unwrap() = serde_json::Value::Object(fields).to_string();
+    std::fs::write(input.join("conversions.ndjson"), lines.join("\n") + "\n").unwrap();
+    let mut clicks = std::fs::read_to_string(input.join("clicks.ndjson")).unwrap();
+    clicks.push_str(bad);
+    clicks.push('\n');
+    std::fs::write(input.join("clicks.ndjson"), clicks).unwrap();
+    let reference = dir.path().join("files");
+    let want = file_run(&input, &reference);
+    assert_eq!(
+        want["click_records"].as_u64().unwrap() + want["conversion_records"].as_u64().unwrap(),
+        posted as u64 + 1
+    );
+    let out = dir.path().join("fluvio");
+    run(&fluvio_args(&endpoint, &topics, &out, "edge"));
+    assert_eq!(summary(&out), want, "counters");
+    assert_same_but_unique_placement(&out, &reference, "through the edge");
+}

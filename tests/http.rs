@@ -457,3 +457,217 @@ fn acknowledged_records_survive_a_crash_exactly_once_and_a_retried_request_is_no
         }
     }
 }
+
+/// `attribd ingest` (the edge producing to Fluvio) before its cluster answers: the door is
+/// open, every request is a 503 to retry and /ready says why; SIGTERM ends it at once. A door
+/// beyond loopback without keys is refused at start, naming the key. (Produced records are
+/// tested against the real cluster in tests/fluvio.rs.)
+#[test]
+fn the_ingest_edge_answers_503_until_fluvio_is_connected_and_refuses_an_open_door_without_keys() {
+    let out = attribd_cmd()
+        .args(["ingest", "--listen", "0.0.0.0:18099"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "a configuration error");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("source.http.keys_file"), "{err}");
+
+    // Nothing listens on this port: the edge keeps trying to connect.
+    let nowhere = format!("127.0.0.1:{}", free_port());
+    let door = format!("127.0.0.1:{}", free_port());
+    let metrics = loop {
+        let m = metrics_addr();
+        if m != door {
+            break m;
+        }
+    };
+    let child = attribd_cmd()
+        .args(["ingest", "--fluvio-endpoint", &nowhere, "--listen", &door])
+        .env("ATTRIBD_METRICS_ADDR", &metrics)
+        .env("ATTRIBD_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut run = Running {
+        child: Some(child),
+        metrics: metrics.clone(),
+    };
+    wait_for_door(&door);
+    let (code, text) = request(&door, "POST", "/v1/clicks", &[], click("c1").as_bytes()).unwrap();
+    assert_eq!(code, 503, "{text}");
+    assert!(text.contains("not connected to Fluvio"), "{text}");
+    let (code, text) = request(&metrics, "GET", "/ready", &[], b"").unwrap();
+    assert_eq!(code, 503, "{text}");
+    let t = Instant::now();
+    stop(run.child.take().expect("running"));
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "SIGTERM while connecting took {:?}",
+        t.elapsed()
+    );
+}
+
+/// `curl` (installed by .ci/run) with its arguments; (exit status, stdout).
+fn curl(args: &[&str]) -> (bool, String) {
+    let o = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "20"])
+        .args(args)
+        .output()
+        .expect("curl runs");
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).to_string(),
+    )
+}
+
+/// HTTPS: with `tls_cert` / `tls_key` the door speaks TLS only. A client trusting just that
+/// certificate gets its 202 and the click reaches the output; plain HTTP gets no answer; a
+/// certificate that cannot be read stops the start, naming the keys.
+#[test]
+fn with_a_certificate_the_door_speaks_https_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl runs (installed by .ci/run)");
+    assert!(made.status.success(), "{made:?}");
+
+    // Unreadable: refused at start.
+    let addr = format!("127.0.0.1:{}", free_port());
+    let out = dir.path().join("out-bad");
+    let p = http_pipeline(
+        dir.path(),
+        &out,
+        &addr,
+        &format!(
+            "tls_cert = \"{}\"\ntls_key = \"{}\"",
+            key.display(),
+            key.display()
+        ),
+    );
+    let o = attribd_cmd()
+        .args(["run", "-q", "-p", p.to_str().unwrap()])
+        .env("ATTRIBD_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("tls_cert / tls_key"), "{err}");
+
+    let out = dir.path().join("out");
+    let p = http_pipeline(
+        dir.path(),
+        &out,
+        &addr,
+        &format!(
+            "tls_cert = \"{}\"\ntls_key = \"{}\"",
+            cert.display(),
+            key.display()
+        ),
+    );
+    let metrics = metrics_addr();
+    let child = attribd_cmd()
+        .args(["run", "-q", "-p", p.to_str().unwrap()])
+        .env("ATTRIBD_LOG", "warn")
+        .env("ATTRIBD_METRICS_ADDR", &metrics)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let run = Running {
+        child: Some(child),
+        metrics,
+    };
+    let url = |path: &str| {
+        format!(
+            "https://127.0.0.1:{}{path}",
+            addr.rsplit(':').next().unwrap()
+        )
+    };
+    let cacert = cert.to_str().unwrap();
+    let t = Instant::now();
+    while !curl(&["-f", "--cacert", cacert, &url("/health")]).0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the door never opened"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Without trusting the certificate: refused by the client.
+    assert!(!curl(&[&url("/health")]).0);
+    // Plain HTTP to the HTTPS port: no HTTP answer.
+    assert!(request(&addr, "GET", "/health", &[], b"").is_none());
+    let (ok, body) = curl(&[
+        "--cacert",
+        cacert,
+        "-w",
+        " %{http_code}",
+        "--data-binary",
+        &click("c-tls"),
+        &url("/v1/clicks"),
+    ]);
+    assert!(ok && body.ends_with(" 202"), "{body}");
+    stop_after(run, 1, 0);
+    let clicks = rows(&read_table(&out, "clicks"));
+    assert_eq!(clicks.len(), 1);
+    assert_eq!(get(&clicks[0], "click_id"), "c-tls");
+}
+
+/// SIGTERM while requests keep coming: the door stops taking them, answers those in flight,
+/// and everything it answered 202 is processed before the final checkpoint — in the output of
+/// this run, with no restart to replay the log.
+#[test]
+fn sigterm_drains_the_door_every_acknowledged_click_is_in_this_runs_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let out = dir.path().join("out");
+    let p = http_pipeline(dir.path(), &out, &addr, "");
+    let mut run = start(&p, &addr);
+    let senders: Vec<_> = (0..4)
+        .map(|t| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let mut acked = Vec::new();
+                for n in 0.. {
+                    let id = format!("c-{t}-{n}");
+                    match request(&addr, "POST", "/v1/clicks", &[], click(&id).as_bytes()) {
+                        Some((202, _)) => acked.push(id),
+                        // Closing: refused connections, or a 503 while it stops.
+                        _ => break,
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    while metric(&run.metrics, "attribd_events_in_total{stream=\"clicks\"}") < 200 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop(run.child.take().expect("running"));
+    let mut acked: Vec<String> = senders
+        .into_iter()
+        .flat_map(|s| s.join().unwrap())
+        .collect();
+    acked.sort();
+    let mut written: Vec<String> = rows(&read_table(&out, "clicks"))
+        .iter()
+        .map(|r| get(r, "click_id").to_string())
+        .collect();
+    written.sort();
+    assert!(acked.len() >= 200, "{} acknowledged", acked.len());
+    assert_same_rows("clicks acknowledged vs written", &written, &acked);
+}

@@ -54,7 +54,10 @@ pub(super) fn unused_source_keys(text: &str, kind: SourceKind) -> Vec<ConfigProb
                 "clicks" | "conversions" => SourceKind::Files,
                 _ => return None,
             };
-            (owner != kind).then(|| ConfigProblem {
+            // A Fluvio pipeline's file may also describe the edge that feeds its topics
+            // (`attribd ingest` reads [source.http] and [source.fluvio]).
+            let edge_of_fluvio = owner == SourceKind::Http && kind == SourceKind::Fluvio;
+            (owner != kind && !edge_of_fluvio).then(|| ConfigProblem {
                 key: format!("source.{key}"),
                 problem: format!(
                     "is for kind = \"{}\", not used by kind = \"{}\"; remove it or change source.kind",

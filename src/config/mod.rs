@@ -138,7 +138,14 @@ impl PipelineConfig {
                 }
             }
             SourceKind::Fluvio => {
-                for (key, problem) in self.source.fluvio.validate() {
+                // [source.http] too: it may be there for `attribd ingest`.
+                for (key, problem) in self
+                    .source
+                    .fluvio
+                    .validate()
+                    .into_iter()
+                    .chain(self.source.http.validate())
+                {
                     bad(key, problem);
                 }
             }

@@ -52,7 +52,7 @@ fn keys(text: &str) -> Vec<String> {
 
 #[test]
 fn every_shipped_pipeline_is_valid() {
-    for name in ["default", "files", "fluvio-clickhouse", "http"] {
+    for name in ["default", "files", "fluvio-clickhouse", "http", "edge"] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("pipelines/{name}.toml"));
         if let Err(e) = PipelineConfig::load(&path) {
             panic!("{e}");
@@ -286,9 +286,10 @@ fn live_mode_knobs_need_a_rate() {
     assert_eq!(settings(&cfg), settings(&without));
 }
 
-/// The HTTP door: beyond loopback only with keys; TLS refused (not served yet), not ignored.
+/// The HTTP door: beyond loopback only with keys; TLS needs both its files. A Fluvio
+/// pipeline may carry the edge's [source.http] (for `attribd ingest`), checked all the same.
 #[test]
-fn an_http_source_is_refused_open_to_the_network_without_keys_and_with_tls() {
+fn an_http_source_is_refused_open_to_the_network_without_keys_and_with_half_a_tls_setting() {
     let base = "[source]\nkind = \"http\"\n[source.http]\n";
     let problems = |extra: &str| -> String {
         match PipelineConfig::parse(&format!("{base}{extra}"), "p.toml") {
@@ -303,11 +304,22 @@ fn an_http_source_is_refused_open_to_the_network_without_keys_and_with_tls() {
         problems("listen = \"0.0.0.0:8088\"\nkeys_file = \"k.toml\""),
         ""
     );
-    let tls = problems("tls_cert = \"c.pem\"\ntls_key = \"k.pem\"");
+    assert_eq!(problems("tls_cert = \"c.pem\"\ntls_key = \"k.pem\""), "");
+    let half = problems("tls_cert = \"c.pem\"");
     assert!(
-        tls.contains("source.http.tls_cert") && tls.contains("not served"),
-        "{tls}"
+        half.contains("source.http.tls_key") && half.contains("needs both"),
+        "{half}"
     );
+    let edge = |extra: &str| {
+        PipelineConfig::parse(
+            &format!("[source]\nkind = \"fluvio\"\n[source.http]\n{extra}"),
+            "p.toml",
+        )
+        .map(|_| String::new())
+        .unwrap_or_else(|e| e.to_string())
+    };
+    assert_eq!(edge("listen = \"127.0.0.1:8089\""), "");
+    assert!(edge("listen = \"0.0.0.0:8089\"").contains("source.http.keys_file"));
     let bad = problems("listen = \"here\"");
     assert!(bad.contains("source.http.listen"), "{bad}");
 }

@@ -120,7 +120,14 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
     // partition (credits), so its raw queues only need room for every partition's allowance.
     // The HTTP source is one partition (0) of its write-ahead log.
     let partitioned = matches!(cfg.source.kind, SourceKind::Fluvio | SourceKind::Http);
-    let raw_capacity = if partitioned { 4096 } else { CHANNEL_BATCHES };
+    // The HTTP writer sends a batch per request and holds each request's bytes (its
+    // `queue_bytes` budget) until the batch is in this queue: a short queue keeps what waits
+    // beyond the budget small.
+    let raw_capacity = match cfg.source.kind {
+        SourceKind::Fluvio => 4096,
+        SourceKind::Http => 64,
+        _ => CHANNEL_BATCHES,
+    };
     let (click_raw_tx, click_raw_rx) = bounded::<RawBatch>(raw_capacity);
     let (conv_raw_tx, conv_raw_rx) = bounded::<RawBatch>(raw_capacity);
     let raw = [
@@ -193,6 +200,7 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
         checkpoints: 0,
         writer,
         interrupted: false,
+        drain_on_stop: cfg.source.kind == SourceKind::Http,
         partitioned,
         fluvio: sources.fluvio.is_some(),
         topics: [

@@ -49,6 +49,10 @@ pub(super) struct StateStage<'a> {
     /// Writes the snapshots (and then commits Fluvio offsets) off this thread.
     pub(super) writer: super::checkpoint_writer::CheckpointWriter,
     pub(super) interrupted: bool,
+    /// A stop closes the source instead of ending the run at once: the HTTP door stops taking
+    /// requests, answers those in flight, and what it accepted is processed before the final
+    /// checkpoint (its streams then close and the run ends as a finished one).
+    pub(super) drain_on_stop: bool,
     /// The streams come in partitions (Fluvio): merged record by record, see `inputs`.
     pub(super) partitioned: bool,
     /// Fluvio: offsets are committed (by the writer) after each checkpoint.
@@ -101,6 +105,7 @@ impl StateStage<'_> {
             StreamInput::new(Stream::Conversions, self.partitioned),
         ];
         let mut closed_reported = [false, false];
+        let mut draining = false;
         let mut last_progress = Instant::now();
         let tty = std::io::stderr().is_terminal();
         loop {
@@ -108,7 +113,15 @@ impl StateStage<'_> {
                 // No checkpoint: the restart replays from the last good one.
                 anyhow::bail!("a source failed");
             }
-            if opts.stop.load(Ordering::Relaxed) {
+            if opts.stop.load(Ordering::Relaxed) && self.drain_on_stop {
+                if !draining {
+                    draining = true;
+                    tracing::info!(
+                        "stop requested: the door closes; what it accepted is processed, then \
+                         the final checkpoint"
+                    );
+                }
+            } else if opts.stop.load(Ordering::Relaxed) {
                 self.interrupted = true;
                 tracing::info!("stop requested: checkpointing and exiting");
                 if !self.resumed_finished {

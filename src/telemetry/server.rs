@@ -178,6 +178,21 @@ impl axum::serve::Listener for DeadlineListener {
     }
 }
 
+/// The same deadline for connections accepted by `axum_server` (the HTTPS door: the TLS
+/// acceptor wraps this one, so the deadline covers the handshake too).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DeadlineAcceptor;
+
+impl<S> axum_server::accept::Accept<tokio::net::TcpStream, S> for DeadlineAcceptor {
+    type Stream = Deadline<tokio::net::TcpStream>;
+    type Service = S;
+    type Future = std::future::Ready<io::Result<(Self::Stream, S)>>;
+
+    fn accept(&self, stream: tokio::net::TcpStream, service: S) -> Self::Future {
+        std::future::ready(Ok((Deadline::new(stream, REQUEST_READ_TIMEOUT), service)))
+    }
+}
+
 /// A connection that must deliver each request within `timeout` of its opening or of the
 /// previous response: a read still pending at the deadline fails with `TimedOut`, and hyper
 /// closes the connection. Bytes that trickle in do not move the deadline, so a client cannot

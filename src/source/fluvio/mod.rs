@@ -42,7 +42,7 @@ use crate::telemetry::SharedMetrics;
 pub use admin::ensure_topic;
 use commit::Committer;
 pub use config::{FluvioSourceConfig, FluvioTls, StartFrom};
-pub use produce::produce;
+pub use produce::{partition_key, produce};
 
 /// Where the source delivers one stream's batches: never blocks (the per-partition credits
 /// bound what is in flight); false once the pipeline stopped taking them.

@@ -16,11 +16,6 @@ use crate::source::file::{Input, read_batches};
 /// Returns the number of records sent.
 pub fn produce(endpoint: &str, topic: &str, file: &str) -> Result<u64> {
     use fluvio::RecordKey;
-    #[derive(Deserialize)]
-    struct KeyOnly<'a> {
-        #[serde(borrow)]
-        click_id: Option<std::borrow::Cow<'a, str>>,
-    }
     let input = Input::parse(file);
     let total = match &input {
         Input::Path(p) => std::fs::metadata(p).map(|m| m.len()).unwrap_or(0),
@@ -47,10 +42,7 @@ pub fn produce(endpoint: &str, topic: &str, file: &str) -> Result<u64> {
         let result = rt.block_on(async {
             for rec in &batch.records {
                 let line = batch.line(rec);
-                let key = serde_json::from_slice::<KeyOnly>(line)
-                    .ok()
-                    .and_then(|k| k.click_id.map(|c| c.into_owned()));
-                match key {
+                match partition_key(line) {
                     Some(k) => producer.send(k, line.to_vec()).await?,
                     None => producer.send(RecordKey::NULL, line.to_vec()).await?,
                 };
@@ -75,4 +67,18 @@ pub fn produce(endpoint: &str, topic: &str, file: &str) -> Result<u64> {
         return Err(anyhow::anyhow!("producing to Fluvio topic {topic}: {e}"));
     }
     Ok(sent)
+}
+
+/// A record's partition key: its `click_id`, so a click and its conversions share a
+/// partition (the Fluvio source attributes within a partition). `None` when the line has no
+/// readable `click_id`; such a record is sent unkeyed and becomes a dead letter downstream.
+pub fn partition_key(line: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct KeyOnly<'a> {
+        #[serde(borrow)]
+        click_id: Option<std::borrow::Cow<'a, str>>,
+    }
+    serde_json::from_slice::<KeyOnly>(line)
+        .ok()
+        .and_then(|k| k.click_id.map(|c| c.into_owned()))
 }

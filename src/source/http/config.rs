@@ -16,8 +16,7 @@ pub struct HttpConfig {
     /// The API keys file (TOML, hashes only; see docs/http.md). Without it the endpoints take
     /// anonymous requests — allowed only on a loopback address.
     pub keys_file: Option<String>,
-    /// PEM certificate chain and private key. Not served yet: set, they are refused at start
-    /// (terminate TLS in front; docs/http.md).
+    /// PEM certificate chain and private key: both set, the door speaks HTTPS (rustls) only.
     pub tls_cert: Option<String>,
     pub tls_key: Option<String>,
     /// Largest request body, bytes (413 beyond it).
@@ -34,6 +33,9 @@ pub struct HttpConfig {
     /// Requests waiting for the write-ahead log, per stream. When it is full the door answers
     /// 503 with `Retry-After` — backpressure reaches the sender, memory stays bounded.
     pub queue_requests: usize,
+    /// …and at most this many bytes of records per stream, waiting or on their way into the
+    /// pipeline (a request larger than the budget still goes through an empty queue).
+    pub queue_bytes: usize,
     /// A write-ahead-log segment is closed (and can be deleted once a checkpoint covers it)
     /// at this size, bytes.
     pub wal_segment_bytes: u64,
@@ -52,6 +54,7 @@ impl Default for HttpConfig {
             burst_per_key: 2_000,
             signature_window: Duration::from_secs(300),
             queue_requests: 4_096,
+            queue_bytes: 64 << 20,
             wal_segment_bytes: 64 << 20,
         }
     }
@@ -74,11 +77,15 @@ impl HttpConfig {
             )),
             Ok(_) => {}
         }
-        if self.tls_cert.is_some() || self.tls_key.is_some() {
-            // Refused rather than ignored: a door configured for HTTPS must not answer plain HTTP.
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
             p.push((
-                "source.http.tls_cert",
-                "HTTPS is not served by attribd yet: terminate TLS in front of it (a reverse proxy on the same host, see docs/http.md) and remove tls_cert / tls_key".into(),
+                if self.tls_cert.is_some() {
+                    "source.http.tls_key"
+                } else {
+                    "source.http.tls_cert"
+                },
+                "HTTPS needs both tls_cert (PEM certificate chain) and tls_key (PEM private key)"
+                    .into(),
             ));
         }
         for (key, value) in [
@@ -90,6 +97,7 @@ impl HttpConfig {
             ("source.http.rate_per_key", u64::from(self.rate_per_key)),
             ("source.http.burst_per_key", u64::from(self.burst_per_key)),
             ("source.http.queue_requests", self.queue_requests as u64),
+            ("source.http.queue_bytes", self.queue_bytes as u64),
         ] {
             if value == 0 {
                 p.push((key, "must be at least 1".into()));

@@ -175,6 +175,16 @@ pub fn hash_hex(key: &str) -> String {
 mod tests {
     use super::*;
 
+    /// The compose stack's example keys file holds the demo key it documents.
+    #[test]
+    fn the_shipped_example_keys_file_holds_its_demo_key() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/keys.example.toml");
+        let keys = Keys::load(&path).unwrap();
+        assert!(
+            matches!(keys.current().lookup("demo-key-change-me"), Lookup::Valid(k) if k.tenant == "demo")
+        );
+    }
+
     #[test]
     fn keys_are_found_by_hash_revoked_keys_are_told_apart_and_bad_files_name_the_entry() {
         let text = format!(

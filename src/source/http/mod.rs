@@ -26,7 +26,7 @@ pub mod wal;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -34,6 +34,7 @@ use anyhow::{Context, Result};
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 
 pub use config::HttpConfig;
+pub use server::Door;
 
 use crate::event::Stream;
 use crate::event::decode::Decoder;
@@ -49,6 +50,84 @@ pub struct Submit {
     pub records: Vec<Vec<u8>>,
     /// `Ok(true)`: durable; `Ok(false)`: a retry of a request already durable, not logged again.
     pub done: tokio::sync::oneshot::Sender<Result<bool, String>>,
+    /// The request's share of its stream's byte budget, given back when dropped.
+    pub queued: Option<QueuedBytes>,
+}
+
+impl Submit {
+    /// Bytes of the request's records (what the byte budget counts).
+    pub fn bytes(&self) -> usize {
+        self.records.iter().map(Vec::len).sum()
+    }
+}
+
+/// Bytes of records a stream holds between the door and the pipeline (`queue_bytes`): a
+/// request that would go over it is a 503, like a full queue — so a flood of large bodies
+/// cannot take memory that a count of requests alone would allow.
+#[derive(Debug)]
+pub struct ByteBudget {
+    limit: usize,
+    used: AtomicUsize,
+}
+
+impl ByteBudget {
+    pub fn new(limit: usize) -> Arc<ByteBudget> {
+        Arc::new(ByteBudget {
+            limit,
+            used: AtomicUsize::new(0),
+        })
+    }
+
+    /// Takes `n` bytes, or `None` when that would exceed the limit — unless nothing is held
+    /// (a request larger than the whole budget still goes, alone).
+    pub fn take(self: &Arc<Self>, n: usize) -> Option<QueuedBytes> {
+        let mut used = self.used.load(Ordering::Relaxed);
+        loop {
+            if used > 0 && used + n > self.limit {
+                return None;
+            }
+            match self.used.compare_exchange_weak(
+                used,
+                used + n,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    return Some(QueuedBytes {
+                        budget: self.clone(),
+                        n,
+                    });
+                }
+                Err(now) => used = now,
+            }
+        }
+    }
+
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Takes `s`'s bytes into `s.queued`, or the 503 answer naming `behind` (what is slow).
+    pub fn hold(self: &Arc<Self>, s: &mut Submit, behind: &str) -> Result<(), String> {
+        let held = self
+            .take(s.bytes())
+            .ok_or_else(|| format!("backpressure: {behind} is behind (queue_bytes); retry"))?;
+        s.queued = Some(held);
+        Ok(())
+    }
+}
+
+/// Bytes held in a [`ByteBudget`]; given back on drop.
+#[derive(Debug)]
+pub struct QueuedBytes {
+    budget: Arc<ByteBudget>,
+    n: usize,
+}
+
+impl Drop for QueuedBytes {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.n, Ordering::AcqRel);
+    }
 }
 
 /// Where accepted records go: the write-ahead log of `attribd run`, or Fluvio for
@@ -60,10 +139,12 @@ pub trait Destination: Send + Sync {
 /// A stream's write-ahead-log writer, seen from the handlers.
 struct WalQueue {
     tx: Sender<Submit>,
+    budget: Arc<ByteBudget>,
 }
 
 impl Destination for WalQueue {
-    fn submit(&self, s: Submit) -> Result<(), String> {
+    fn submit(&self, mut s: Submit) -> Result<(), String> {
+        self.budget.hold(&mut s, "the pipeline")?;
         match self.tx.try_send(s) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => Err("backpressure: the pipeline is behind; retry".into()),
@@ -106,13 +187,7 @@ pub fn start(
     metrics: &SharedMetrics,
     stop: Arc<AtomicBool>,
 ) -> Result<HttpSource> {
-    let keys = match &cfg.keys_file {
-        Some(path) => Some(Arc::new(keys::Keys::load(Path::new(path))?)),
-        None => {
-            tracing::warn!("HTTP ingest without API keys (loopback only): every request is taken");
-            None
-        }
-    };
+    let keys = load_keys(cfg)?;
     let (listener, _) =
         crate::telemetry::server::bind(&cfg.listen, "HTTP ingest (source.http.listen)")?;
     let covered = Arc::new(Covered::default());
@@ -143,7 +218,10 @@ pub fn start(
             );
         }
         let (qtx, qrx) = bounded::<Submit>(cfg.queue_requests);
-        queues.push(Arc::new(WalQueue { tx: qtx }));
+        queues.push(Arc::new(WalQueue {
+            tx: qtx,
+            budget: ByteBudget::new(cfg.queue_bytes),
+        }));
         let writer = Writer {
             stream,
             wal,
@@ -160,25 +238,81 @@ pub fn start(
     }
     let destinations: [Arc<dyn Destination>; 2] = [queues[0].clone(), queues[1].clone()];
     drop(queues);
-    let door = Arc::new(server::Door::new(
-        cfg,
-        keys.clone(),
-        decoder,
-        destinations,
-        metrics.clone(),
-    ));
-    let app = server::router(door, cfg.max_body_bytes);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("http-ingest")
-        .enable_all()
-        .build()
-        .context("HTTP ingest: starting its runtime")?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    threads.push(spawn("http-server", metrics, move || {
+    let door = Door::new(cfg, keys, decoder, destinations, metrics.clone());
+    let server = DoorServer::new(listener, door, cfg)?;
+    // Dropping the door when the server ends drops the handlers' queues: the writers then
+    // finish.
+    threads.push(spawn("http-server", metrics, move || server.run(stop))?);
+    Ok(HttpSource { threads, covered })
+}
+
+/// The door's keys: the keys file, or none (loopback only, every request taken).
+pub fn load_keys(cfg: &HttpConfig) -> Result<Option<Arc<keys::Keys>>> {
+    match &cfg.keys_file {
+        Some(path) => Ok(Some(Arc::new(keys::Keys::load(Path::new(path))?))),
+        None => {
+            tracing::warn!("HTTP ingest without API keys (loopback only): every request is taken");
+            Ok(None)
+        }
+    }
+}
+
+/// The door, ready to serve: its runtime, listener, routes and TLS settings. Built at start
+/// so that a bad certificate is an error before anything runs; [`DoorServer::run`] serves.
+/// Shared by the HTTP source of `attribd run` and by `attribd ingest`.
+pub struct DoorServer {
+    rt: tokio::runtime::Runtime,
+    listener: std::net::TcpListener,
+    app: axum::Router,
+    keys: Option<Arc<keys::Keys>>,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
+}
+
+impl DoorServer {
+    pub fn new(listener: std::net::TcpListener, door: Door, cfg: &HttpConfig) -> Result<Self> {
+        let keys = door.keys.clone();
+        let app = server::router(Arc::new(door), cfg.max_body_bytes);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("http-ingest")
+            .enable_all()
+            .build()
+            .context("HTTP ingest: starting its runtime")?;
+        let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+            (Some(cert), Some(key)) => Some(
+                rt.block_on(axum_server::tls_rustls::RustlsConfig::from_pem_file(
+                    cert, key,
+                ))
+                .with_context(|| {
+                    format!(
+                        "source.http.tls_cert / tls_key: cannot use {cert} and {key} \
+                         (PEM certificate chain and private key)"
+                    )
+                })?,
+            ),
+            _ => None,
+        };
+        Ok(DoorServer {
+            rt,
+            listener,
+            app,
+            keys,
+            tls,
+        })
+    }
+
+    /// Serves until `stop` turns true, reloading the keys on SIGHUP and when the file
+    /// changes; requests in flight are answered before it returns.
+    pub fn run(self, stop: Arc<AtomicBool>) -> Result<()> {
+        let DoorServer {
+            rt,
+            listener,
+            app,
+            keys,
+            tls,
+        } = self;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         rt.block_on(async move {
-            // The pipeline's stop flag (SIGTERM) closes the door; SIGHUP and file changes
-            // reload the keys.
             let hup = Arc::new(AtomicBool::new(false));
             let _ = signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone());
             tokio::spawn(async move {
@@ -199,11 +333,9 @@ pub fn start(
                     }
                 }
             });
-            server::serve(listener, app, stop_rx).await
+            server::serve(listener, app, stop_rx, tls).await
         })
-        // Dropping the runtime drops the handlers' queues: the writers then finish.
-    })?);
-    Ok(HttpSource { threads, covered })
+    }
 }
 
 /// A source thread; its failure marks the pipeline not ready (and the state stage stops).
@@ -352,9 +484,10 @@ impl Writer {
             let mut batches = Vec::with_capacity(group.len());
             for (s, first) in group.into_iter().zip(firsts) {
                 let _ = s.done.send(Ok(true));
-                batches.push((s.request_id, first, s.records));
+                batches.push((s.request_id, first, s.records, s.queued));
             }
-            for (id, first, records) in batches {
+            // Each request's bytes stay counted until its batch is in the pipeline's queue.
+            for (id, first, records, _queued) in batches {
                 if !self.forward(&id, first, &records, 0) {
                     return Ok(());
                 }
@@ -435,5 +568,29 @@ impl Writer {
                 tracing::warn!(error = %format!("{e:#}"), "cannot delete covered write-ahead log segments")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bytes are taken up to the limit and given back on drop; a request larger than the whole
+    /// budget goes only through an empty queue.
+    #[test]
+    fn the_byte_budget_refuses_what_would_exceed_it_and_frees_on_drop() {
+        let b = ByteBudget::new(100);
+        let first = b.take(60).expect("fits");
+        assert!(b.take(50).is_none(), "60 + 50 > 100");
+        let second = b.take(40).expect("exactly 100");
+        assert_eq!(b.used(), 100);
+        drop(first);
+        assert_eq!(b.used(), 40);
+        assert!(b.take(500).is_none(), "too large while something is held");
+        drop(second);
+        let big = b.take(500).expect("alone, a large request goes");
+        assert!(b.take(1).is_none());
+        drop(big);
+        assert_eq!(b.used(), 0);
     }
 }

@@ -270,6 +270,7 @@ async fn ingest_records(
         fingerprint,
         records: checked.records,
         done: tx,
+        queued: None,
     };
     if let Err(why) = d.destinations[usize::from(stream == Stream::Conversions)].submit(submit) {
         let mut r = problem(StatusCode::SERVICE_UNAVAILABLE, &why);
@@ -338,13 +339,34 @@ fn answer(request_id: &str, total: usize, rejected: Vec<Rejected>, retry: bool) 
 }
 
 /// Serves `router` on `listener` until `stop` turns true; in-flight requests are answered.
+/// With `tls`, connections are HTTPS (rustls; a handshake has 10 s), without it plain HTTP.
+/// Either way a connection must deliver each request in time (see
+/// [`crate::telemetry::server::DeadlineListener`]): a slow client cannot hold it.
 pub async fn serve(
     listener: std::net::TcpListener,
     app: Router,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::from_std(listener)?;
     let local: SocketAddr = listener.local_addr()?;
+    if let Some(tls) = tls {
+        tracing::info!(addr = %local, "HTTP ingest listening (HTTPS)");
+        let handle = axum_server::Handle::<SocketAddr>::new();
+        let shutdown = handle.clone();
+        tokio::spawn(async move {
+            let _ = stop.wait_for(|s| *s).await;
+            shutdown.graceful_shutdown(Some(SHUTDOWN_GRACE));
+        });
+        let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)
+            .acceptor(crate::telemetry::server::DeadlineAcceptor);
+        axum_server::from_tcp(listener)?
+            .acceptor(acceptor)
+            .handle(handle)
+            .serve(app.into_make_service())
+            .await?;
+        return Ok(());
+    }
+    let listener = tokio::net::TcpListener::from_std(listener)?;
     tracing::info!(addr = %local, "HTTP ingest listening");
     let listener = crate::telemetry::server::DeadlineListener::new(listener);
     axum::serve(listener, app)
@@ -354,6 +376,9 @@ pub async fn serve(
         .await?;
     Ok(())
 }
+
+/// How long requests in flight at a stop may take to be answered over HTTPS.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 
 /// How long a request may wait for the log before it is told to come back.
 pub const DURABLE_TIMEOUT: Duration = Duration::from_secs(10);
