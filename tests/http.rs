@@ -607,6 +607,18 @@ fn with_a_certificate_the_door_speaks_https_only() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // HTTP/1.1 only, even to a client that asks for HTTP/2 (ALPN).
+    let (ok, version) = curl(&[
+        "--http2",
+        "--cacert",
+        cacert,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_version}",
+        &url("/health"),
+    ]);
+    assert!(ok && version == "1.1", "{version}");
     // Without trusting the certificate: refused by the client.
     assert!(!curl(&[&url("/health")]).0);
     // Plain HTTP to the HTTPS port: no HTTP answer.
@@ -654,7 +666,12 @@ fn sigterm_drains_the_door_every_acknowledged_click_is_in_this_runs_output() {
             })
         })
         .collect();
+    let t = Instant::now();
     while metric(&run.metrics, "attribd_events_in_total{stream=\"clicks\"}") < 200 {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "fewer than 200 clicks in after a minute"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     stop(run.child.take().expect("running"));
@@ -670,4 +687,47 @@ fn sigterm_drains_the_door_every_acknowledged_click_is_in_this_runs_output() {
     written.sort();
     assert!(acked.len() >= 200, "{} acknowledged", acked.len());
     assert_same_rows("clicks acknowledged vs written", &written, &acked);
+}
+
+/// A stop is not the end of the input: a postback whose click has not come yet stays pending
+/// across SIGTERM (it is not given up as `unknown_click`), and is attributed when the click
+/// comes after the restart.
+#[test]
+fn a_postback_waiting_for_its_click_is_still_waiting_after_a_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let out = dir.path().join("out");
+    let p = http_pipeline(dir.path(), &out, &addr, "");
+    let run = start(&p, &addr);
+    let (code, text) = request(
+        &addr,
+        "POST",
+        "/v1/conversions",
+        &[],
+        postback("c-later", "o-later", "approved").as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(code, 202, "{text}");
+    stop_after(run, 0, 1);
+    assert!(
+        rows(&read_table(&out, "conversions")).is_empty(),
+        "nothing decided about the postback yet"
+    );
+
+    let run = start(&p, &addr);
+    let (code, text) = request(
+        &addr,
+        "POST",
+        "/v1/clicks",
+        &[],
+        click("c-later").as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(code, 202, "{text}");
+    // The counters go on from the checkpoint: the postback of the first run is counted once.
+    stop_after(run, 1, 1);
+    let convs = rows(&read_table(&out, "conversions"));
+    assert_eq!(convs.len(), 1, "{convs:?}");
+    assert_eq!(get(&convs[0], "attributed"), "true", "{convs:?}");
+    assert_eq!(get(&convs[0], "offer_id"), "o1");
 }

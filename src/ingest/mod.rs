@@ -16,7 +16,7 @@ pub mod producer;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use fluvio::{Isolation, TopicProducerConfigBuilder};
@@ -28,6 +28,9 @@ use crate::source::fluvio::{FluvioSourceConfig, admin};
 use crate::source::http::{ByteBudget, Destination, Door, DoorServer, Submit, load_keys};
 use crate::telemetry::Metrics;
 use producer::FluvioDestination;
+
+/// How long a stopping edge waits for its producers (each group takes at most 15 s).
+const STOP_GRACE: Duration = Duration::from_secs(40);
 
 /// Checks the sections the edge uses, whatever the file's `source.kind`.
 pub fn validate(cfg: &PipelineConfig, file: &str) -> Result<(), ConfigError> {
@@ -93,6 +96,8 @@ pub fn run(cfg: &PipelineConfig, stop: Arc<AtomicBool>) -> Result<()> {
     // The producers: their own runtime, connected in the background (a daemon waits for its
     // cluster; the door answers 503 meanwhile, /ready too).
     let fluvio_cfg = cfg.source.fluvio.clone();
+    // A record plus its key and batch header fits in a produce request.
+    let max_request_bytes = http.max_body_bytes + 64 * 1024;
     let producers_stop = stop.clone();
     let producers_metrics = metrics.clone();
     let producers = std::thread::Builder::new()
@@ -101,6 +106,7 @@ pub fn run(cfg: &PipelineConfig, stop: Arc<AtomicBool>) -> Result<()> {
             let rt = admin::runtime()?;
             let r = rt.block_on(produce(
                 fluvio_cfg,
+                max_request_bytes,
                 [click_rx, conv_rx],
                 ready,
                 producers_metrics.clone(),
@@ -122,6 +128,19 @@ pub fn run(cfg: &PipelineConfig, stop: Arc<AtomicBool>) -> Result<()> {
     // it the queues' senders) is dropped then, so the producers drain, flush and end.
     let served = server.run(stop.clone());
     stop.store(true, Ordering::SeqCst);
+    // The producers end once their queues are drained; each group is bounded in time, but a
+    // cluster gone silent must not keep a stopping edge forever.
+    let deadline = Instant::now() + STOP_GRACE;
+    while !producers.is_finished() {
+        if Instant::now() >= deadline {
+            served?;
+            return Err(anyhow!(
+                "the Fluvio producers did not finish within {STOP_GRACE:?} of the stop; \
+                 requests in flight were answered 503 (or not at all) and may be retried"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let produced = producers
         .join()
         .map_err(|_| anyhow!("the Fluvio producer thread panicked"))?;
@@ -133,6 +152,7 @@ pub fn run(cfg: &PipelineConfig, stop: Arc<AtomicBool>) -> Result<()> {
 /// until their queues close.
 async fn produce(
     cfg: FluvioSourceConfig,
+    max_request_bytes: usize,
     queues: [mpsc::Receiver<Submit>; 2],
     ready: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
@@ -162,10 +182,13 @@ async fn produce(
                 cfg.endpoint
             ));
         }
-        // Acknowledged only once the record is committed on the partition's replicas.
+        // Acknowledged only once the record is committed on the partition's replicas. A
+        // request body is at most `max_body_bytes`, so no record it carries is too large for
+        // one produce request.
         let config = TopicProducerConfigBuilder::default()
             .isolation(Isolation::ReadCommitted)
             .linger(Duration::from_millis(2))
+            .max_request_size(max_request_bytes.max(1 << 20))
             .build()
             .map_err(|e| anyhow!("Fluvio producer settings: {e}"))?;
         let producer = fluvio

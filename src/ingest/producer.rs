@@ -12,6 +12,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use fluvio::{RecordKey, TopicProducerPool};
 use tokio::sync::mpsc;
@@ -47,11 +48,16 @@ impl Destination for FluvioDestination {
     }
 }
 
+/// How long one group may take from its first send to its last acknowledgement. The door
+/// answers 503 after [`crate::source::http::server::DURABLE_TIMEOUT`] anyway; this bounds
+/// the task itself, so a cluster that stopped answering cannot hold it (or a stop) forever.
+const GROUP_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Produces the requests of `rx` into `topic` until every sender is gone (the door closed),
 /// then flushes what is left. Each request is answered `Ok(true)` once all its records are
 /// acknowledged, or `Err` (a 503: the sender retries; a record sent twice is dropped
 /// downstream by the pipeline's dedup of clicks by `click_id` and conversions by
-/// `external_id`).
+/// `external_id`). A request's failure is its own: the others of its group go on.
 pub async fn run(producer: TopicProducerPool, topic: String, mut rx: mpsc::Receiver<Submit>) {
     while let Some(first) = rx.recv().await {
         let mut group = vec![first];
@@ -61,57 +67,81 @@ pub async fn run(producer: TopicProducerPool, topic: String, mut rx: mpsc::Recei
                 Err(_) => break,
             }
         }
-        let mut failed: Option<String> = None;
-        let mut pending = Vec::with_capacity(group.len());
-        for s in &mut group {
-            let mut outputs = Vec::with_capacity(s.records.len());
-            if failed.is_none() {
-                for record in std::mem::take(&mut s.records) {
-                    let sent = match partition_key(&record) {
-                        Some(k) => producer.send(k, record).await,
-                        None => producer.send(RecordKey::NULL, record).await,
-                    };
-                    match sent {
-                        Ok(out) => outputs.push(out),
-                        Err(e) => {
-                            failed = Some(format!("producing to Fluvio topic {topic}: {e}"));
-                            break;
-                        }
-                    }
-                }
-            }
-            pending.push(outputs);
-        }
-        if failed.is_none()
-            && let Err(e) = producer.flush().await
-        {
-            failed = Some(format!("flushing to Fluvio topic {topic}: {e}"));
-        }
-        for (s, outputs) in group.into_iter().zip(pending) {
-            let answer = match &failed {
-                Some(why) => Err(why.clone()),
-                None => {
-                    let mut r = Ok(true);
-                    for out in outputs {
-                        if let Err(e) = out.wait().await {
-                            r = Err(format!("Fluvio did not acknowledge a record: {e}"));
-                            break;
-                        }
-                    }
-                    r
-                }
-            };
+        let answers =
+            tokio::time::timeout(GROUP_TIMEOUT, produce_group(&producer, &topic, &mut group))
+                .await
+                .unwrap_or_else(|_| {
+                    vec![
+                        Err(format!(
+                            "Fluvio topic {topic} did not acknowledge in {GROUP_TIMEOUT:?}"
+                        ));
+                        group.len()
+                    ]
+                });
+        for (s, answer) in group.into_iter().zip(answers) {
             if let Err(why) = &answer {
                 tracing::warn!(request_id = %s.request_id, topic = %topic, error = %why, "request not produced; answered 503");
             }
             let _ = s.done.send(answer);
         }
+    }
+    match tokio::time::timeout(GROUP_TIMEOUT, producer.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(topic = %topic, error = %e, "final flush failed"),
+        Err(_) => tracing::warn!(topic = %topic, "final flush did not finish in time"),
+    }
+}
+
+/// Sends every request's records, flushes once, waits for the acknowledgements; the answer
+/// of each request.
+async fn produce_group(
+    producer: &TopicProducerPool,
+    topic: &str,
+    group: &mut [Submit],
+) -> Vec<Result<bool, String>> {
+    // An error left by an earlier group (or a background flush) would fail this one.
+    producer.clear_errors().await;
+    let mut answers: Vec<Result<bool, String>> = Vec::with_capacity(group.len());
+    let mut pending = Vec::with_capacity(group.len());
+    for s in group.iter_mut() {
+        let mut outputs = Vec::with_capacity(s.records.len());
+        let mut failed = None;
+        for record in std::mem::take(&mut s.records) {
+            let sent = match partition_key(&record) {
+                Some(k) => producer.send(k, record).await,
+                None => producer.send(RecordKey::NULL, record).await,
+            };
+            match sent {
+                Ok(out) => outputs.push(out),
+                Err(e) => {
+                    failed = Some(format!("producing to Fluvio topic {topic}: {e}"));
+                    break;
+                }
+            }
+        }
         if failed.is_some() {
-            // The producer refuses new records after an error until told to go on.
+            // The producer refuses everything after an error until told to go on; the
+            // records of this request already sent may still land (its retry is deduplicated
+            // downstream).
             producer.clear_errors().await;
         }
+        answers.push(failed.map_or(Ok(true), Err));
+        pending.push(outputs);
     }
     if let Err(e) = producer.flush().await {
-        tracing::warn!(topic = %topic, error = %e, "final flush failed");
+        let why = format!("flushing to Fluvio topic {topic}: {e}");
+        return vec![Err(why); group.len()];
     }
+    for (answer, outputs) in answers.iter_mut().zip(pending) {
+        if answer.is_err() {
+            continue;
+        }
+        for out in outputs {
+            if let Err(e) = out.wait().await {
+                *answer = Err(format!("Fluvio did not acknowledge a record: {e}"));
+                break;
+            }
+        }
+    }
+    answers
 }

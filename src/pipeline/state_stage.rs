@@ -130,8 +130,17 @@ impl StateStage<'_> {
                 return self.writer.finish();
             }
             let readiness = [inputs[0].readiness(), inputs[1].readiness()];
+            if draining && readiness.iter().all(|r| *r == Readiness::Closed) {
+                // The door is closed and what it accepted is processed. A stop is not the end
+                // of the input: nothing is finished (pending conversions stay pending, open
+                // minutes open) — the checkpoint is an ordinary one and the next start goes on.
+                self.interrupted = true;
+                self.checkpoint(&mut inputs, false)?;
+                return self.writer.finish();
+            }
             for i in 0..2 {
-                if readiness[i] == Readiness::Closed && !closed_reported[i] {
+                // Closed by a stop, a stream has not ended: its watermark stays where it is.
+                if readiness[i] == Readiness::Closed && !closed_reported[i] && !draining {
                     closed_reported[i] = true;
                     self.engine.close_stream(inputs[i].stream);
                 }

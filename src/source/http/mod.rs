@@ -279,17 +279,24 @@ impl DoorServer {
             .build()
             .context("HTTP ingest: starting its runtime")?;
         let tls = match (&cfg.tls_cert, &cfg.tls_key) {
-            (Some(cert), Some(key)) => Some(
-                rt.block_on(axum_server::tls_rustls::RustlsConfig::from_pem_file(
-                    cert, key,
+            (Some(cert), Some(key)) => {
+                let loaded = rt
+                    .block_on(axum_server::tls_rustls::RustlsConfig::from_pem_file(
+                        cert, key,
+                    ))
+                    .with_context(|| {
+                        format!(
+                            "source.http.tls_cert / tls_key: cannot use {cert} and {key} \
+                             (PEM certificate chain and private key)"
+                        )
+                    })?;
+                // Offer HTTP/1.1 only in ALPN (the server speaks nothing else).
+                let mut server = (*loaded.get_inner()).clone();
+                server.alpn_protocols = vec![b"http/1.1".to_vec()];
+                Some(axum_server::tls_rustls::RustlsConfig::from_config(
+                    Arc::new(server),
                 ))
-                .with_context(|| {
-                    format!(
-                        "source.http.tls_cert / tls_key: cannot use {cert} and {key} \
-                         (PEM certificate chain and private key)"
-                    )
-                })?,
-            ),
+            }
             _ => None,
         };
         Ok(DoorServer {

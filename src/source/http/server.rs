@@ -296,7 +296,12 @@ async fn ingest_records(
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             r
         }
-        Ok(Err(_)) => problem(StatusCode::SERVICE_UNAVAILABLE, "the pipeline is stopping"),
+        Ok(Err(_)) => {
+            let mut r = problem(StatusCode::SERVICE_UNAVAILABLE, "stopping; retry");
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r
+        }
     }
 }
 
@@ -359,7 +364,10 @@ pub async fn serve(
         });
         let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)
             .acceptor(crate::telemetry::server::DeadlineAcceptor);
+        // HTTP/1.1 only, as without TLS: HTTP/2's many streams per connection and PINGs would
+        // get around the per-request deadline and the per-connection memory it assumes.
         axum_server::from_tcp(listener)?
+            .http1_only()
             .acceptor(acceptor)
             .handle(handle)
             .serve(app.into_make_service())
