@@ -10,12 +10,16 @@
 //!    loopback ports, output in a temporary directory), and POSTs the clicks the postbacks
 //!    will name (NDJSON, 5 000 per request), so the run attributes them.
 //! 2. Open loop: request *i* of a phase is due at `start + i / rate`, whatever happened to the
-//!    others; `--connections` keep-alive connections take the requests in order. A request's
+//!    others; `--connections` keep-alive connections (opened before the phase: the senders'
+//!    pools are warm) take the requests in order. A request's
 //!    latency runs from when it was due to its answer, so time spent waiting for a free
 //!    connection counts (no coordinated omission). Each `GET /v1/postback` carries a distinct
 //!    `external_id`.
 //! 3. Per phase: answers per status code, achieved requests/s, p50/p90/p99/max of the 202s,
-//!    the largest RSS of attribd while it ran (sampled every 100 ms).
+//!    the largest RSS of attribd while it ran (sampled every 100 ms), and attribd's own
+//!    arrival → answer latency from its `attribd_http_request_duration_seconds` histogram
+//!    (bucket bounds: an upper bound of the quantile) — the door's share, without the time a
+//!    request waited in the sender for a free connection.
 //! 4. SIGTERM (the door drains: what it answered 202 is processed before the final
 //!    checkpoint), then checks the run's summary: conversion records == postbacks answered
 //!    202, nothing accepted lost and nothing counted twice.
@@ -62,6 +66,9 @@ struct Args {
     // `cargo bench` passes --bench.
     #[arg(long, hide = true)]
     bench: bool,
+    /// attribd's metrics address (set by the bench itself).
+    #[arg(skip)]
+    metrics: String,
 }
 
 /// What one phase measured.
@@ -75,6 +82,89 @@ struct Phase {
     latency_ok: Histogram<u64>,
     latency_all: Histogram<u64>,
     max_rss: u64,
+    /// attribd's own view: arrival to answer, from its histogram.
+    server: Buckets,
+}
+
+/// The postback route's `attribd_http_request_duration_seconds` buckets: (upper bound in
+/// seconds, cumulative count).
+#[derive(Default, Clone)]
+struct Buckets(Vec<(f64, u64)>);
+
+impl Buckets {
+    fn since(&self, before: &Buckets) -> Buckets {
+        Buckets(
+            self.0
+                .iter()
+                .map(|&(le, n)| {
+                    let was = before.0.iter().find(|b| b.0 == le).map_or(0, |b| b.1);
+                    (le, n.saturating_sub(was))
+                })
+                .collect(),
+        )
+    }
+
+    /// The bucket bound below which `q` of the requests were answered (an upper bound).
+    fn quantile_ms(&self, q: f64) -> Option<f64> {
+        let total = self.0.last()?.1;
+        if total == 0 {
+            return None;
+        }
+        let want = (q * total as f64).ceil() as u64;
+        self.0.iter().find(|b| b.1 >= want).map(|b| b.0 * 1000.0)
+    }
+}
+
+/// Scrapes attribd's /metrics for the postback route's latency buckets.
+async fn server_latency(metrics: &str) -> Buckets {
+    let mut c = Conn::new(metrics);
+    let Ok(req) = hyper::Request::get("/metrics")
+        .header("host", metrics)
+        .body(Full::new(Bytes::new()))
+    else {
+        return Buckets::default();
+    };
+    let page = match c.connect().await {
+        Ok(()) => match c.send.as_mut() {
+            Some(send) => match send.send_request(req).await {
+                Ok(resp) => resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| String::from_utf8_lossy(&b.to_bytes()).to_string())
+                    .unwrap_or_default(),
+                Err(_) => String::new(),
+            },
+            None => String::new(),
+        },
+        Err(_) => String::new(),
+    };
+    let mut out = Vec::new();
+    for line in page.lines() {
+        let Some(rest) = line.strip_prefix("attribd_http_request_duration_seconds_bucket{") else {
+            continue;
+        };
+        if !rest.contains("route=\"postback\"") {
+            continue;
+        }
+        let le = rest
+            .split("le=\"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .map(|s| {
+                if s == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    s.parse().unwrap_or(f64::NAN)
+                }
+            });
+        let n = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
+        if let (Some(le), Some(n)) = (le, n) {
+            out.push((le, n as u64));
+        }
+    }
+    out.sort_by(|a, b| a.0.total_cmp(&b.0));
+    Buckets(out)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -96,6 +186,10 @@ fn main() -> anyhow::Result<()> {
         ),
     )?;
     let summary = dir.path().join("summary.json");
+    let args = Args {
+        metrics: metrics.clone(),
+        ..args
+    };
     let child = Command::new(env!("CARGO_BIN_EXE_attribd"))
         .args(["run", "-q", "-p"])
         .arg(&pipeline)
@@ -220,7 +314,7 @@ impl Conn {
     }
 
     /// Sends one request (reconnecting if the connection is gone); its status code.
-    async fn request(&mut self, req: hyper::Request<Full<Bytes>>) -> anyhow::Result<u16> {
+    async fn connect(&mut self) -> anyhow::Result<()> {
         if self.send.as_ref().is_none_or(|s| s.is_closed()) {
             let stream = tokio::net::TcpStream::connect(&self.addr).await?;
             stream.set_nodelay(true)?;
@@ -228,6 +322,11 @@ impl Conn {
             tokio::spawn(conn);
             self.send = Some(send);
         }
+        Ok(())
+    }
+
+    async fn request(&mut self, req: hyper::Request<Full<Bytes>>) -> anyhow::Result<u16> {
+        self.connect().await?;
         let Some(send) = self.send.as_mut() else {
             anyhow::bail!("no connection");
         };
@@ -304,6 +403,14 @@ async fn run_phase(
 ) -> anyhow::Result<Phase> {
     let n = (rate * seconds).ceil() as u64;
     let next = Arc::new(AtomicU64::new(0));
+    // The senders' connections are open before the phase starts (their pools are warm).
+    let mut conns = Vec::with_capacity(args.connections);
+    for _ in 0..args.connections {
+        let mut c = Conn::new(door);
+        c.connect().await?;
+        conns.push(c);
+    }
+    let before = server_latency(&args.metrics).await;
     let start = tokio::time::Instant::now() + Duration::from_millis(100);
     let ts = event_ms();
     let done = Arc::new(AtomicBool::new(false));
@@ -318,10 +425,9 @@ async fn run_phase(
         })
     };
     let mut workers = Vec::new();
-    for _ in 0..args.connections {
+    for mut conn in conns {
         let (next, door) = (next.clone(), door.to_string());
         workers.push(tokio::spawn(async move {
-            let mut conn = Conn::new(&door);
             let mut codes = std::collections::BTreeMap::<u16, u64>::new();
             let mut failed = 0u64;
             let mut ok = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("bounds");
@@ -370,6 +476,7 @@ async fn run_phase(
         latency_ok: Histogram::new_with_bounds(1, 600_000_000, 3)?,
         latency_all: Histogram::new_with_bounds(1, 600_000_000, 3)?,
         max_rss: 0,
+        server: Buckets::default(),
     };
     for w in workers {
         let (codes, failed, ok, all) = w.await?;
@@ -381,6 +488,7 @@ async fn run_phase(
         phase.latency_all.add(all)?;
     }
     phase.seconds = start.elapsed().as_secs_f64();
+    phase.server = server_latency(&args.metrics).await.since(&before);
     done.store(true, Ordering::Relaxed);
     let _ = sampler.await;
     phase.max_rss = max_rss.load(Ordering::Relaxed);
@@ -396,7 +504,7 @@ fn print_phase(p: &Phase) {
     println!(
         "{:<9} offered {:>7.0}/s  answered {:>7.0}/s  codes {:?}  no answer {}  \
          202 latency p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms  (all answers p99 {:.1} ms)  \
-         max RSS {} MiB",
+         max RSS {} MiB  | attribd's own arrival → answer: p50 ≤ {} ms  p99 ≤ {} ms",
         p.name,
         p.rate,
         answered as f64 / p.seconds,
@@ -407,8 +515,14 @@ fn print_phase(p: &Phase) {
         ms(&p.latency_ok, 0.99),
         p.latency_ok.max() as f64 / 1000.0,
         ms(&p.latency_all, 0.99),
-        p.max_rss >> 20
+        p.max_rss >> 20,
+        fmt_ms(p.server.quantile_ms(0.5)),
+        fmt_ms(p.server.quantile_ms(0.99)),
     );
+}
+
+fn fmt_ms(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v}"))
 }
 
 fn phase_json(p: &Phase) -> serde_json::Value {
@@ -428,6 +542,10 @@ fn phase_json(p: &Phase) -> serde_json::Value {
             "max": p.latency_ok.max() as f64 / 1000.0,
         },
         "latency_all_p99_ms": ms(&p.latency_all, 0.99),
+        "server_latency_ms_at_most": {
+            "p50": p.server.quantile_ms(0.5),
+            "p99": p.server.quantile_ms(0.99),
+        },
         "max_rss_bytes": p.max_rss,
     })
 }
