@@ -160,6 +160,27 @@ impl PipelineConfig {
                 }
             }
         }
+        if self.source.with_http {
+            if self.source.kind != SourceKind::Fluvio {
+                bad(
+                    "source.with_http",
+                    format!(
+                        "is for kind = \"fluvio\" (the door beside the topics); kind = \"{}\" {}",
+                        self.source.kind.as_str(),
+                        if self.source.kind == SourceKind::Http {
+                            "is the door already"
+                        } else {
+                            "ends with its input, the door never does"
+                        }
+                    ),
+                );
+            } else if self.source.fluvio.exit_when_idle.is_some() {
+                bad(
+                    "source.fluvio.exit_when_idle",
+                    "cannot end a run with the HTTP door open (source.with_http): stop it with SIGTERM".into(),
+                );
+            }
+        }
         if self.semantics.attribution_window.is_zero() {
             bad(
                 "semantics.attribution_window",

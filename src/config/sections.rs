@@ -125,6 +125,10 @@ pub struct SourceConfig {
     /// Listen address, keys and limits of the HTTP door; `kind = "http"` (and `attribd ingest`).
     #[serde(default)]
     pub http: crate::source::http::HttpConfig,
+    /// `kind = "fluvio"` only: open the HTTP door of `[source.http]` too, in this process.
+    /// Its write-ahead log is one more partition of each stream, merged with the topics'.
+    #[serde(default)]
+    pub with_http: bool,
 }
 
 /// `[semantics]`: the windows of dedup and attribution.

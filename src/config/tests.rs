@@ -323,3 +323,24 @@ fn an_http_source_is_refused_open_to_the_network_without_keys_and_with_half_a_tl
     let bad = problems("listen = \"here\"");
     assert!(bad.contains("source.http.listen"), "{bad}");
 }
+
+/// `with_http` opens the door beside Fluvio only, and not with a run that ends when idle.
+#[test]
+fn with_http_is_for_a_fluvio_run_that_does_not_end_by_itself() {
+    let problems = |text: &str| keys(text);
+    assert!(problems("[source]\nkind = \"fluvio\"\nwith_http = true\n").is_empty());
+    assert_eq!(
+        problems("[source]\nkind = \"generator\"\nwith_http = true\n"),
+        vec!["source.with_http"]
+    );
+    assert_eq!(
+        problems("[source]\nkind = \"http\"\nwith_http = true\n"),
+        vec!["source.with_http"]
+    );
+    assert_eq!(
+        problems(
+            "[source]\nkind = \"fluvio\"\nwith_http = true\n[source.fluvio]\nexit_when_idle = \"3s\"\n"
+        ),
+        vec!["source.fluvio.exit_when_idle"]
+    );
+}

@@ -185,7 +185,10 @@ pub struct StreamInput {
     /// A partitioned source announces its partitions before any batch; until then the
     /// stream is `Waiting`.
     partitioned: bool,
-    announced: bool,
+    /// Announcements still to come: one per partitioned source feeding the stream (Fluvio
+    /// and, beside it, the HTTP door's log). The merge cannot start before it knows every
+    /// partition.
+    announcements_left: usize,
     /// The channel is still connected.
     pub open: bool,
 }
@@ -196,9 +199,15 @@ impl StreamInput {
             stream,
             cursors: Vec::new(),
             partitioned,
-            announced: false,
+            announcements_left: 1,
             open: true,
         }
+    }
+
+    /// The stream is fed by `n` partitioned sources, each announcing its partitions.
+    pub fn with_sources(mut self, n: usize) -> StreamInput {
+        self.announcements_left = n;
+        self
     }
 
     /// Queues a decoded batch (or signal) behind its partition's earlier ones.
@@ -207,7 +216,7 @@ impl StreamInput {
             for &p in list {
                 self.cursor_mut(Some(p));
             }
-            self.announced = true;
+            self.announcements_left = self.announcements_left.saturating_sub(1);
             return;
         }
         let partition = if self.partitioned {
@@ -239,7 +248,7 @@ impl StreamInput {
 
     /// Whether the merge can go on with this stream, and from which event time.
     pub fn readiness(&self) -> Readiness {
-        if self.open && self.partitioned && !self.announced {
+        if self.open && self.partitioned && self.announcements_left > 0 {
             return Readiness::Waiting;
         }
         let whole = !self.partitioned;

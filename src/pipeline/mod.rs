@@ -201,6 +201,8 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
         writer,
         interrupted: false,
         drain_on_stop: cfg.source.kind == SourceKind::Http,
+        sources: if cfg.source.with_http { 2 } else { 1 },
+        http_partition: crate::source::http::log_partition(cfg),
         partitioned,
         fluvio: sources.fluvio.is_some(),
         topics: [

@@ -52,6 +52,18 @@ pub(super) fn start(
     match cfg.source.kind {
         SourceKind::Fluvio => {
             let deliver = raw.map(delivery);
+            match crate::source::http::log_partition(cfg) {
+                Some(partition) => start_http(
+                    cfg,
+                    partition,
+                    partition_offsets,
+                    &deliver,
+                    metrics,
+                    stop,
+                    &mut sources,
+                )?,
+                None => refuse_unprocessed_log(cfg, partition_offsets)?,
+            }
             sources.fluvio = Some(crate::source::fluvio::start(
                 &cfg.source.fluvio,
                 partition_offsets,
@@ -62,21 +74,15 @@ pub(super) fn start(
         }
         SourceKind::Http => {
             let deliver = raw.map(delivery);
-            // Next offset of each stream's log (partition 0) the checkpoint covers.
-            let resume = [0, 1].map(|s| partition_offsets.get(&(s, 0)).copied().unwrap_or(0));
-            let decoder =
-                crate::event::decode::Decoder::new(Arc::from("http"), cfg.decode_limits());
-            let http = crate::source::http::start(
-                &cfg.source.http,
-                &cfg.state_dir(),
-                decoder,
-                resume,
-                deliver,
+            start_http(
+                cfg,
+                0,
+                partition_offsets,
+                &deliver,
                 metrics,
-                stop.clone(),
+                stop,
+                &mut sources,
             )?;
-            sources.threads.extend(http.threads);
-            sources.http_covered = Some(http.covered);
         }
         SourceKind::Generator => {
             let gen_cfg = cfg.source.generator.clone();
@@ -112,6 +118,64 @@ pub(super) fn start(
             .store(true, Ordering::Relaxed);
     }
     Ok(sources)
+}
+
+/// The HTTP door, its log partition `partition` of each stream resumed at the offsets the
+/// checkpoint covers.
+fn start_http(
+    cfg: &PipelineConfig,
+    partition: u32,
+    partition_offsets: &HashMap<(usize, u32), u64>,
+    deliver: &[crate::source::fluvio::Deliver; 2],
+    metrics: &SharedMetrics,
+    stop: &Arc<AtomicBool>,
+    sources: &mut Sources,
+) -> Result<()> {
+    let resume = [0, 1].map(|s| partition_offsets.get(&(s, partition)).copied().unwrap_or(0));
+    let decoder = crate::event::decode::Decoder::new(Arc::from("http"), cfg.decode_limits());
+    let http = crate::source::http::start(
+        &cfg.source.http,
+        &cfg.state_dir(),
+        decoder,
+        crate::source::http::LogStart { partition, resume },
+        deliver.clone(),
+        metrics,
+        stop.clone(),
+    )?;
+    sources.threads.extend(http.threads);
+    sources.http_covered = Some(http.covered);
+    Ok(())
+}
+
+/// A Fluvio run without the door whose state holds the door's log with acknowledged
+/// records not yet processed (the door was on before): refused, rather than dropping them.
+fn refuse_unprocessed_log(
+    cfg: &PipelineConfig,
+    partition_offsets: &HashMap<(usize, u32), u64>,
+) -> Result<()> {
+    use crate::source::http::{BESIDE_FLUVIO_PARTITION, wal::Wal, wal_dir};
+    for (s, stream) in Stream::ALL.into_iter().enumerate() {
+        let dir = wal_dir(&cfg.state_dir(), stream);
+        if !dir.exists() {
+            continue;
+        }
+        let wal = Wal::open(&dir, cfg.source.http.wal_segment_bytes)?;
+        let done = partition_offsets
+            .get(&(s, BESIDE_FLUVIO_PARTITION))
+            .copied()
+            .unwrap_or(0);
+        if wal.next_offset() > done {
+            anyhow::bail!(
+                "the HTTP door's log in {} holds {} acknowledged {} records not processed yet: \
+                 run with source.with_http = true until they are, or delete the directory to \
+                 drop them",
+                dir.display(),
+                wal.next_offset() - done,
+                stream.as_str()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// A raw queue as the callback a task-based source (Fluvio, HTTP) delivers into.

@@ -53,6 +53,11 @@ pub(super) struct StateStage<'a> {
     /// requests, answers those in flight, and what it accepted is processed before the final
     /// checkpoint (its streams then close and the run ends as a finished one).
     pub(super) drain_on_stop: bool,
+    /// Partitioned sources feeding each stream (2: Fluvio with the HTTP door beside it).
+    pub(super) sources: usize,
+    /// The partition id of the HTTP door's log, when there is one (its next offsets are
+    /// handed to the log writers; Fluvio commits leave it out).
+    pub(super) http_partition: Option<u32>,
     /// The streams come in partitions (Fluvio): merged record by record, see `inputs`.
     pub(super) partitioned: bool,
     /// Fluvio: offsets are committed (by the writer) after each checkpoint.
@@ -101,8 +106,8 @@ impl StateStage<'_> {
             self.metrics.queue(Queue::DecodedConversions).clone(),
         ];
         let mut inputs = [
-            StreamInput::new(Stream::Clicks, self.partitioned),
-            StreamInput::new(Stream::Conversions, self.partitioned),
+            StreamInput::new(Stream::Clicks, self.partitioned).with_sources(self.sources),
+            StreamInput::new(Stream::Conversions, self.partitioned).with_sources(self.sources),
         ];
         let mut closed_reported = [false, false];
         let mut draining = false;
@@ -378,6 +383,7 @@ impl StateStage<'_> {
         let offsets = self.fluvio.then(|| {
             self.partition_offsets
                 .iter()
+                .filter(|&(&(_, p), _)| Some(p) != self.http_partition)
                 .map(|(&(s, p), &o)| (self.topics[s].clone(), p, o))
                 .collect()
         });
@@ -386,7 +392,10 @@ impl StateStage<'_> {
             snap,
             arrived: std::mem::take(&mut self.awaiting_durable),
             offsets,
-            wal_next: [0, 1].map(|s| self.partition_offsets.get(&(s, 0)).copied()),
+            wal_next: [0, 1].map(|s| {
+                self.http_partition
+                    .and_then(|p| self.partition_offsets.get(&(s, p)).copied())
+            }),
             began: t,
         })?;
         self.metrics.checkpoint_paused(t.elapsed());

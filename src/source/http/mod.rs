@@ -5,6 +5,7 @@
 //! request ─▶ server (auth, limits, decoder check) ─▶ Destination ─▶ 202
 //!                                                      │
 //!            kind = "http":   write-ahead log (group commit) ─▶ raw queue ─▶ decode ─▶ state
+//!            with_http:       the same, its log one more partition beside the Fluvio topics'
 //!            attribd ingest:  Fluvio topic (keyed by click_id)
 //! ```
 //!
@@ -170,23 +171,47 @@ pub struct HttpSource {
     pub covered: Arc<Covered>,
 }
 
+/// The partition id of the door's log in each stream: 0 when the door is the source
+/// (`kind = "http"`), [`BESIDE_FLUVIO_PARTITION`] beside the Fluvio topics' partitions
+/// (`with_http`); `None` without a door.
+pub fn log_partition(cfg: &crate::config::PipelineConfig) -> Option<u32> {
+    use crate::config::SourceKind;
+    match cfg.source.kind {
+        SourceKind::Http => Some(0),
+        SourceKind::Fluvio if cfg.source.with_http => Some(BESIDE_FLUVIO_PARTITION),
+        _ => None,
+    }
+}
+
+/// Where the door's logs stand in the pipeline: their partition id in each stream, and the
+/// next offset of each stream's log the checkpoint covers (0 for a fresh run).
+#[derive(Debug, Clone, Copy)]
+pub struct LogStart {
+    pub partition: u32,
+    pub resume: [u64; 2],
+}
+
+/// The log's partition id beside Fluvio's (whose ids count from 0): never a topic's.
+pub const BESIDE_FLUVIO_PARTITION: u32 = u32::MAX;
+
 /// The write-ahead logs' directory under the state directory.
 pub fn wal_dir(state_dir: &Path, stream: Stream) -> std::path::PathBuf {
     state_dir.join("wal").join(stream.as_str())
 }
 
 /// Opens both logs, binds the listener (an error at once, naming the address), and starts
-/// the writers and the server. `resume[i]` is the next offset of stream `i` the checkpoint
-/// covers (0 for a fresh run): the log is replayed from there before new requests are taken.
+/// the writers and the server. Each stream's log is replayed from `at.resume` before new
+/// requests are taken.
 pub fn start(
     cfg: &HttpConfig,
     state_dir: &Path,
     decoder: Decoder,
-    resume: [u64; 2],
+    at: LogStart,
     deliver: [crate::source::fluvio::Deliver; 2],
     metrics: &SharedMetrics,
     stop: Arc<AtomicBool>,
 ) -> Result<HttpSource> {
+    let LogStart { partition, resume } = at;
     let keys = load_keys(cfg)?;
     let (listener, _) =
         crate::telemetry::server::bind(&cfg.listen, "HTTP ingest (source.http.listen)")?;
@@ -224,6 +249,7 @@ pub fn start(
         }));
         let writer = Writer {
             stream,
+            partition,
             wal,
             rx: qrx,
             tx,
@@ -403,6 +429,8 @@ impl Recent {
 /// One stream's log writer.
 struct Writer {
     stream: Stream,
+    /// The log's partition id in the stream (see [`log_partition`]).
+    partition: u32,
     wal: wal::Wal,
     rx: Receiver<Submit>,
     tx: crate::source::fluvio::Deliver,
@@ -412,8 +440,11 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, resume: u64) -> Result<()> {
-        let p = Some(0);
-        if !(self.tx)(RawBatch::signal(Signal::Partitions(vec![0]), p)) {
+        let p = Some(self.partition);
+        if !(self.tx)(RawBatch::signal(
+            Signal::Partitions(vec![self.partition]),
+            p,
+        )) {
             return Ok(());
         }
         // What was acknowledged before a crash and not yet covered by a checkpoint.
@@ -544,7 +575,7 @@ impl Writer {
             line: first + records.len() as u64,
             offset: 0,
         };
-        b.partition = Some(0);
+        b.partition = Some(self.partition);
         b.source = Some(records::source_of(request_id));
         (self.tx)(b)
     }
@@ -553,7 +584,10 @@ impl Writer {
     /// not held waiting for it).
     fn caught_up(&self) -> bool {
         let next = self.wal.next_offset();
-        (self.tx)(RawBatch::signal(Signal::CaughtUp(0, Some(next)), Some(0)))
+        (self.tx)(RawBatch::signal(
+            Signal::CaughtUp(self.partition, Some(next)),
+            Some(self.partition),
+        ))
     }
 
     fn truncate(&mut self, since: &mut Instant) {
