@@ -82,7 +82,7 @@ pub fn summary(r: &RunReport, cores: usize) -> String {
     }
     row(
         &format!("events/second ({cores} cores)"),
-        if r.counters.events_in() == 0 {
+        if r.events_this_run == 0 {
             "– (nothing read)".to_string()
         } else {
             format!("{:.0}", r.events_per_second())

@@ -534,3 +534,22 @@ fn stdin_lines_are_numbered_on_after_a_restart() {
     let line5_offset = (first.len() + click("c3").len()) as u64;
     assert_eq!(positions, [(1, 0), (5, line5_offset)]);
 }
+
+/// A run resumed from a finished checkpoint with nothing new to read says so, instead of
+/// dividing the counters it carries on (the first run's events) by its own short time.
+#[test]
+fn a_resumed_run_with_nothing_to_read_reports_no_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let first = run_fixture(&out);
+    assert!(
+        !first.contains("nothing read"),
+        "the first run reads the fixture: {first}"
+    );
+    let again = run_fixture(&out);
+    let line = again
+        .lines()
+        .find(|l| l.contains("events/second"))
+        .unwrap_or_default();
+    assert!(line.contains("– (nothing read)"), "{again}");
+}

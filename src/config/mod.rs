@@ -63,6 +63,12 @@ pub struct PipelineConfig {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// Minimisation of personal fields at ingest (docs/operations.md, "Data lifecycle").
+    #[serde(default)]
+    pub privacy: crate::event::privacy::PrivacyConfig,
+    /// `privacy` with its key file read, when the pipeline was loaded (not serialized).
+    #[serde(skip)]
+    pub privacy_applied: crate::event::privacy::Privacy,
 }
 
 impl PipelineConfig {
@@ -91,7 +97,7 @@ impl PipelineConfig {
     }
 
     pub fn parse(text: &str, file: &str) -> Result<PipelineConfig, ConfigError> {
-        let cfg: PipelineConfig = toml::from_str(text).map_err(|e| ConfigError {
+        let mut cfg: PipelineConfig = toml::from_str(text).map_err(|e| ConfigError {
             file: file.to_string(),
             problems: vec![ConfigProblem {
                 key: missing_field_key(text, &e).unwrap_or_else(|| toml_key(text, &e)),
@@ -100,6 +106,14 @@ impl PipelineConfig {
         })?;
         let mut problems = unused_source_keys(text, cfg.source.kind);
         problems.extend(cfg.validate());
+        // The key file is read here, once: a run never falls back to keeping addresses.
+        match crate::event::privacy::Privacy::from_config(&cfg.privacy) {
+            Ok(p) => cfg.privacy_applied = p,
+            Err((key, problem)) => problems.push(ConfigProblem {
+                key: key.to_string(),
+                problem,
+            }),
+        }
         if problems.is_empty() {
             Ok(cfg)
         } else {
@@ -321,6 +335,7 @@ impl PipelineConfig {
             min_ts_ms: parse_rfc3339_ms(&self.limits.earliest_ts)
                 .unwrap_or(DecodeLimits::default().min_ts_ms),
             max_future_ms: self.limits.max_future.as_millis() as i64,
+            privacy: self.privacy_applied.clone(),
         }
     }
 }

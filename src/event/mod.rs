@@ -11,6 +11,7 @@
 pub mod decode;
 pub mod fast;
 pub mod keys;
+pub mod privacy;
 pub mod time;
 
 use std::fmt;

@@ -88,13 +88,15 @@ pub struct RunReport {
     /// A live source: the time from the last record processed until the source ended
     /// (`exit_when_idle` waiting for records that did not come). Not work, so not in events/s.
     pub idle_tail: Duration,
+    /// Records read by this run (the counters go on from the checkpoint resumed from).
+    pub events_this_run: u64,
 }
 
 impl RunReport {
-    /// Records read per second of work (the run's time without its idle tail).
+    /// Records this run read per second of work (its time without the idle tail).
     pub fn events_per_second(&self) -> f64 {
         let busy = self.elapsed.saturating_sub(self.idle_tail);
-        self.counters.events_in() as f64 / busy.as_secs_f64().max(1e-9)
+        self.events_this_run as f64 / busy.as_secs_f64().max(1e-9)
     }
 }
 
@@ -178,6 +180,7 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
     } = restored;
     // From here on every checkpoint is a delta: the engine logs what it changes.
     engine.track_changes();
+    let events_at_start = engine.counters().events_in();
     let writer = checkpoint_writer::CheckpointWriter::start(
         cfg.state_dir(),
         metrics.clone(),
@@ -275,6 +278,7 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
 
     // 7. Report.
     Ok(RunReport {
+        events_this_run: engine.counters().events_in() - events_at_start,
         counters: engine.counters().clone(),
         sizes: engine.sizes(),
         sinks: totals,

@@ -36,6 +36,8 @@ pub struct DecodeLimits {
     pub min_ts_ms: i64,
     /// How far ahead of the wall clock an event time may be (ms).
     pub max_future_ms: i64,
+    /// Minimisation of personal fields (`[privacy]`), applied before anything is written.
+    pub privacy: crate::event::privacy::Privacy,
 }
 
 impl Default for DecodeLimits {
@@ -46,6 +48,7 @@ impl Default for DecodeLimits {
             // 2000-01-01T00:00:00Z
             min_ts_ms: 946_684_800_000,
             max_future_ms: 7 * 86_400_000,
+            privacy: Default::default(),
         }
     }
 }
@@ -191,6 +194,9 @@ impl Decoder {
             None => super::Span::NONE,
         };
         let tenant_id = raw.tenant_id.as_deref().unwrap_or("");
+        let privacy = &self.limits.privacy;
+        // Minimised before anything sees it: the arena, the visitor hash, the outputs.
+        let ip = raw.ip.as_deref().and_then(|ip| privacy.ip(ip));
         let mut click = Click {
             click_id: arena.push(click_id),
             ts_ms,
@@ -200,8 +206,12 @@ impl Decoder {
             country,
             device: opt(arena, &raw.device),
             os: opt(arena, &raw.os),
-            ip: opt(arena, &raw.ip),
-            user_agent: opt(arena, &raw.user_agent),
+            ip: arena.push_opt(ip.as_deref()),
+            user_agent: if privacy.drop_user_agent {
+                super::Span::NONE
+            } else {
+                opt(arena, &raw.user_agent)
+            },
             referrer: opt(arena, &raw.referrer),
             subs: [
                 opt(arena, &raw.sub1),
@@ -236,7 +246,7 @@ impl Decoder {
             ]
             .map(|s| arena.get_opt(s)),
         );
-        click.visitor_hash = match raw.ip.as_deref() {
+        click.visitor_hash = match ip.as_deref() {
             None | Some("") => None,
             Some(ip) => Some(keys::visitor_hash(tenant_id, offer_id, ip)),
         };
@@ -269,7 +279,9 @@ impl Decoder {
         let metadata = match raw.metadata {
             None => super::Span::NONE,
             Some(m) if m.get() == "null" => super::Span::NONE,
-            Some(m) if m.get().starts_with('{') => arena.push(m.get()),
+            Some(m) if m.get().starts_with('{') => {
+                arena.push(&self.limits.privacy.metadata(m.get()))
+            }
             Some(_) => {
                 return Err(reject(
                     DeadReason::InvalidField,
