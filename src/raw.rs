@@ -60,7 +60,7 @@ pub enum Signal {
 /// Bounding every partition separately is what lets the state stage wait for a slow partition
 /// without a fast one filling memory, and without the fast one's batches blocking the slow
 /// one's in the shared channel.
-pub struct Credit(Arc<tokio::sync::Semaphore>);
+pub struct Credit(Arc<tokio::sync::Semaphore>, u32);
 
 impl Credit {
     /// Takes a credit from `pool` (waits while the partition has none left); `None` once the
@@ -68,13 +68,37 @@ impl Credit {
     pub async fn take(pool: &Arc<tokio::sync::Semaphore>) -> Option<Credit> {
         let permit = pool.acquire().await.ok()?;
         permit.forget();
-        Some(Credit(pool.clone()))
+        Some(Credit(pool.clone(), 1))
+    }
+
+    /// `n` permits (at most the pool's size, or it waits forever) from `pool` for a thread
+    /// outside any runtime (the HTTP door's log writers): waits, polling every millisecond,
+    /// while they are not there. `None` once `gone()` says the pipeline is stopping.
+    pub fn take_blocking(
+        pool: &Arc<tokio::sync::Semaphore>,
+        n: u32,
+        gone: impl Fn() -> bool,
+    ) -> Option<Credit> {
+        let n = n.max(1);
+        loop {
+            match pool.try_acquire_many(n) {
+                Ok(permit) => {
+                    permit.forget();
+                    return Some(Credit(pool.clone(), n));
+                }
+                Err(tokio::sync::TryAcquireError::Closed) => return None,
+                Err(tokio::sync::TryAcquireError::NoPermits) if gone() => return None,
+                Err(tokio::sync::TryAcquireError::NoPermits) => {
+                    std::thread::sleep(std::time::Duration::from_millis(1))
+                }
+            }
+        }
     }
 }
 
 impl Drop for Credit {
     fn drop(&mut self) {
-        self.0.add_permits(1);
+        self.0.add_permits(self.1 as usize);
     }
 }
 
@@ -160,5 +184,32 @@ impl RawBatch {
 
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod credit_tests {
+    use super::*;
+
+    /// Several permits at once, given back on drop; a thread waiting for more than is left
+    /// gets them once they come back, or gives up when told the pipeline is gone.
+    #[test]
+    fn blocking_credits_take_several_permits_and_wait_for_them() {
+        let pool = Arc::new(tokio::sync::Semaphore::new(4));
+        let three = Credit::take_blocking(&pool, 3, || false).expect("3 of 4");
+        assert_eq!(pool.available_permits(), 1);
+        assert!(Credit::take_blocking(&pool, 2, || true).is_none(), "gone");
+        let waiter = {
+            let pool = pool.clone();
+            std::thread::spawn(move || Credit::take_blocking(&pool, 2, || false).is_some())
+        };
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        drop(three);
+        assert!(waiter.join().unwrap());
+        assert_eq!(
+            pool.available_permits(),
+            4,
+            "the waiter's credit dropped too"
+        );
     }
 }

@@ -195,12 +195,7 @@ async fn produce(
             .topic_producer_with_config(topic.clone(), config)
             .await
             .with_context(|| format!("opening a producer for Fluvio topic {topic}"))?;
-        tasks.push(tokio::spawn(producer::run(
-            producer,
-            topic,
-            rx,
-            metrics.clone(),
-        )));
+        tasks.push(tokio::spawn(producer::run(producer, topic, rx)));
     }
     ready.store(true, Ordering::Relaxed);
     metrics

@@ -58,12 +58,7 @@ const GROUP_TIMEOUT: Duration = Duration::from_secs(15);
 /// acknowledged, or `Err` (a 503: the sender retries; a record sent twice is dropped
 /// downstream by the pipeline's dedup of clicks by `click_id` and conversions by
 /// `external_id`). A request's failure is its own: the others of its group go on.
-pub async fn run(
-    producer: TopicProducerPool,
-    topic: String,
-    mut rx: mpsc::Receiver<Submit>,
-    health: Arc<crate::telemetry::Metrics>,
-) {
+pub async fn run(producer: TopicProducerPool, topic: String, mut rx: mpsc::Receiver<Submit>) {
     while let Some(first) = rx.recv().await {
         let mut group = vec![first];
         while group.len() < GROUP_MAX {
@@ -83,13 +78,6 @@ pub async fn run(
                         group.len()
                     ]
                 });
-        // /ready follows the last group: a cluster that stops acknowledging takes the edge
-        // out of its load balancer until a group goes through again.
-        let all_failed = answers.iter().all(Result::is_err);
-        health
-            .health
-            .sources_connected
-            .store(!all_failed, Ordering::Relaxed);
         for (s, answer) in group.into_iter().zip(answers) {
             if let Err(why) = &answer {
                 tracing::warn!(request_id = %s.request_id, topic = %topic, error = %why, "request not produced; answered 503");

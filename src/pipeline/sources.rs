@@ -167,8 +167,7 @@ fn refuse_unprocessed_log(
         if wal.next_offset() > done {
             anyhow::bail!(
                 "the HTTP door's log in {} holds {} acknowledged {} records not processed yet: \
-                 run with source.with_http = true until they are, or delete the directory to \
-                 drop them",
+                 run with source.with_http = true until they are (then stop it and turn it off)",
                 dir.display(),
                 wal.next_offset() - done,
                 stream.as_str()

@@ -111,6 +111,7 @@ impl StateStage<'_> {
         ];
         let mut closed_reported = [false, false];
         let mut draining = false;
+        let events_at_start = self.engine.counters().events_in();
         let mut last_progress = Instant::now();
         let tty = std::io::stderr().is_terminal();
         loop {
@@ -186,7 +187,7 @@ impl StateStage<'_> {
             }
             if opts.progress && last_progress.elapsed() >= Duration::from_secs(1) {
                 last_progress = Instant::now();
-                print_progress(self.engine, started, tty);
+                print_progress(self.engine, events_at_start, started, tty);
             }
         }
         if !self.resumed_finished {
@@ -383,7 +384,12 @@ impl StateStage<'_> {
         let offsets = self.fluvio.then(|| {
             self.partition_offsets
                 .iter()
-                .filter(|&(&(_, p), _)| Some(p) != self.http_partition)
+                // The door's log is never a topic's partition, whether it is open this run
+                // or its offsets only came back from a checkpoint.
+                .filter(|&(&(_, p), _)| {
+                    Some(p) != self.http_partition
+                        && p != crate::source::http::BESIDE_FLUVIO_PARTITION
+                })
                 .map(|(&(s, p), &o)| (self.topics[s].clone(), p, o))
                 .collect()
         });
@@ -433,7 +439,9 @@ fn pick(readiness: [Readiness; 2], alternate: bool, turn: usize) -> Option<usize
     }
 }
 
-fn print_progress(engine: &Engine, started: Instant, tty: bool) {
+/// `events_at_start`: the counters' events when the run began (they go on from a checkpoint);
+/// the rate is this run's.
+fn print_progress(engine: &Engine, events_at_start: u64, started: Instant, tty: bool) {
     let c = engine.counters();
     let s = engine.sizes();
     let secs = started.elapsed().as_secs_f64();
@@ -441,7 +449,7 @@ fn print_progress(engine: &Engine, started: Instant, tty: bool) {
         "{:>6.1}s  events {:>11}  {:>9.0}/s  clicks {:>10}  conversions {:>8}  dead {:>6}  indexed {:>10}  pending {:>6}",
         secs,
         c.events_in(),
-        c.events_in() as f64 / secs.max(1e-9),
+        c.events_in().saturating_sub(events_at_start) as f64 / secs.max(1e-9),
         c.clicks,
         c.conversions,
         c.dead_letter_total(),

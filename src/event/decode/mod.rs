@@ -53,6 +53,24 @@ impl Default for DecodeLimits {
     }
 }
 
+/// `text` (a conversion record) with its `metadata` replaced by `metadata` (dropped when
+/// `None`): what a dead letter of it may show once metadata keys are dropped.
+fn minimised_text(text: &str, metadata: Option<&str>) -> String {
+    let Ok(mut obj) = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text)
+    else {
+        return "{}".into();
+    };
+    match metadata.and_then(|m| serde_json::from_str::<serde_json::Value>(m).ok()) {
+        Some(m) => {
+            obj.insert("metadata".into(), m);
+        }
+        None => {
+            obj.remove("metadata");
+        }
+    }
+    serde_json::Value::Object(obj).to_string()
+}
+
 /// Decodes one stream's raw lines. Cheap to clone; one per decode thread.
 #[derive(Debug, Clone)]
 pub struct Decoder {
@@ -276,12 +294,22 @@ impl Decoder {
         })?;
         let currency = currency_field(&raw.currency)?;
         let ts_ms = self.ts_field(&raw.ts, true, now)?;
+        // The record's text is kept for a dead letter a refused status change may become: when
+        // metadata keys are dropped, not the text as received.
+        let mut minimised = false;
         let metadata = match raw.metadata {
             None => super::Span::NONE,
             Some(m) if m.get() == "null" => super::Span::NONE,
-            Some(m) if m.get().starts_with('{') => {
-                arena.push(&self.limits.privacy.metadata(m.get()))
-            }
+            Some(m) if m.get().starts_with('{') => match self.limits.privacy.metadata(m.get()) {
+                Some(kept) => {
+                    minimised = matches!(kept, std::borrow::Cow::Owned(_));
+                    arena.push(&kept)
+                }
+                None => {
+                    minimised = true;
+                    super::Span::NONE
+                }
+            },
             Some(_) => {
                 return Err(reject(
                     DeadReason::InvalidField,
@@ -301,7 +329,11 @@ impl Decoder {
             order_id: opt(arena, &raw.order_id),
             customer_id: opt(arena, &raw.customer_id),
             metadata,
-            raw: arena.push(text),
+            raw: if minimised {
+                arena.push(&minimised_text(text, arena.get_opt(metadata)))
+            } else {
+                arena.push(text)
+            },
             position: pos,
         })
     }

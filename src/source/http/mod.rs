@@ -250,6 +250,7 @@ pub fn start(
         let writer = Writer {
             stream,
             partition,
+            credits: Arc::new(tokio::sync::Semaphore::new(LOG_CREDITS as usize)),
             wal,
             rx: qrx,
             tx,
@@ -391,6 +392,15 @@ fn spawn(
         .with_context(|| format!("spawning {name}"))
 }
 
+/// What a stream's log may have in flight between its writer and the end of the state stage,
+/// in units of [`LOG_CREDIT_BYTES`] (a request takes one per started unit, at least one): at
+/// most this many requests and about 16 MiB. Like a Fluvio partition's credits, it keeps a
+/// stream whose merge is waiting (for the other stream, or beside Fluvio for a partition)
+/// from filling memory; the writer then stops taking requests and the door answers 503.
+pub const LOG_CREDITS: u32 = 1024;
+/// One log credit's worth of request bytes.
+pub const LOG_CREDIT_BYTES: usize = 16 * 1024;
+
 /// Most requests made durable by one `fsync`.
 const GROUP_MAX: usize = 1024;
 
@@ -431,6 +441,8 @@ struct Writer {
     stream: Stream,
     /// The log's partition id in the stream (see [`log_partition`]).
     partition: u32,
+    /// [`LOG_CREDITS`]: what the stream's batches may hold in the pipeline.
+    credits: Arc<tokio::sync::Semaphore>,
     wal: wal::Wal,
     rx: Receiver<Submit>,
     tx: crate::source::fluvio::Deliver,
@@ -577,6 +589,14 @@ impl Writer {
         };
         b.partition = Some(self.partition);
         b.source = Some(records::source_of(request_id));
+        // Waits while the stream's batches in the pipeline hold every credit (they come back
+        // as the state stage finishes batches, or when it stops and drops them).
+        let units = b
+            .data
+            .len()
+            .div_ceil(LOG_CREDIT_BYTES)
+            .min(LOG_CREDITS as usize) as u32;
+        b.credit = crate::raw::Credit::take_blocking(&self.credits, units, || false);
         (self.tx)(b)
     }
 
