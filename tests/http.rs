@@ -749,3 +749,84 @@ fn a_postback_waiting_for_its_click_is_still_waiting_after_a_stop() {
     assert_eq!(get(&convs[0], "attributed"), "true", "{convs:?}");
     assert_eq!(get(&convs[0], "offer_id"), "o1");
 }
+
+/// Backpressure: a log writer that cannot keep up (held here at its crash point, after the
+/// `fsync` of the first request, until the process aborts) fills its queue of
+/// `queue_requests`, and every request beyond is answered 503 with `Retry-After` at once —
+/// never queued without bound. After the restart, the request that was durable is in the
+/// output and none of the refused ones is.
+#[test]
+fn a_full_queue_is_a_503_with_retry_after_and_refused_requests_are_not_in_the_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let out = dir.path().join("out");
+    let p = http_pipeline(dir.path(), &out, &addr, "queue_requests = 2");
+    let crashing = attribd_cmd()
+        .args(["run", "-q", "-p", p.to_str().unwrap()])
+        .env("ATTRIBD_LOG", "warn")
+        .env("ATTRIBD_CRASH_AT", "http-wal-synced")
+        .env("ATTRIBD_CRASH_DELAY_MS", "8000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_door(&addr);
+    let post = |id: String| {
+        let addr = addr.clone();
+        std::thread::spawn(move || {
+            let t = Instant::now();
+            let answer = request_with_head(&addr, "POST", "/v1/clicks", &[], click(&id).as_bytes());
+            (id, answer, t.elapsed())
+        })
+    };
+    let first = post("c-durable".into());
+    // The writer has it, has made it durable and is held there: its entry is in the log.
+    let log = out.join("_state").join("wal").join("clicks");
+    let t = Instant::now();
+    while !files_under(&log)
+        .iter()
+        .any(|f| std::fs::metadata(f).is_ok_and(|m| m.len() > 0))
+    {
+        assert!(t.elapsed() < Duration::from_secs(30), "never logged");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let others: Vec<_> = (0..8).map(|i| post(format!("c-{i}"))).collect();
+    let mut refused = Vec::new();
+    for o in others {
+        let (id, answer, took) = o.join().unwrap();
+        if let Some((503, head, body)) = &answer
+            && body.contains("backpressure")
+        {
+            assert!(
+                took < Duration::from_secs(5),
+                "a full queue answers at once"
+            );
+            assert!(
+                head.to_ascii_lowercase().contains("retry-after: 1"),
+                "{head}"
+            );
+            refused.push(id);
+        }
+    }
+    // Two fit in the queue; the other six are refused.
+    assert_eq!(refused.len(), 6, "{refused:?}");
+    let (_, answer, _) = first.join().unwrap();
+    assert!(
+        !matches!(answer, Some((202, _, _))),
+        "held before its answer: {answer:?}"
+    );
+    let mut crashing = crashing;
+    assert!(
+        !crashing.wait().unwrap().success(),
+        "aborted at the crash point"
+    );
+
+    let run = start(&p, &addr);
+    stop_after(run, 1, 0);
+    let written: Vec<String> = rows(&read_table(&out, "clicks"))
+        .iter()
+        .map(|r| get(r, "click_id").to_string())
+        .collect();
+    assert_eq!(written, vec!["c-durable".to_string()]);
+}

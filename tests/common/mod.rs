@@ -60,6 +60,17 @@ pub fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Option<(u16, String)> {
+    request_with_head(addr, method, path, headers, body).map(|(status, _, body)| (status, body))
+}
+
+/// [`request`], with the response's head (status line and headers) too.
+pub fn request_with_head(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<(u16, String, String)> {
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
     let mut head = format!(
@@ -76,8 +87,8 @@ pub fn request(
     s.read_to_end(&mut out).ok()?;
     let text = String::from_utf8_lossy(&out).to_string();
     let status = text.split(' ').nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-    Some((status, body))
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    Some((status, head.to_string(), body.to_string()))
 }
 
 /// The value of the series `name` (e.g. `attribd_events_in_total{stream="clicks"}`) on the
