@@ -31,6 +31,16 @@ fn http_pipeline(dir: &Path, out: &Path, addr: &str, extra: &str) -> PathBuf {
     p
 }
 
+/// A scratch directory, a free loopback address for the door, the output directory under the
+/// scratch directory, and an HTTP pipeline of them with `extra` under `[source.http]`.
+fn door_on_a_free_port(extra: &str) -> (tempfile::TempDir, String, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let out = dir.path().join("out");
+    let p = http_pipeline(dir.path(), &out, &addr, extra);
+    (dir, addr, out, p)
+}
+
 /// A run of `pipeline`: the child, and its metrics endpoint.
 struct Running {
     child: Option<Child>,
@@ -662,10 +672,7 @@ fn with_a_certificate_the_door_speaks_https_only() {
 /// this run, with no restart to replay the log.
 #[test]
 fn sigterm_drains_the_door_every_acknowledged_click_is_in_this_runs_output() {
-    let dir = tempfile::tempdir().unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
-    let out = dir.path().join("out");
-    let p = http_pipeline(dir.path(), &out, &addr, "");
+    let (_dir, addr, out, p) = door_on_a_free_port("");
     let mut run = start(&p, &addr);
     let senders: Vec<_> = (0..4)
         .map(|t| {
@@ -712,10 +719,7 @@ fn sigterm_drains_the_door_every_acknowledged_click_is_in_this_runs_output() {
 /// comes after the restart.
 #[test]
 fn a_postback_waiting_for_its_click_is_still_waiting_after_a_stop() {
-    let dir = tempfile::tempdir().unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
-    let out = dir.path().join("out");
-    let p = http_pipeline(dir.path(), &out, &addr, "");
+    let (_dir, addr, out, p) = door_on_a_free_port("");
     let run = start(&p, &addr);
     let (code, text) = request(
         &addr,
@@ -757,10 +761,7 @@ fn a_postback_waiting_for_its_click_is_still_waiting_after_a_stop() {
 /// output and none of the refused ones is.
 #[test]
 fn a_full_queue_is_a_503_with_retry_after_and_refused_requests_are_not_in_the_output() {
-    let dir = tempfile::tempdir().unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
-    let out = dir.path().join("out");
-    let p = http_pipeline(dir.path(), &out, &addr, "queue_requests = 2");
+    let (_dir, addr, out, p) = door_on_a_free_port("queue_requests = 2");
     let crashing = attribd_cmd()
         .args(["run", "-q", "-p", p.to_str().unwrap()])
         .env("ATTRIBD_LOG", "warn")
