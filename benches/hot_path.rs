@@ -112,7 +112,7 @@ fn parquet(c: &mut Criterion) {
             .expect("table");
             for (i, c) in batch.clicks.iter().enumerate() {
                 let (builders, hour) = t.builders(c.ts_ms);
-                builders.append(&batch, i as u32, true);
+                builders.append(&batch, i as u32, true, false);
                 t.after_append(hour).expect("append");
             }
             t.close_all().expect("close");

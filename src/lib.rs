@@ -16,6 +16,7 @@ pub mod config;
 pub mod event;
 pub mod failpoint;
 pub mod ingest;
+pub mod lifecycle;
 pub mod pipeline;
 pub mod raw;
 pub mod report;

@@ -163,10 +163,63 @@ enum Command {
         #[command(flatten)]
         assumptions: attribd::bench::capacity::Assumptions,
     },
+    /// Delete the outputs past the pipeline's [retention] (a running daemon does this
+    /// itself; `--dry-run` lists what would go, also beside a running daemon).
+    Retention {
+        #[arg(long, short)]
+        pipeline: Option<PathBuf>,
+        /// List, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Judge expiry as of this time (RFC 3339, e.g. 2027-01-01T00:00:00Z) instead of now:
+        /// what a later pass will delete. Only with --dry-run.
+        #[arg(long, requires = "dry_run")]
+        now: Option<String>,
+    },
+    /// Subject requests (GDPR / LGPD): export or erase one customer's data.
+    Privacy {
+        #[command(subcommand)]
+        command: PrivacyCommand,
+    },
     /// Validate a pipeline file; exit code 2 and one line per problem when it is wrong.
     Check {
         #[arg(long, short)]
         pipeline: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+struct SubjectArgs {
+    #[arg(long, short)]
+    pipeline: Option<PathBuf>,
+    /// The customer_id of the postbacks.
+    #[arg(long)]
+    customer_id: String,
+    /// Only this tenant's data (default: every tenant).
+    #[arg(long)]
+    tenant: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum PrivacyCommand {
+    /// Every conversion version of the customer and the clicks they were attributed to, from
+    /// Parquet and ClickHouse, as one JSON document (read-only; runs beside a daemon).
+    Export {
+        #[command(flatten)]
+        subject: SubjectArgs,
+        /// Where the JSON goes (`-`: stdout).
+        #[arg(long, short, default_value = "-")]
+        out: PathBuf,
+    },
+    /// Erase the customer: their conversions from Parquet and ClickHouse, the visitor fields
+    /// of their clicks, their waiting postbacks from the running state; recorded in the audit
+    /// log. Performed by the running daemon if there is one, else here.
+    Delete {
+        #[command(flatten)]
+        subject: SubjectArgs,
+        /// How long to wait for a running daemon to perform it.
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        wait: std::time::Duration,
     },
 }
 
@@ -182,6 +235,15 @@ fn init_logging(format: LogFormat) {
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+impl From<SubjectArgs> for attribd::lifecycle::privacy::Subject {
+    fn from(a: SubjectArgs) -> Self {
+        attribd::lifecycle::privacy::Subject {
+            customer_id: a.customer_id,
+            tenant: a.tenant,
+        }
     }
 }
 
@@ -347,16 +409,49 @@ fn dispatch(command: Command) -> Result<()> {
             );
             Ok(())
         }
+        Command::Retention {
+            pipeline,
+            dry_run,
+            now,
+        } => {
+            let cfg = PipelineConfig::load_or_default(pipeline.as_deref())?;
+            let now_ms = match now {
+                Some(t) => chrono::DateTime::parse_from_rfc3339(&t)
+                    .with_context(|| format!("--now {t:?} is not an RFC 3339 time"))?
+                    .timestamp_millis(),
+                None => attribd::lifecycle::retention::now_ms(),
+            };
+            attribd::lifecycle::cli::retention(&cfg, dry_run, now_ms)
+        }
+        Command::Privacy { command } => match command {
+            PrivacyCommand::Export { subject, out } => {
+                let cfg = PipelineConfig::load_or_default(subject.pipeline.as_deref())?;
+                attribd::lifecycle::cli::export(&cfg, &subject.into(), &out)
+            }
+            PrivacyCommand::Delete { subject, wait } => {
+                let cfg = PipelineConfig::load_or_default(subject.pipeline.as_deref())?;
+                let removed = attribd::lifecycle::cli::delete(&cfg, subject.into(), wait)?;
+                println!("{}", serde_json::to_string(&removed)?);
+                Ok(())
+            }
+        },
         Command::Migrate {
             clickhouse_url,
             database,
             pipeline,
         } => {
             let mut ch = match pipeline {
-                Some(p) => PipelineConfig::load(&p)?
-                    .sink
-                    .clickhouse
-                    .unwrap_or_default(),
+                Some(p) => {
+                    let cfg = PipelineConfig::load(&p)?;
+                    let mut ch = cfg.sink.clickhouse.unwrap_or_default();
+                    // [retention] is the one place retention is set when it is there: the
+                    // TTL follows it ("forever": no TTL).
+                    if let Some(r) = &cfg.retention {
+                        ch.stats_retention_days = r.stats.whole_days();
+                        ch.conversions_retention_days = r.conversions.whole_days();
+                    }
+                    ch
+                }
                 None => ClickHouseConfig::default(),
             };
             ch.url = clickhouse_url;

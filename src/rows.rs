@@ -44,6 +44,9 @@ pub struct ClickRows {
     pub batch: Arc<ClickBatch>,
     /// Indexes into `batch.clicks` of the accepted clicks, with their unique-click flag.
     pub accepted: Vec<(u32, bool)>,
+    /// Indexes (ascending, among `accepted`) of clicks of an erased customer: written without
+    /// the fields that describe the visitor (`lifecycle::privacy`). Almost always empty.
+    pub scrubbed: Vec<u32>,
 }
 
 /// One version of a conversion (the first postback, or an applied status change).

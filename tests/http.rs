@@ -3,93 +3,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
 
 fn sha256_hex(key: &str) -> String {
     attribd::source::http::keys::hash_hex(key)
-}
-
-/// A pipeline reading HTTP on `addr` into `out`; `extra` goes under `[source.http]`.
-fn http_pipeline(dir: &Path, out: &Path, addr: &str, extra: &str) -> PathBuf {
-    let p = dir.join(format!(
-        "http-{}.toml",
-        out.file_name().unwrap().to_string_lossy()
-    ));
-    std::fs::write(
-        &p,
-        format!(
-            "[source]\nkind = \"http\"\n[source.http]\nlisten = \"{addr}\"\n{extra}\n\
-             [sink.parquet]\nout = \"{}\"\n[checkpoint]\nevery = \"1s\"\n",
-            out.display()
-        ),
-    )
-    .unwrap();
-    p
-}
-
-/// A scratch directory, a free loopback address for the door, the output directory under the
-/// scratch directory, and an HTTP pipeline of them with `extra` under `[source.http]`.
-fn door_on_a_free_port(extra: &str) -> (tempfile::TempDir, String, PathBuf, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
-    let out = dir.path().join("out");
-    let p = http_pipeline(dir.path(), &out, &addr, extra);
-    (dir, addr, out, p)
-}
-
-/// A run of `pipeline`: the child, and its metrics endpoint.
-struct Running {
-    child: Option<Child>,
-    metrics: String,
-}
-
-impl Drop for Running {
-    /// A failed test leaves no server behind.
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn start(pipeline: &Path, addr: &str) -> Running {
-    // Not the door's port (a free port asked for twice can come back twice).
-    let metrics = loop {
-        let m = format!("127.0.0.1:{}", free_port());
-        if m != addr {
-            break m;
-        }
-    };
-    let child = attribd_cmd()
-        .args(["run", "-q", "-p", pipeline.to_str().unwrap()])
-        .env("ATTRIBD_LOG", "warn")
-        .env("ATTRIBD_METRICS_ADDR", &metrics)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    wait_for_door(addr);
-    Running {
-        child: Some(child),
-        metrics,
-    }
-}
-
-/// Waits (at most a minute) until the door at `addr` answers.
-fn wait_for_door(addr: &str) {
-    let t = Instant::now();
-    while request(addr, "GET", "/health", &[], b"").is_none() {
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "the door never opened"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// `got == want`, or a failure naming what is missing and what is extra.
@@ -127,14 +48,6 @@ fn stop_after(mut run: Running, clicks: u64, conversions: u64) -> String {
         std::thread::sleep(Duration::from_millis(100));
     }
     stop(run.child.take().expect("running"))
-}
-
-/// SIGTERM, then the run's summary.
-fn stop(child: Child) -> String {
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "attribd failed after SIGTERM");
-    String::from_utf8_lossy(&out.stdout).to_string()
 }
 
 const CLICK: &str =

@@ -13,10 +13,33 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 /// The lock file's name inside a state directory.
 pub const LOCK_FILE: &str = "attribd.lock";
+
+/// The error of a directory another process holds (callers that can wait for the holder
+/// find it with `downcast_ref`).
+#[derive(Debug)]
+pub struct Locked {
+    pub path: PathBuf,
+    pub who: String,
+}
+
+impl std::fmt::Display for Locked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} is locked by {}: one run writes an output directory (and its \
+             checkpoint.state_dir) at a time. Stop that run first, or give this one another \
+             --out (and, if set, another checkpoint.state_dir)",
+            self.path.display(),
+            self.who
+        )
+    }
+}
+
+impl std::error::Error for Locked {}
 
 /// Held locks; dropping it releases them (so does the process ending).
 #[derive(Debug)]
@@ -52,12 +75,11 @@ fn lock_one(dir: &Path) -> Result<File> {
             } else {
                 format!("another attribd run (pid {holder})")
             };
-            bail!(
-                "{} is locked by {who}: one run writes an output directory (and its \
-                 checkpoint.state_dir) at a time. Stop that run first, or give this one another \
-                 --out (and, if set, another checkpoint.state_dir)",
-                path.display()
-            );
+            return Err(Locked {
+                path: path.clone(),
+                who,
+            }
+            .into());
         }
         Err(std::fs::TryLockError::Error(e)) => {
             return Err(e).with_context(|| format!("locking {}", dir.display()));

@@ -66,6 +66,10 @@ pub struct PipelineConfig {
     /// Minimisation of personal fields at ingest (docs/operations.md, "Data lifecycle").
     #[serde(default)]
     pub privacy: crate::event::privacy::PrivacyConfig,
+    /// Deleting outputs past their retention (docs/operations.md, "Data lifecycle"); absent →
+    /// nothing is deleted.
+    #[serde(default)]
+    pub retention: Option<crate::lifecycle::retention::RetentionConfig>,
     /// `privacy` with its key file read, when the pipeline was loaded (not serialized).
     #[serde(skip)]
     pub privacy_applied: crate::event::privacy::Privacy,
@@ -193,6 +197,11 @@ impl PipelineConfig {
                     "source.fluvio.exit_when_idle",
                     "cannot end a run with the HTTP door open (source.with_http): stop it with SIGTERM".into(),
                 );
+            }
+        }
+        if let Some(r) = &self.retention {
+            for (key, problem) in r.validate() {
+                bad(key, problem);
             }
         }
         if self.semantics.attribution_window.is_zero() {

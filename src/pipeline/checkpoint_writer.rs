@@ -66,6 +66,7 @@ impl CheckpointWriter {
         committer: Option<Committer>,
         wal_covered: Option<std::sync::Arc<crate::source::http::Covered>>,
         engine: EngineConfig,
+        settled: Option<Sender<u64>>,
     ) -> Result<CheckpointWriter> {
         let (jobs, rx) = bounded::<Job>(1);
         let (done_tx, written) = bounded::<Result<Written>>(1);
@@ -92,6 +93,11 @@ impl CheckpointWriter {
                     }
                     let failed = result.is_err();
                     if !failed {
+                        // The lifecycle thread may now touch this epoch's files (it takes
+                        // the latest epoch it was told; a missed one only delays it).
+                        if let Some(s) = &settled {
+                            let _ = s.try_send(epoch);
+                        }
                         compactor.after_write(epoch);
                     }
                     if done_tx.send(result).is_err() || failed {

@@ -388,6 +388,7 @@ impl StreamInput {
                 out.push(ClickRows {
                     batch: b.clone(),
                     accepted: std::mem::take(&mut c.accepted),
+                    scrubbed: Vec::new(),
                 });
             }
         }

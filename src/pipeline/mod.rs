@@ -117,6 +117,10 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
 
     // …then --fresh, the checkpoint to resume from, checked against this run.
     let restored = restore::restore(cfg, opts.fresh, lock)?;
+    // Retention and subject requests, beside the flow; the erasure filter is in force before
+    // the first row reaches a sink.
+    crate::lifecycle::privacy::Requests::check(cfg)?;
+    let mut lifecycle = crate::lifecycle::Lifecycle::start(cfg, metrics.clone())?;
 
     // 2. Sources → raw queues. A partitioned source bounds what it has in flight per
     // partition (credits), so its raw queues only need room for every partition's allowance.
@@ -162,6 +166,7 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
         restored.epoch,
         &restored.instance,
         &metrics,
+        lifecycle.erased(),
     )?;
     restored.drop_superseded_end(cfg)?;
 
@@ -188,8 +193,12 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
         sources.fluvio.as_ref().map(|f| f.committer.clone()),
         sources.http_covered.clone(),
         cfg.engine(),
+        lifecycle.notifier(),
     )?;
+    let erased = lifecycle.erased();
     let mut stage = StateStage {
+        erased_seen: 0,
+        erased,
         engine: &mut engine,
         sinks: &sink_tx,
         parent: last_epoch,
@@ -241,6 +250,8 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
     // 6. Join: sinks first (a sink's error explains a state-stage send failure), then the
     // source's own error if it stopped the state stage, then the rest.
     let (totals, clickhouse) = sink_threads.join()?;
+    // What the last checkpoints made due (retention, a settled erasure) is done before the end.
+    lifecycle.finish();
     if state_result.is_err() && metrics.health.source_failed.load(Ordering::Relaxed) {
         // The source's own error says what went wrong; the state stage only stopped for it.
         if let Some(f) = sources.fluvio.take() {

@@ -279,7 +279,9 @@ pub(super) fn remove_state(state_dir: &std::path::Path) -> Result<()> {
         return Ok(());
     };
     for e in entries.flatten() {
-        if e.file_name() == checkpoint::lock::LOCK_FILE {
+        // The erasure ledger and audit log outlive a fresh start: reprocessing the inputs
+        // must not bring an erased customer back.
+        if e.file_name() == checkpoint::lock::LOCK_FILE || e.file_name() == "privacy" {
             continue;
         }
         let path = e.path();

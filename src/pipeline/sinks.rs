@@ -13,6 +13,7 @@
 //! committed), names its next outputs after `next_epoch` and acks. Only when every sink has
 //! acked does the state stage write the snapshot.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -43,6 +44,7 @@ pub(super) fn start(
     epoch: u64,
     instance: &str,
     metrics: &SharedMetrics,
+    erased: Arc<crate::lifecycle::privacy::Shared>,
 ) -> Result<(SinkSenders, SinkThreads)> {
     let (click_sink_tx, click_sink_rx) = bounded::<SinkMsg>(CHANNEL_BATCHES * 2);
     let (others_tx, others_rx) = bounded::<SinkMsg>(CHANNEL_BATCHES * 2);
@@ -110,6 +112,7 @@ pub(super) fn start(
     })
     .collect::<Result<Vec<_>>>()?;
     let senders = SinkSenders {
+        erased,
         clicks: Metered::new(click_sink_tx, metrics, Queue::SinkClicks),
         others: Metered::new(others_tx, metrics, Queue::SinkRest),
         with_clickhouse: clickhouse.is_some(),
@@ -289,6 +292,8 @@ impl Throttle {
 
 /// The state stage's side of the sink threads.
 pub(super) struct SinkSenders {
+    /// Subject erasures: rows of an erased customer never reach a sink.
+    erased: Arc<crate::lifecycle::privacy::Shared>,
     clicks: Metered<SinkMsg>,
     /// Conversions, aggregates and dead letters (`sink-conv-stats`).
     others: Metered<SinkMsg>,
@@ -298,7 +303,8 @@ pub(super) struct SinkSenders {
 impl SinkSenders {
     /// Splits a batch between the two sink threads: clicks; conversions, aggregates and dead
     /// letters.
-    pub(super) fn send(&self, batch: SinkBatch) -> Result<()> {
+    pub(super) fn send(&self, mut batch: SinkBatch) -> Result<()> {
+        self.erased.filter(&mut batch);
         let SinkBatch {
             clicks,
             conversions,

@@ -31,6 +31,10 @@ use crate::telemetry::{Metrics, Queue};
 /// The state stage: merges the two decoded streams (and their partitions) deterministically
 /// into the engine and takes checkpoints.
 pub(super) struct StateStage<'a> {
+    /// Subject erasures: waiting postbacks of an erased customer lose their personal fields
+    /// before the next snapshot (`erased_seen`: the filter's version already applied).
+    pub(super) erased: std::sync::Arc<crate::lifecycle::privacy::Shared>,
+    pub(super) erased_seen: u64,
     pub(super) engine: &'a mut Engine,
     pub(super) sinks: &'a SinkSenders,
     /// Epoch of the outputs being written now.
@@ -181,7 +185,10 @@ impl StateStage<'_> {
                     .state_waited(waited_for, waiting_since.elapsed().as_secs_f64());
                 // A quiet live source still gets its processed records checkpointed (and its
                 // offsets committed) on time.
-                if self.events_since > 0 && self.last_checkpoint.elapsed() >= self.every {
+                // So does a subject erasure waiting for checkpoints.
+                if (self.events_since > 0 || self.erased.checkpoints_wanted())
+                    && self.last_checkpoint.elapsed() >= self.every
+                {
                     self.checkpoint(&mut inputs, false)?;
                 }
             }
@@ -307,6 +314,7 @@ impl StateStage<'_> {
             out.clicks.push(ClickRows {
                 batch: b.clone(),
                 accepted,
+                scrubbed: Vec::new(),
             });
         }
         if let Some(t) = batch.arrived {
@@ -338,6 +346,14 @@ impl StateStage<'_> {
         let t = Instant::now();
         // One snapshot in flight at most (and its memory): the previous one is on disk first.
         self.writer.wait()?;
+        let erased_version = self.erased.version();
+        if erased_version != self.erased_seen {
+            self.erased_seen = erased_version;
+            let n = self.engine.scrub_waiting(&self.erased.current());
+            if n > 0 {
+                tracing::info!(waiting = n, "erased customers' waiting postbacks forgotten");
+            }
+        }
         // Rows of runs of batches still in progress were processed: they go out before the
         // barrier.
         let mut out = std::mem::take(&mut self.out);

@@ -97,7 +97,9 @@ impl FileSinks {
             for &(index, unique) in &rows.accepted {
                 let ts = rows.batch.clicks[index as usize].ts_ms;
                 let (b, hour) = self.clicks.builders(ts);
-                b.append(&rows.batch, index, unique);
+                let scrubbed =
+                    !rows.scrubbed.is_empty() && rows.scrubbed.binary_search(&index).is_ok();
+                b.append(&rows.batch, index, unique, scrubbed);
                 self.clicks.after_append(hour)?;
             }
         }

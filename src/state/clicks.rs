@@ -33,7 +33,11 @@ impl Engine {
         let batch = Arc::new(batch);
         let mut accepted = Vec::with_capacity(batch.clicks.len());
         self.on_click_run(&batch, 0..batch.clicks.len(), &mut accepted, out);
-        out.clicks.push(ClickRows { batch, accepted });
+        out.clicks.push(ClickRows {
+            batch,
+            accepted,
+            scrubbed: Vec::new(),
+        });
     }
 
     /// Processes the clicks `range` of a batch (a run the state stage merged from one

@@ -137,6 +137,22 @@ impl Engine {
         }
     }
 
+    /// Gives up the personal fields of waiting postbacks `erased` says belong to an erased
+    /// customer (their rows are then dropped on the way to the sinks); returns how many.
+    pub fn scrub_waiting(&mut self, erased: &crate::lifecycle::privacy::Erased) -> usize {
+        let mut n = 0;
+        self.pending.for_each_mut(|p| {
+            if erased.drops(&p.first) {
+                crate::lifecycle::privacy::scrub_waiting(&mut p.first);
+                for f in &mut p.follow_ups {
+                    crate::lifecycle::privacy::scrub_waiting(f);
+                }
+                n += 1;
+            }
+        });
+        n
+    }
+
     pub fn counters(&self) -> &Counters {
         &self.counters
     }

@@ -104,6 +104,13 @@ impl PendingBuffer {
             .collect()
     }
 
+    /// Every waiting conversion, mutable (keys and release times stay as they are).
+    pub fn for_each_mut(&mut self, mut f: impl FnMut(&mut PendingConversion)) {
+        for p in self.slots.iter_mut().flatten() {
+            f(p);
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.by_dedup.len()
     }

@@ -69,6 +69,9 @@ pub struct Metrics {
     checkpoint_last: GaugeF,
     checkpoint_age: GaugeF,
     circuit_open: Gauge,
+    retention_partitions: Family<Labels, Counter>,
+    retention_bytes: Family<Labels, Counter>,
+    erasures: Counter,
     /// Unix seconds at start: the checkpoint age before the first checkpoint.
     started_unix: f64,
     pub health: Health,
@@ -210,6 +213,21 @@ impl Metrics {
     /// The state stage goes on after sending a checkpoint's barrier and handing over the delta.
     pub fn checkpoint_paused(&self, paused: Duration) {
         self.checkpoint_pause.observe(seconds(paused));
+    }
+
+    /// A retention pass deleted `partitions` partitions (`bytes` bytes) of `table`.
+    pub fn retention_deleted(&self, table: &str, partitions: u64, bytes: u64) {
+        self.retention_partitions
+            .get_or_create(&label("table", table))
+            .inc_by(partitions);
+        self.retention_bytes
+            .get_or_create(&label("table", table))
+            .inc_by(bytes);
+    }
+
+    /// A subject erasure finished.
+    pub fn erasure_done(&self) {
+        self.erasures.inc();
     }
 
     pub fn checkpoint_done(&self, took: Duration, bytes: u64) {

@@ -228,6 +228,24 @@ impl Metrics {
             "HTTP ingest: time from a request's arrival to its answer (202 only once its records are durable), by route",
             http_latency.clone(),
         );
+        let retention_partitions = Family::<Labels, Counter>::default();
+        r.register(
+            "retention_deleted_partitions",
+            "Output partitions (Parquet hours, dead-letter files, ClickHouse months on servers without TTL) deleted past [retention], by table",
+            retention_partitions.clone(),
+        );
+        let retention_bytes = Family::<Labels, Counter>::default();
+        r.register(
+            "retention_deleted_bytes",
+            "Bytes of Parquet and dead-letter files deleted past [retention], by table",
+            retention_bytes.clone(),
+        );
+        let erasures = Counter::default();
+        r.register(
+            "privacy_erasures",
+            "Subject erasure requests completed by this process",
+            erasures.clone(),
+        );
         let build: Family<Labels, Gauge> = Family::default();
         r.register("build_info", "Version of the running binary", build.clone());
         build
@@ -260,6 +278,9 @@ impl Metrics {
             checkpoint_last,
             checkpoint_age,
             circuit_open,
+            retention_partitions,
+            retention_bytes,
+            erasures,
             started_unix: unix_now(),
             health: Health::default(),
         }

@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use arrow::array::{Array, AsArray, RecordBatch};
@@ -336,4 +336,150 @@ pub fn clickhouse_sums(url: &str, db: &str) -> Vec<String> {
         .lines()
         .map(str::to_string)
         .collect()
+}
+
+/// A pipeline reading HTTP on `addr` into `out`; `extra` goes under `[source.http]`.
+pub fn http_pipeline(dir: &Path, out: &Path, addr: &str, extra: &str) -> PathBuf {
+    let p = dir.join(format!(
+        "http-{}.toml",
+        out.file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::write(
+        &p,
+        format!(
+            "[source]\nkind = \"http\"\n[source.http]\nlisten = \"{addr}\"\n{extra}\n\
+             [sink.parquet]\nout = \"{}\"\n[checkpoint]\nevery = \"1s\"\n",
+            out.display()
+        ),
+    )
+    .unwrap();
+    p
+}
+
+/// A scratch directory, a free loopback address for the door, the output directory under the
+/// scratch directory, and an HTTP pipeline of them with `extra` under `[source.http]`.
+pub fn door_on_a_free_port(extra: &str) -> (tempfile::TempDir, String, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let out = dir.path().join("out");
+    let p = http_pipeline(dir.path(), &out, &addr, extra);
+    (dir, addr, out, p)
+}
+
+/// A run of `pipeline`: the child, and its metrics endpoint.
+pub struct Running {
+    pub child: Option<Child>,
+    pub metrics: String,
+}
+
+impl Drop for Running {
+    /// A failed test leaves no server behind.
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn start(pipeline: &Path, addr: &str) -> Running {
+    // Not the door's port (a free port asked for twice can come back twice).
+    let metrics = loop {
+        let m = format!("127.0.0.1:{}", free_port());
+        if m != addr {
+            break m;
+        }
+    };
+    let child = attribd_cmd()
+        .args(["run", "-q", "-p", pipeline.to_str().unwrap()])
+        .env("ATTRIBD_LOG", "warn")
+        .env("ATTRIBD_METRICS_ADDR", &metrics)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    wait_for_door(addr);
+    Running {
+        child: Some(child),
+        metrics,
+    }
+}
+
+/// Waits (at most a minute) until the door at `addr` answers.
+pub fn wait_for_door(addr: &str) {
+    let t = Instant::now();
+    while request(addr, "GET", "/health", &[], b"").is_none() {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the door never opened"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// SIGTERM, then the run's summary.
+pub fn stop(child: Child) -> String {
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "attribd failed after SIGTERM");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+// ---- subject requests (tests/lifecycle.rs, tests/clickhouse.rs) ----
+
+/// Clicks and postbacks whose answers are known: customer `cust-1` of tenant `t1` has
+/// conversions A (two versions, the second without customer_id), B (another hour) and E
+/// (unattributed); `cust-2` has C; `cust-1` of tenant `t2` has D.
+pub const SUBJECT_CLICKS: &str = r#"{"click_id":"k1","ts":"2026-11-01T10:00:00Z","tenant_id":"t1","offer_id":"o1","affiliate_id":"a1","country":"US","ip":"10.0.0.1","user_agent":"UA-1","referrer":"https://r.example/1","sub1":"alice"}
+{"click_id":"k2","ts":"2026-11-01T11:00:00Z","tenant_id":"t1","offer_id":"o1","affiliate_id":"a1","country":"US","ip":"10.0.0.2","sub1":"s2"}
+{"click_id":"k3","ts":"2026-11-01T10:30:00Z","tenant_id":"t1","offer_id":"o1","affiliate_id":"a2","country":"DE","ip":"10.0.0.3","sub1":"bob"}
+{"click_id":"k4","ts":"2026-11-01T10:40:00Z","tenant_id":"t2","offer_id":"o1","affiliate_id":"a1","country":"US","ip":"10.0.0.4","sub1":"carol"}
+{"click_id":"k5","ts":"2026-11-01T10:50:00Z","tenant_id":"t1","offer_id":"o2","affiliate_id":"a1","country":"US","ip":"10.0.0.5"}
+"#;
+
+pub const SUBJECT_POSTBACKS: &str = r#"{"click_id":"k1","external_id":"A","tenant_id":"t1","amount":"10","status":"pending","ts":"2026-11-01T10:05:00Z","order_id":"o-A","customer_id":"cust-1","metadata":{"email":"a@example.com"}}
+{"click_id":"k1","external_id":"A","tenant_id":"t1","amount":"10","status":"approved","ts":"2026-11-01T10:06:00Z"}
+{"click_id":"k2","external_id":"B","tenant_id":"t1","amount":"20","status":"approved","ts":"2026-11-01T11:10:00Z","customer_id":"cust-1"}
+{"click_id":"k3","external_id":"C","tenant_id":"t1","amount":"30","status":"approved","ts":"2026-11-01T10:35:00Z","customer_id":"cust-2"}
+{"click_id":"k4","external_id":"D","tenant_id":"t2","amount":"40","status":"approved","ts":"2026-11-01T10:45:00Z","customer_id":"cust-1"}
+{"click_id":"zz","external_id":"E","tenant_id":"t1","amount":"50","status":"approved","ts":"2026-11-01T11:20:00Z","customer_id":"cust-1"}
+"#;
+
+pub fn write_subject_input(dir: &Path) {
+    std::fs::write(dir.join("clicks.ndjson"), SUBJECT_CLICKS).unwrap();
+    std::fs::write(dir.join("conversions.ndjson"), SUBJECT_POSTBACKS).unwrap();
+}
+
+/// `(external_id, version)` of every conversion row, sorted.
+pub fn conversion_versions(out: &Path) -> Vec<String> {
+    let mut v: Vec<String> = rows(&read_table(out, "conversions"))
+        .iter()
+        .map(|r| {
+            format!(
+                "{}/{}v{}",
+                get(r, "tenant_id"),
+                get(r, "external_id"),
+                get(r, "version")
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Whether Python's `duckdb` module (the independent Parquet reader) is there; without it the
+/// caller skips with a notice — a failure under `CI=true`.
+pub fn duckdb_available(what: &str) -> bool {
+    let probe = Command::new("python3")
+        .args(["-c", "import duckdb"])
+        .output();
+    if probe.is_ok_and(|o| o.status.success()) {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true but the Python duckdb module is missing (pip install duckdb)"
+    );
+    eprintln!("SKIPPED {what}: python3 module `duckdb` not installed");
+    false
 }

@@ -70,7 +70,8 @@ pub fn render(sql: &str, db: &str, version: ServerVersion, retention: Retention)
         settings.push_str("SETTINGS non_replicated_deduplication_window = 1000");
     }
     let ttl = |expr: &str, days: u32| {
-        if modern {
+        // 0 days: kept forever ([retention] says "forever").
+        if modern && days > 0 {
             format!("TTL {expr} + INTERVAL {days} DAY\n{settings}")
         } else {
             settings.clone()

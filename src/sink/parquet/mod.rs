@@ -322,8 +322,16 @@ fn open_file(
     let name = format!("part-{epoch_tag}-{seq:06}.parquet");
     let tmp_path = part_dir.join(format!(".{name}.tmp"));
     let final_path = part_dir.join(name);
-    let file =
-        File::create(&tmp_path).with_context(|| format!("creating {}", tmp_path.display()))?;
+    let file = match File::create(&tmp_path) {
+        // A retention pass removed the (empty, expired) directory between the two calls.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            fs::create_dir_all(&part_dir)
+                .with_context(|| format!("creating {}", part_dir.display()))?;
+            File::create(&tmp_path)
+        }
+        other => other,
+    }
+    .with_context(|| format!("creating {}", tmp_path.display()))?;
     let writer = ArrowWriter::try_new(file, schema, Some(props.clone()))
         .with_context(|| format!("opening parquet writer {}", tmp_path.display()))?;
     let now = Instant::now();

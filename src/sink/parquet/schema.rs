@@ -141,8 +141,9 @@ pub struct ClickBuilders {
 }
 
 impl ClickBuilders {
-    /// Appends click `index` of `batch`.
-    pub fn append(&mut self, batch: &ClickBatch, index: u32, unique: bool) {
+    /// Appends click `index` of `batch`; `scrubbed`: without the fields that describe the
+    /// visitor (ip, user agent, referrer, subs), for a click of an erased customer.
+    pub fn append(&mut self, batch: &ClickBatch, index: u32, unique: bool, scrubbed: bool) {
         let c = &batch.clicks[index as usize];
         let a = &batch.arena;
         self.rows += 1;
@@ -164,8 +165,13 @@ impl ClickBuilders {
             c.subs[3],
             c.subs[4],
         ];
-        for (b, s) in self.optional.iter_mut().zip(optional) {
-            b.append_option(a.get_opt(s));
+        // country, device and os describe the traffic, the rest the visitor.
+        for (i, (b, s)) in self.optional.iter_mut().zip(optional).enumerate() {
+            if scrubbed && i >= 3 {
+                b.append_null();
+            } else {
+                b.append_option(a.get_opt(s));
+            }
         }
         self.is_unique.append_value(unique);
     }
