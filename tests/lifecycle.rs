@@ -585,5 +585,35 @@ fn an_erasure_while_the_daemon_runs_is_performed_by_it() {
         "{} holds the customer id",
         newest.display()
     );
+
+    // After a restart, E's status change (without customer_id) and then its click come: E is
+    // not written in any version, and its click comes without the visitor fields.
+    let mut run = start(&p, &addr);
+    let metrics = run.metrics.clone();
+    let change = r#"{"click_id":"zz","external_id":"E","tenant_id":"t1","amount":"50","status":"rejected","ts":"2026-11-01T11:20:00Z"}"#;
+    let late_click = r#"{"click_id":"zz","ts":"2026-11-01T11:15:00Z","tenant_id":"t1","offer_id":"o1","affiliate_id":"a1","country":"US","ip":"10.0.0.26","sub1":"dave"}"#;
+    for (path, body) in [("/v1/conversions", change), ("/v1/clicks", late_click)] {
+        assert_eq!(
+            request(&addr, "POST", path, &[], body.as_bytes())
+                .unwrap()
+                .0,
+            202
+        );
+    }
+    let child = run.child.as_mut().unwrap();
+    assert!(wait_for_events(child, &metrics, 2, Duration::from_secs(60)));
+    let t = Instant::now();
+    while !click_fields(&out).iter().any(|c| c.starts_with("zz ")) {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the late click never written"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop(run.child.take().unwrap());
+    assert_eq!(conversion_versions(&out), ["t1/Cv1", "t2/Dv1"]);
+    let mut clicks = CLICKS_AFTER.to_vec();
+    clicks.push("zz ip= ua= ref= sub1=");
+    assert_eq!(click_fields(&out), clicks);
     drop(dir);
 }

@@ -66,8 +66,7 @@ pub fn export(
     let mut click_hours = Vec::new();
     let files = scan::table_files(out, "conversions", None)?;
     // First the customer's rows (and their keys), then versions that did not repeat the
-    // customer id, by key.
-    let mut batches = Vec::new();
+    // customer id, by key: two passes over the files, one batch in memory at a time.
     for f in &files {
         for b in scan::read(f)? {
             let (tenants, customers, externals) = (
@@ -80,10 +79,21 @@ pub fn export(
                     keys.insert((tenants.value(r).to_string(), externals.value(r).to_string()));
                 }
             }
-            batches.push((f.clone(), b));
         }
     }
-    for (f, b) in &batches {
+    let batches = files
+        .iter()
+        .filter(|_| !keys.is_empty())
+        .flat_map(|f| match scan::read(f) {
+            Ok(bs) => bs
+                .into_iter()
+                .map(|b| Ok((f.clone(), b)))
+                .collect::<Vec<_>>(),
+            Err(e) => vec![Err(e)],
+        });
+    for item in batches {
+        let (f, b) = item?;
+        let b = &b;
         let (tenants, externals, clicks) = (
             scan::text(b, "tenant_id")?,
             scan::text(b, "external_id")?,
@@ -110,7 +120,7 @@ pub fn export(
             conversions.push(with_source(
                 row_json(b, r)?,
                 "conversions",
-                format!("parquet:{}", rel(out, f)),
+                format!("parquet:{}", rel(out, &f)),
             ));
         }
     }

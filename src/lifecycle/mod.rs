@@ -28,7 +28,7 @@ use retention::RetentionConfig;
 
 /// The running daemon's lifecycle thread. Dropping the handle's sender ends it.
 pub struct Lifecycle {
-    settled: Option<Sender<u64>>,
+    settled: Option<Sender<(u64, u64)>>,
     erased: Arc<privacy::Shared>,
     thread: Option<JoinHandle<()>>,
 }
@@ -45,7 +45,7 @@ struct Worker {
 impl Lifecycle {
     /// Starts the thread, with the erasure ledger loaded.
     pub fn start(cfg: &PipelineConfig, metrics: Arc<Metrics>) -> Result<Lifecycle> {
-        let (tx, rx) = bounded::<u64>(4);
+        let (tx, rx) = bounded::<(u64, u64)>(4);
         let requests = privacy::Requests::new(cfg);
         let erased = requests.shared();
         let mut worker = Worker {
@@ -67,8 +67,9 @@ impl Lifecycle {
         })
     }
 
-    /// A sender the checkpoint writer uses to announce each epoch made durable.
-    pub fn notifier(&self) -> Option<Sender<u64>> {
+    /// A sender the checkpoint writer uses to announce each epoch made durable, with the
+    /// erasure filter's version at its barrier.
+    pub fn notifier(&self) -> Option<Sender<(u64, u64)>> {
         self.settled.clone()
     }
 
@@ -93,12 +94,12 @@ impl Drop for Lifecycle {
 }
 
 impl Worker {
-    fn run(&mut self, settled: Receiver<u64>) {
+    fn run(&mut self, settled: Receiver<(u64, u64)>) {
         loop {
             // Every announced epoch; the last one is what counts. Between checkpoints, new
             // subject requests are picked up.
-            let mut epoch = match settled.recv_timeout(Duration::from_secs(1)) {
-                Ok(epoch) => epoch,
+            let mut latest = match settled.recv_timeout(Duration::from_secs(1)) {
+                Ok(latest) => latest,
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
                     if let Err(e) = self.privacy.poll() {
                         tracing::error!(error = %format!("{e:#}"), "reading subject requests");
@@ -108,9 +109,10 @@ impl Worker {
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
             };
             while let Ok(later) = settled.try_recv() {
-                epoch = later;
+                latest = later;
             }
-            if let Err(e) = self.privacy.after_checkpoint(epoch, &self.metrics) {
+            let (epoch, filter_version) = latest;
+            if let Err(e) = self.privacy.after_checkpoint(filter_version, &self.metrics) {
                 tracing::error!(error = %format!("{e:#}"), "subject request failed; retried after the next checkpoint");
             }
             if let Err(e) = self.retention_pass(epoch) {
@@ -126,7 +128,6 @@ impl Worker {
         if self.last_pass.is_some_and(|t| t.elapsed() < cfg.every) {
             return Ok(());
         }
-        self.last_pass = Some(Instant::now());
         let now = retention::now_ms();
         let expired = retention::plan(&self.out, cfg, now, Some(epoch))?;
         let deleted = retention::delete(&expired)?;
@@ -146,6 +147,8 @@ impl Worker {
                 tracing::info!(table = p.table, partition = %p.partition, "retention: ClickHouse partition dropped");
             }
         }
+        // Only a pass that went through waits `every`; a failed one is retried next time.
+        self.last_pass = Some(Instant::now());
         Ok(())
     }
 }

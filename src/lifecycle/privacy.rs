@@ -209,6 +209,9 @@ pub struct Shared {
     version: AtomicU64,
     /// A request waits for checkpoints: the state stage takes them even when idle.
     wanted: std::sync::atomic::AtomicBool,
+    /// Keys of waiting postbacks the state stage gave up (conversion, click), in the filter
+    /// already, for the lifecycle thread to make durable in the ledger.
+    waiting: std::sync::Mutex<Vec<(u64, u64)>>,
 }
 
 impl Shared {
@@ -224,7 +227,8 @@ impl Shared {
         self.version.load(Ordering::Acquire)
     }
 
-    fn extend(&self, lines: &[LedgerLine]) {
+    /// Adds ledger lines to the filter; returns the filter's new version.
+    fn extend(&self, lines: &[LedgerLine]) -> u64 {
         let mut guard = self.erased.write().unwrap_or_else(|p| p.into_inner());
         let mut next = Erased {
             customers: guard.customers.clone(),
@@ -235,7 +239,40 @@ impl Shared {
             next.add(l);
         }
         *guard = Arc::new(next);
-        self.version.fetch_add(1, Ordering::AcqRel);
+        self.version.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// The state stage forgot these waiting postbacks (conversion key, click key): their later
+    /// versions and their click are filtered by key from now on (without a new version: the
+    /// state stage need not look again), and the lifecycle thread puts them in the ledger.
+    pub fn add_waiting(&self, keys: Vec<(u64, u64)>) {
+        if keys.is_empty() {
+            return;
+        }
+        let line = LedgerLine {
+            request: "waiting".into(),
+            conversion_keys: keys.iter().map(|k| k.0).collect(),
+            click_keys: keys.iter().map(|k| k.1).collect(),
+            ..LedgerLine::default()
+        };
+        {
+            let mut guard = self.erased.write().unwrap_or_else(|p| p.into_inner());
+            let mut next = Erased {
+                customers: guard.customers.clone(),
+                conversions: guard.conversions.clone(),
+                clicks: guard.clicks.clone(),
+            };
+            next.add(&line);
+            *guard = Arc::new(next);
+        }
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(keys);
+    }
+
+    fn take_waiting(&self) -> Vec<(u64, u64)> {
+        std::mem::take(&mut *self.waiting.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Whether a request waits for checkpoints.
@@ -292,11 +329,36 @@ fn append_line(path: &Path, line: &impl Serialize) -> Result<()> {
     let mut f = OpenOptions::new()
         .create(true)
         .append(true)
+        .read(true)
         .open(path)
         .with_context(|| format!("opening {}", path.display()))?;
+    cut_torn_tail(&mut f).with_context(|| format!("repairing {}", path.display()))?;
     f.write_all(text.as_bytes())
         .and_then(|()| f.sync_all())
         .with_context(|| format!("appending to {}", path.display()))
+}
+
+/// A line a crash (or a full disk) left half-written is cut off before the next append, so
+/// the next line does not join it.
+fn cut_torn_tail(f: &mut fs::File) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let len = f.metadata()?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    let mut last = [0u8; 1];
+    f.seek(SeekFrom::Start(len - 1))?;
+    f.read_exact(&mut last)?;
+    if last[0] == b'\n' {
+        return Ok(());
+    }
+    // Find the last newline (the files are small: ledgers and logs of requests).
+    let mut all = Vec::with_capacity(len as usize);
+    f.seek(SeekFrom::Start(0))?;
+    f.read_to_end(&mut all)?;
+    let keep = all.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    f.set_len(keep as u64)?;
+    f.sync_all()
 }
 
 /// Queues a request for whoever holds the output directory; returns its id.
@@ -334,8 +396,9 @@ pub struct Requests {
     out: PathBuf,
     clickhouse: Option<ClickHouseConfig>,
     shared: Arc<Shared>,
-    /// Requests decided by this process: checkpoints announced since.
-    decided: HashMap<String, u32>,
+    /// Requests waiting to be erased → the filter version that decided them: a checkpoint
+    /// whose barrier the state stage sent at that version or later settles them.
+    decided: HashMap<String, u64>,
     /// Requests found decided at start (by an earlier process).
     ledger_requests: FxHashSet<String>,
 }
@@ -392,18 +455,28 @@ impl Requests {
             .collect();
         paths.sort();
         for p in paths {
-            let text =
-                fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-            let req: Request = serde_json::from_str(&text)
-                .with_context(|| format!("reading request {}", p.display()))?;
-            out.push(req);
+            // One unreadable request (written by hand?) must not hold the others up.
+            match fs::read_to_string(&p)
+                .map_err(anyhow::Error::from)
+                .and_then(|t| serde_json::from_str::<Request>(&t).map_err(Into::into))
+            {
+                Ok(req) => out.push(req),
+                Err(e) => tracing::error!(
+                    file = %p.display(),
+                    error = %format!("{e:#}"),
+                    "skipping an unreadable subject request"
+                ),
+            }
         }
         Ok(out)
     }
 
-    fn decide(&mut self, req: &Request) -> Result<()> {
+    /// Puts the request in the ledger (and the filter); returns the filter version from which
+    /// it is in force.
+    fn decide(&mut self, req: &Request) -> Result<u64> {
         if self.ledger_requests.contains(&req.id) {
-            return Ok(());
+            // Decided by an earlier process: in force since this one started.
+            return Ok(self.shared.version());
         }
         let line = LedgerLine {
             request: req.id.clone(),
@@ -413,9 +486,9 @@ impl Requests {
             ..LedgerLine::default()
         };
         append_line(&self.dir.join("erasures.ndjson"), &line)?;
-        self.shared.extend(std::slice::from_ref(&line));
+        let version = self.shared.extend(std::slice::from_ref(&line));
         self.ledger_requests.insert(req.id.clone());
-        Ok(())
+        Ok(version)
     }
 
     /// Between checkpoints: new requests are decided at once (the filter is in force from
@@ -423,8 +496,8 @@ impl Requests {
     pub fn poll(&mut self) -> Result<()> {
         for req in self.pending()? {
             if !self.decided.contains_key(&req.id) && done_in(&self.dir, &req.id).is_none() {
-                self.decide(&req)?;
-                self.decided.insert(req.id.clone(), 0);
+                let version = self.decide(&req)?;
+                self.decided.insert(req.id.clone(), version);
             }
         }
         self.shared
@@ -433,37 +506,54 @@ impl Requests {
         Ok(())
     }
 
-    /// The daemon's step after each checkpoint: decide new requests, erase the settled ones.
-    pub fn after_checkpoint(&mut self, _epoch: u64, metrics: &Metrics) -> Result<()> {
-        let result = self.settle(metrics);
+    /// The daemon's step after each checkpoint (its barrier sent at filter version
+    /// `filter_version`): the keys of forgotten waiting postbacks into the ledger, new requests
+    /// decided, settled ones erased.
+    pub fn after_checkpoint(&mut self, filter_version: u64, metrics: &Metrics) -> Result<()> {
+        let waiting = self.shared.take_waiting();
+        if !waiting.is_empty() {
+            let line = LedgerLine {
+                request: "waiting".into(),
+                conversion_keys: waiting.iter().map(|k| k.0).collect(),
+                click_keys: waiting.iter().map(|k| k.1).collect(),
+                ..LedgerLine::default()
+            };
+            append_line(&self.dir.join("erasures.ndjson"), &line)?;
+        }
+        let result = self.settle(filter_version, metrics);
         self.shared
             .wanted
             .store(!self.decided.is_empty(), Ordering::Release);
         result
     }
 
-    fn settle(&mut self, metrics: &Metrics) -> Result<()> {
+    fn settle(&mut self, filter_version: u64, metrics: &Metrics) -> Result<()> {
         for req in self.pending()? {
             if done_in(&self.dir, &req.id).is_some() {
                 let _ = fs::remove_file(self.dir.join("requests").join(format!("{}.json", req.id)));
                 continue;
             }
-            match self.decided.get_mut(&req.id) {
+            match self.decided.get(&req.id).copied() {
                 None => {
-                    self.decide(&req)?;
-                    self.decided.insert(req.id.clone(), 0);
+                    let version = self.decide(&req)?;
+                    self.decided.insert(req.id.clone(), version);
                 }
-                Some(seen) => {
-                    *seen += 1;
-                    // The checkpoint after the decision may have had its barrier sent before
-                    // it; the one after that cannot.
-                    if *seen >= 2 {
-                        let removed = self.erase(&req)?;
+                // Every row sent before the decision is behind this checkpoint's barrier: in
+                // a closed file, in ClickHouse.
+                Some(decided) if filter_version >= decided => match self.erase(&req) {
+                    Ok(removed) => {
                         self.decided.remove(&req.id);
                         metrics.erasure_done();
                         tracing::info!(request = %req.id, ?removed, "subject erased");
                     }
-                }
+                    // One failing request does not hold the others up; retried next time.
+                    Err(e) => tracing::error!(
+                        request = %req.id,
+                        error = %format!("{e:#}"),
+                        "subject erasure failed; retried after the next checkpoint"
+                    ),
+                },
+                Some(_) => {}
             }
         }
         Ok(())
@@ -597,7 +687,17 @@ impl Requests {
             customer_sha256: subject.hash(),
             removed: removed.clone(),
         };
-        append_line(&self.dir.join("audit.ndjson"), &audit)?;
+        // A crash between this line and `done/` reruns the request: one audit line each.
+        let audit_path = self.dir.join("audit.ndjson");
+        let logged = fs::read_to_string(&audit_path).is_ok_and(|t| {
+            t.lines().any(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .is_ok_and(|v| v["request"] == req.id.as_str())
+            })
+        });
+        if !logged {
+            append_line(&audit_path, &audit)?;
+        }
         let done_dir = self.dir.join("done");
         fs::create_dir_all(&done_dir)?;
         crate::checkpoint::write_atomic(
@@ -726,7 +826,7 @@ fn clickhouse_delete(
     progress: &Path,
 ) -> Result<u64> {
     use crate::sink::clickhouse::config::{Credentials, block_on, client};
-    use crate::sink::clickhouse::migrations::{quote_ident, quote_str};
+    use crate::sink::clickhouse::migrations::quote_ident;
     let creds = Credentials::load(ch)?;
     let c = client(ch, &creds);
     let table = format!("{}.conversions", quote_ident(&ch.database));
@@ -750,22 +850,23 @@ fn clickhouse_delete(
             .execute()
             .await
             .context("ALTER TABLE conversions DELETE")?;
-        // Mutations run in the background (18.16 has no mutations_sync): wait for them.
+        // Mutations run in the background (18.16 has no mutations_sync, and reports a mutation
+        // done before its parts are swapped): wait until the rows are gone.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
         loop {
-            let running: u64 = c
-                .query(&format!(
-                    "SELECT count() FROM system.mutations WHERE database = {} AND table = 'conversions' AND is_done = 0",
-                    quote_str(&ch.database)
-                ))
+            let left: u64 = c
+                .query(&format!("SELECT count() FROM {table} WHERE {cond}"))
                 .fetch_one()
                 .await
-                .context("waiting for the ClickHouse mutation")?;
-            if running == 0 {
+                .context("waiting for the ClickHouse DELETE")?;
+            if left == 0 {
                 break;
             }
             if std::time::Instant::now() > deadline {
-                bail!("the ClickHouse DELETE mutation has not finished after 10 minutes");
+                bail!(
+                    "{left} of the customer's rows are still in ClickHouse 10 minutes after \
+                     ALTER TABLE … DELETE (see system.mutations); the request is retried"
+                );
             }
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }

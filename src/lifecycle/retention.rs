@@ -38,6 +38,9 @@ impl TryFrom<String> for Keep {
         }
         let d = humantime::parse_duration(s.trim())
             .map_err(|e| format!("{s:?} is not a duration like \"90d\" or \"forever\": {e}"))?;
+        if d.as_secs() > 100 * 366 * 86_400 {
+            return Err(format!("{s:?}: more than 100 years; write \"forever\""));
+        }
         if d.as_secs() == 0 || d.as_secs() % 86_400 != 0 {
             return Err(format!(
                 "{s:?}: retention is in whole days (\"30d\", \"730d\") or \"forever\""
@@ -387,6 +390,7 @@ mod tests {
         assert!(Keep::try_from("36h".to_string()).is_err());
         assert!(Keep::try_from("0d".to_string()).is_err());
         assert!(Keep::try_from("soon".to_string()).is_err());
+        assert!(Keep::try_from("99999999999d".to_string()).is_err());
         assert_eq!(String::from(Keep::days(730)), "730d");
     }
 

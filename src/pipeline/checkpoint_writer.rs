@@ -30,6 +30,9 @@ use crate::telemetry::Metrics;
 
 /// One snapshot to write and what follows it.
 pub(super) struct Job {
+    /// The erasure filter's version when the barrier went out: every row sent before it was
+    /// filtered at this version or earlier (`lifecycle::privacy`).
+    pub(super) erased_version: u64,
     /// The sinks' acks of the checkpoint's barrier: the snapshot is written once they are in.
     pub(super) acks: super::sinks::BarrierAcks,
     pub(super) snap: Snapshot,
@@ -66,7 +69,7 @@ impl CheckpointWriter {
         committer: Option<Committer>,
         wal_covered: Option<std::sync::Arc<crate::source::http::Covered>>,
         engine: EngineConfig,
-        settled: Option<Sender<u64>>,
+        settled: Option<Sender<(u64, u64)>>,
     ) -> Result<CheckpointWriter> {
         let (jobs, rx) = bounded::<Job>(1);
         let (done_tx, written) = bounded::<Result<Written>>(1);
@@ -79,6 +82,7 @@ impl CheckpointWriter {
                 let mut wal_before: [Option<u64>; 2] = [None; 2];
                 for job in rx {
                     let epoch = job.snap.epoch;
+                    let erased_version = job.erased_version;
                     let wal_next = job.wal_next;
                     let result = write(&state_dir, job, &metrics, &durable_latency, &committer);
                     if result.is_ok()
@@ -96,7 +100,7 @@ impl CheckpointWriter {
                         // The lifecycle thread may now touch this epoch's files (it takes
                         // the latest epoch it was told; a missed one only delays it).
                         if let Some(s) = &settled {
-                            let _ = s.try_send(epoch);
+                            let _ = s.try_send((epoch, erased_version));
                         }
                         compactor.after_write(epoch);
                     }

@@ -349,9 +349,13 @@ impl StateStage<'_> {
         let erased_version = self.erased.version();
         if erased_version != self.erased_seen {
             self.erased_seen = erased_version;
-            let n = self.engine.scrub_waiting(&self.erased.current());
-            if n > 0 {
-                tracing::info!(waiting = n, "erased customers' waiting postbacks forgotten");
+            let keys = self.engine.scrub_waiting(&self.erased.current());
+            if !keys.is_empty() {
+                tracing::info!(
+                    waiting = keys.len(),
+                    "erased customers' waiting postbacks forgotten"
+                );
+                self.erased.add_waiting(keys);
             }
         }
         // Rows of runs of batches still in progress were processed: they go out before the
@@ -410,6 +414,7 @@ impl StateStage<'_> {
                 .collect()
         });
         self.writer.submit(super::checkpoint_writer::Job {
+            erased_version,
             acks,
             snap,
             arrived: std::mem::take(&mut self.awaiting_durable),

@@ -138,19 +138,20 @@ impl Engine {
     }
 
     /// Gives up the personal fields of waiting postbacks `erased` says belong to an erased
-    /// customer (their rows are then dropped on the way to the sinks); returns how many.
-    pub fn scrub_waiting(&mut self, erased: &crate::lifecycle::privacy::Erased) -> usize {
-        let mut n = 0;
+    /// customer (their rows are then dropped on the way to the sinks); returns the
+    /// (conversion key, click key) of each, so later versions and the click are filtered too.
+    pub fn scrub_waiting(&mut self, erased: &crate::lifecycle::privacy::Erased) -> Vec<(u64, u64)> {
+        let mut keys = Vec::new();
         self.pending.for_each_mut(|p| {
             if erased.drops(&p.first) {
                 crate::lifecycle::privacy::scrub_waiting(&mut p.first);
                 for f in &mut p.follow_ups {
                     crate::lifecycle::privacy::scrub_waiting(f);
                 }
-                n += 1;
+                keys.push((p.dedup_key, p.click_key));
             }
         });
-        n
+        keys
     }
 
     pub fn counters(&self) -> &Counters {
