@@ -107,7 +107,15 @@ pub fn export(cfg: &PipelineConfig, subject: &Subject, dest: &Path) -> Result<()
     let doc = export::export(&cfg.sink.parquet.out, cfg.sink.clickhouse.as_ref(), subject)?;
     let text = serde_json::to_string_pretty(&doc)?;
     if dest == Path::new("-") {
-        println!("{text}");
+        use std::io::Write;
+        let mut stdout = std::io::stdout().lock();
+        // A reader that stops early (`| head`) is not an error of the export.
+        match writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                return Err(e).context("writing the export to stdout");
+            }
+            _ => {}
+        }
     } else {
         let dir = dest
             .parent()
