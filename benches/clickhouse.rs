@@ -50,7 +50,7 @@ fn main() -> anyhow::Result<()> {
     let mut sink = ClickHouseSink::connect(&cfg, "0000000000bec4e5")?;
     let t = Instant::now();
     for chunk in stats.chunks(4096) {
-        sink.write(Vec::new(), chunk.to_vec())?;
+        sink.write(Vec::new(), chunk.to_vec(), Vec::new())?;
     }
     let totals = sink.close()?;
     let secs = t.elapsed().as_secs_f64();
@@ -88,7 +88,7 @@ fn main() -> anyhow::Result<()> {
     let mut sink = ClickHouseSink::connect(&cfg, "0000000000bec4e5")?;
     let t = Instant::now();
     for chunk in conversions.chunks(4096) {
-        sink.write(chunk.to_vec(), Vec::new())?;
+        sink.write(chunk.to_vec(), Vec::new(), Vec::new())?;
     }
     let totals = sink.close()?;
     let secs = t.elapsed().as_secs_f64();

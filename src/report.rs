@@ -51,9 +51,17 @@ pub fn summary(r: &RunReport, cores: usize) -> String {
         r.sinks.conversion_rows.to_string(),
     );
     row("rows written: stats_minute", r.sinks.stats_rows.to_string());
+    row(
+        "rows written: stats_click_hour",
+        r.sinks.click_hour_rows.to_string(),
+    );
     row("parquet files", r.sinks.files.to_string());
     if let Some(ch) = &r.clickhouse {
         row("clickhouse: stats rows", ch.stats_rows.to_string());
+        row(
+            "clickhouse: click-hour rows",
+            ch.click_hour_rows.to_string(),
+        );
         row(
             "clickhouse: conversion rows",
             ch.conversion_rows.to_string(),

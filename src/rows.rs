@@ -191,6 +191,8 @@ pub struct SinkBatch {
     pub clicks: Vec<ClickRows>,
     pub conversions: Vec<ConversionRow>,
     pub stats: Vec<StatsRow>,
+    /// Deltas of the by-click-hour aggregate (`minute_ms` holds the click's hour).
+    pub click_hour: Vec<StatsRow>,
     pub dead_letters: Vec<DeadLetter>,
 }
 
@@ -199,12 +201,17 @@ impl SinkBatch {
         self.clicks.is_empty()
             && self.conversions.is_empty()
             && self.stats.is_empty()
+            && self.click_hour.is_empty()
             && self.dead_letters.is_empty()
     }
 
     /// Rows of every table in the batch (queue depth accounting).
     pub fn rows(&self) -> usize {
-        self.click_rows() + self.conversions.len() + self.stats.len() + self.dead_letters.len()
+        self.click_rows()
+            + self.conversions.len()
+            + self.stats.len()
+            + self.click_hour.len()
+            + self.dead_letters.len()
     }
 
     pub fn click_rows(&self) -> usize {

@@ -91,6 +91,48 @@ fn clickhouse_sums(url: &str, db: &str) -> BTreeMap<String, Vec<String>> {
     .collect()
 }
 
+/// `sum()` of every measure per (click hour in seconds, dimensions), from ClickHouse
+/// `attribution_stats_click_hour`.
+fn click_hour_sums(url: &str, db: &str) -> BTreeMap<String, Vec<String>> {
+    query(
+        url,
+        &format!(
+            "SELECT concat(toString(toUnixTimestamp(click_hour)), '/', tenant_id, '/', offer_id, '/', affiliate_id, '/', country, '/', currency) AS k, \
+             sum(clicks), sum(unique_clicks), sum(duplicate_clicks), sum(conversions), sum(approved), \
+             sum(pending), sum(rejected), toString(sum(revenue) * 1000000), sum(duplicate_conversions), sum(unattributed) \
+             FROM {db}.attribution_stats_click_hour GROUP BY k ORDER BY k FORMAT TSV"
+        ),
+    )
+    .into_iter()
+    .filter_map(|l| {
+        let mut f = l.split('\t').map(str::to_string);
+        let key = f.next()?;
+        let vals: Vec<String> = f
+            .map(|v| v.trim_end_matches(".000000").trim_end_matches(".0").to_string())
+            .collect();
+        vals.iter().any(|v| v != "0").then_some((key, vals))
+    })
+    .collect()
+}
+
+/// The same from Parquet `stats_click_hour`.
+fn parquet_click_hour_sums(out: &Path) -> BTreeMap<String, Vec<String>> {
+    let mut key = vec!["click_hour"];
+    key.extend(DIMS);
+    table_sums(out, "stats_click_hour", &key)
+        .into_iter()
+        .map(|(k, v)| {
+            // Parquet's click_hour is in milliseconds, ClickHouse's DateTime in seconds.
+            let (ms, rest) = k.split_once('/').unwrap();
+            let secs = ms.parse::<i64>().unwrap() / 1000;
+            (
+                format!("{secs}/{rest}"),
+                v.iter().map(|x| x.to_string()).collect(),
+            )
+        })
+        .collect()
+}
+
 /// The same sums from the Parquet `stats_minute` table.
 fn parquet_sums(out: &Path) -> BTreeMap<String, Vec<String>> {
     stats_sums(out, &DIMS)
@@ -123,13 +165,14 @@ fn fixture_into_clickhouse_equals_known_answers_and_parquet_and_replay_adds_noth
         return;
     };
     let db = fresh_db("fixture");
-    assert!(migrate(&url, &db).contains("applied migrations [1, 2, 3]"));
+    assert!(migrate(&url, &db).contains("applied migrations [1, 2, 3, 4]"));
     let dir = tempfile::tempdir().unwrap();
     let summary = run_fixture(&url, &db, dir.path());
     // One stats batch at the checkpoint before the end, then the end's own epoch (its
-    // pending conversions resolved, open minutes flushed): one batch per table.
+    // pending conversions resolved, open minutes flushed): one batch per table; the click-hour
+    // aggregate goes whole at the checkpoint before the end (nothing is left for the end).
     assert!(
-        summary.contains("clickhouse: batches (skipped)               3 (0)"),
+        summary.contains("clickhouse: batches (skipped)               4 (0)"),
         "{summary}"
     );
 
@@ -149,6 +192,10 @@ fn fixture_into_clickhouse_equals_known_answers_and_parquet_and_replay_adds_noth
     .collect();
     assert_eq!(clickhouse_sums(&url, &db), want);
     assert_eq!(parquet_sums(dir.path()), want);
+    // By click date, the same in both (e2e.rs holds its known answers).
+    let by_click_hour = click_hour_sums(&url, &db);
+    assert_eq!(by_click_hour.len(), 10, "{by_click_hour:?}");
+    assert_eq!(by_click_hour, parquet_click_hour_sums(dir.path()));
 
     // Conversions: 10 versions, current state per (tenant, external_id) via FINAL.
     assert_eq!(
@@ -190,6 +237,7 @@ fn fixture_into_clickhouse_equals_known_answers_and_parquet_and_replay_adds_noth
         "{again}"
     );
     assert_eq!(clickhouse_sums(&url, &db), want);
+    assert_eq!(click_hour_sums(&url, &db), by_click_hour);
     assert_eq!(
         query(&url, &format!("SELECT count() FROM {db}.conversions")),
         ["10"]
@@ -212,6 +260,7 @@ fn migrations_are_idempotent_and_bad_setups_are_refused_clearly() {
     for t in [
         "attribd_batches",
         "attribd_migrations",
+        "attribution_stats_click_hour",
         "attribution_stats_minute",
         "conversions",
     ] {
@@ -803,10 +852,10 @@ fn retention_drops_expired_months_on_a_server_without_ttl() {
             &url,
             &format!(
                 "SELECT DISTINCT toString(toYYYYMM({})) FROM {db}.{table} FORMAT TSV",
-                if table == "conversions" {
-                    "toDateTime(intDiv(ts_ms, 1000))"
-                } else {
-                    "minute"
+                match table {
+                    "conversions" => "toDateTime(intDiv(ts_ms, 1000))",
+                    "attribution_stats_click_hour" => "click_hour",
+                    _ => "minute",
                 }
             ),
         )
@@ -831,11 +880,14 @@ fn retention_drops_expired_months_on_a_server_without_ttl() {
         .map(str::to_string)
         .collect();
     let stats = format!("would delete clickhouse {db}.attribution_stats_minute partition");
+    let by_click = format!("would delete clickhouse {db}.attribution_stats_click_hour partition");
     assert_eq!(
         listed,
         [
             format!("{stats} {}", month(ancient)),
             format!("{stats} {}", month(old)),
+            format!("{by_click} {}", month(ancient)),
+            format!("{by_click} {}", month(old)),
             format!(
                 "would delete clickhouse {db}.conversions partition {}",
                 month(ancient)
@@ -845,6 +897,7 @@ fn retention_drops_expired_months_on_a_server_without_ttl() {
     attribd(&["retention", "-p", with_retention.to_str().unwrap()]);
     assert_eq!(months("conversions"), [month(old), month(recent)]);
     assert_eq!(months("attribution_stats_minute"), [month(recent)]);
+    assert_eq!(months("attribution_stats_click_hour"), [month(recent)]);
     // Nothing left to drop; the running daemon does the same after its checkpoints.
     let o = attribd(&[
         "retention",

@@ -229,6 +229,31 @@ fn fixture_end_to_end() {
     assert_eq!(refused["line"], 6);
     assert!(refused["raw"].as_str().unwrap().contains("\"pending\""));
 
+    // By click date: clicks in their own hour, the five attributed conversions in the hour of
+    // their click (e5's click is outside the window, e8's unknown: not here).
+    const H10: i64 = 1_793_527_200_000; // 2026-11-01T10:00Z
+    let by_hour: BTreeMap<String, [i64; 10]> = table_sums(out, "stats_click_hour", &["click_hour"])
+        .into_iter()
+        .map(|(k, v)| ((k.parse::<i64>().unwrap() - H10) / 3_600_000, v))
+        .fold(BTreeMap::new(), |mut m, (h, v)| {
+            let e: &mut [i64; 10] = m.entry(h.to_string()).or_default();
+            for (a, b) in e.iter_mut().zip(v) {
+                *a += b;
+            }
+            m
+        });
+    // clicks, unique, duplicate clicks, conversions, approved, pending, rejected, revenue
+    // (micros), duplicate conversions, unattributed
+    let want: BTreeMap<String, [i64; 10]> = [
+        ("-720", [1, 1, 0, 0, 0, 0, 0, 0, 0, 0]), // c5, 30 days earlier
+        ("0", [5, 4, 1, 5, 4, 1, 0, 45_500_000, 1, 0]),
+        ("1", [1, 1, 0, 0, 0, 0, 0, 0, 0, 0]), // c8
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    assert_eq!(by_hour, want);
+
     duckdb_cross_check(out);
 }
 
@@ -248,6 +273,8 @@ c = db.execute(f"select count(*), count(distinct click_id), min(dt)::varchar, ma
 print("clicks", *c)
 v = db.execute(f"select status, count(*) from (select tenant_id, external_id, arg_max(status, version) status from read_parquet('{{out}}/conversions/**/*.parquet') group by all) group by all order by 1").fetchall()
 print("current", *[f"{{s}}={{n}}" for s, n in v])
+h = db.execute(f"select strftime(click_hour, '%Y-%m-%dT%H'), sum(clicks), sum(conversions), sum(approved), sum(revenue)::varchar from read_parquet('{{out}}/stats_click_hour/**/*.parquet') group by 1 order by 1").fetchall()
+print("click_hour", *[f"{{a}}:{{b}}/{{c}}/{{d}}/{{e}}" for a, b, c, d, e in h])
 "#,
         out = out.display().to_string()
     );
@@ -263,6 +290,7 @@ print("current", *[f"{{s}}={{n}}" for s, n in v])
             "stats 7 6 1 7 6 1 0 56.500000 1 2",
             "clicks 7 7 2026-10-02 2026-11-01",
             "current approved=6 pending=1",
+            "click_hour 2026-10-02T10:1/0/0/0.000000 2026-11-01T10:5/5/4/45.500000 2026-11-01T11:1/0/0/0.000000",
         ]
     );
 }
@@ -367,6 +395,7 @@ fn generator_pipeline_and_gen_files_agree() {
                     "parquet files",
                     "finished",
                     "stats_minute",
+                    "stats_click_hour",
                 ]
                 .iter()
                 .any(|skip| l.contains(skip))

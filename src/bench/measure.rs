@@ -199,6 +199,7 @@ pub fn end_to_end(
         click_rows: int("/report/sinks/click_rows"),
         conversion_rows: int("/report/sinks/conversion_rows"),
         stats_rows: int("/report/sinks/stats_rows"),
+        click_hour_rows: int("/report/sinks/click_hour_rows"),
         dead_letters: int("/report/sinks/dead_letters"),
         files: int("/report/sinks/files"),
     };

@@ -37,6 +37,11 @@ pub fn partition_of(ms: i64) -> (String, u32) {
     (date, hour)
 }
 
+/// Start of the UTC hour that contains `ms`.
+pub fn hour_floor(ms: i64) -> i64 {
+    ms.div_euclid(MS_PER_HOUR) * MS_PER_HOUR
+}
+
 /// Start of the UTC minute that contains `ms`.
 pub fn minute_floor(ms: i64) -> i64 {
     ms.div_euclid(MS_PER_MINUTE) * MS_PER_MINUTE

@@ -82,7 +82,8 @@ pub struct RetentionConfig {
     pub clicks: Keep,
     /// `conversions/` (the conversion's time; every version of it lives in that partition).
     pub conversions: Keep,
-    /// `stats_minute/` (aggregates; not personal data, so kept unless told).
+    /// `stats_minute/` and `stats_click_hour/` (aggregates; not personal data, so kept unless
+    /// told).
     pub stats: Keep,
     /// `dead_letters/` (by when each file was written).
     pub dead_letters: Keep,
@@ -105,11 +106,12 @@ impl Default for RetentionConfig {
 
 impl RetentionConfig {
     /// `(table directory, retention)` of the Parquet tables.
-    pub fn tables(&self) -> [(&'static str, Keep); 3] {
+    pub fn tables(&self) -> [(&'static str, Keep); 4] {
         [
             ("clicks", self.clicks),
             ("conversions", self.conversions),
             ("stats_minute", self.stats),
+            ("stats_click_hour", self.stats),
         ]
     }
 
@@ -307,9 +309,10 @@ pub fn month_expired(partition: &str, keep: Keep, now_ms: i64) -> bool {
 }
 
 /// ClickHouse tables and the retention that applies to each.
-pub fn clickhouse_tables(cfg: &RetentionConfig) -> [(&'static str, Keep); 2] {
+pub fn clickhouse_tables(cfg: &RetentionConfig) -> [(&'static str, Keep); 3] {
     [
         ("attribution_stats_minute", cfg.stats),
+        ("attribution_stats_click_hour", cfg.stats),
         ("conversions", cfg.conversions),
     ]
 }

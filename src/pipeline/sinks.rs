@@ -62,9 +62,11 @@ pub(super) fn start(
                 .spawn(move || -> Result<ClickHouseTotals> {
                     for msg in rx {
                         match msg {
-                            ClickHouseMsg::Rows(conversions, stats) => {
-                                depth.dec_by((conversions.len() + stats.len()) as i64);
-                                if let Err(e) = sink.write(conversions, stats) {
+                            ClickHouseMsg::Rows(conversions, stats, click_hour) => {
+                                depth.dec_by(
+                                    (conversions.len() + stats.len() + click_hour.len()) as i64,
+                                );
+                                if let Err(e) = sink.write(conversions, stats, click_hour) {
                                     m.health.sink_failed.store(true, Ordering::Relaxed);
                                     return Err(e);
                                 }
@@ -163,7 +165,7 @@ pub(super) enum SinkMsg {
 
 /// Messages to the ClickHouse thread.
 enum ClickHouseMsg {
-    Rows(Vec<ConversionRow>, Vec<StatsRow>),
+    Rows(Vec<ConversionRow>, Vec<StatsRow>, Vec<StatsRow>),
     Barrier(u64, Sender<Result<()>>),
 }
 
@@ -188,6 +190,7 @@ fn sink_loop(
         (SinkKind::Parquet, "clicks"),
         (SinkKind::Parquet, "conversions"),
         (SinkKind::Parquet, "stats_minute"),
+        (SinkKind::Parquet, "stats_click_hour"),
         (SinkKind::DeadLetters, "dead_letters"),
     ]
     .map(|(sink, table)| metrics.sink_rows_handle(sink, table));
@@ -203,6 +206,7 @@ fn sink_loop(
                     batch.click_rows(),
                     batch.conversions.len(),
                     batch.stats.len(),
+                    batch.click_hour.len(),
                     batch.dead_letters.len(),
                 ];
                 for (counter, n) in table_rows.iter().zip(counts) {
@@ -210,10 +214,14 @@ fn sink_loop(
                 }
                 throttle.wait(rows as u64);
                 if let Some(tx) = &forward
-                    && !(batch.conversions.is_empty() && batch.stats.is_empty())
+                    && !(batch.conversions.is_empty()
+                        && batch.stats.is_empty()
+                        && batch.click_hour.is_empty())
                 {
-                    let n = batch.conversions.len() + batch.stats.len();
-                    if !tx.send(ClickHouseMsg::Rows(batch.conversions, batch.stats), n) {
+                    let n = batch.conversions.len() + batch.stats.len() + batch.click_hour.len();
+                    let rows =
+                        ClickHouseMsg::Rows(batch.conversions, batch.stats, batch.click_hour);
+                    if !tx.send(rows, n) {
                         return Err(stopped());
                     }
                 }
@@ -309,6 +317,7 @@ impl SinkSenders {
             clicks,
             conversions,
             stats,
+            click_hour,
             dead_letters,
         } = batch;
         let stopped = || anyhow!("a sink stopped; see its error");
@@ -325,6 +334,7 @@ impl SinkSenders {
         let others = SinkBatch {
             conversions,
             stats,
+            click_hour,
             dead_letters,
             ..SinkBatch::default()
         };

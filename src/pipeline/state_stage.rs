@@ -364,6 +364,8 @@ impl StateStage<'_> {
         for input in inputs.iter_mut() {
             out.clicks.extend(input.take_partial_clicks());
         }
+        // The by-click-hour aggregate is never in a snapshot: all of it goes before the barrier.
+        self.engine.flush_click_hour(&mut out);
         if !out.is_empty() {
             self.sinks.send(out)?;
         }

@@ -1,7 +1,7 @@
 //! Sinks: where the state stage's [`SinkBatch`]es end up.
 //!
 //! [`FileSinks`] routes each part of a batch to its file writer: clicks, conversion versions
-//! and minute aggregates to the Parquet tables (`parquet`), dead letters to NDJSON
+//! and aggregates (by minute and by click hour) to the Parquet tables (`parquet`), dead letters to NDJSON
 //! (`deadletter`). Each sink thread holds one (Parquet encoding is the most CPU-hungry stage
 //! after decoding): `sink-clicks` gets only clicks, `sink-conv-stats` the rest.
 //! ClickHouse (`clickhouse`) is a sink of its own, on a thread of its own.
@@ -11,7 +11,13 @@ pub mod deadletter;
 pub mod parquet;
 
 /// The output directories of a pipeline under `OUT`.
-pub const TABLE_DIRS: [&str; 4] = ["clicks", "conversions", "stats_minute", "dead_letters"];
+pub const TABLE_DIRS: [&str; 5] = [
+    "clicks",
+    "conversions",
+    "stats_minute",
+    "stats_click_hour",
+    "dead_letters",
+];
 
 /// Deletes output files of epochs after `epoch` and leftover temporary files: what a crashed
 /// run wrote after its last checkpoint, which the replay writes again. Returns how many.
@@ -45,7 +51,10 @@ use anyhow::Result;
 
 use crate::rows::SinkBatch;
 use deadletter::DeadLetterWriter;
-use parquet::{ClickBuilders, ConversionBuilders, ParquetConfig, PartitionedTable, StatsBuilders};
+use parquet::{
+    ClickBuilders, ClickHourBuilders, ConversionBuilders, ParquetConfig, PartitionedTable,
+    StatsBuilders,
+};
 
 /// Rows and files written, per output.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -53,6 +62,8 @@ pub struct SinkTotals {
     pub click_rows: u64,
     pub conversion_rows: u64,
     pub stats_rows: u64,
+    /// Rows of `stats_click_hour`.
+    pub click_hour_rows: u64,
     pub dead_letters: u64,
     pub files: u64,
 }
@@ -64,6 +75,7 @@ impl std::ops::Add for SinkTotals {
             click_rows: self.click_rows + o.click_rows,
             conversion_rows: self.conversion_rows + o.conversion_rows,
             stats_rows: self.stats_rows + o.stats_rows,
+            click_hour_rows: self.click_hour_rows + o.click_hour_rows,
             dead_letters: self.dead_letters + o.dead_letters,
             files: self.files + o.files,
         }
@@ -76,6 +88,7 @@ pub struct FileSinks {
     clicks: PartitionedTable<ClickBuilders>,
     conversions: PartitionedTable<ConversionBuilders>,
     stats: PartitionedTable<StatsBuilders>,
+    click_hour: PartitionedTable<ClickHourBuilders>,
     dead: DeadLetterWriter,
 }
 
@@ -88,6 +101,7 @@ impl FileSinks {
             clicks: PartitionedTable::new(out, "clicks", &tag, cfg)?,
             conversions: PartitionedTable::new(out, "conversions", &tag, cfg)?,
             stats: PartitionedTable::new(out, "stats_minute", &tag, cfg)?,
+            click_hour: PartitionedTable::new(out, "stats_click_hour", &tag, cfg)?,
             dead: DeadLetterWriter::new(out, &tag),
         })
     }
@@ -113,6 +127,11 @@ impl FileSinks {
             b.append(row);
             self.stats.after_append(hour)?;
         }
+        for row in &batch.click_hour {
+            let (b, hour) = self.click_hour.builders(row.minute_ms);
+            b.append(row);
+            self.click_hour.after_append(hour)?;
+        }
         for d in &batch.dead_letters {
             self.dead.write(d)?;
         }
@@ -125,10 +144,12 @@ impl FileSinks {
         self.clicks.close_all()?;
         self.conversions.close_all()?;
         self.stats.close_all()?;
+        self.click_hour.close_all()?;
         self.dead.close()?;
         self.clicks.set_epoch(next_epoch);
         self.conversions.set_epoch(next_epoch);
         self.stats.set_epoch(next_epoch);
+        self.click_hour.set_epoch(next_epoch);
         self.dead.set_epoch(next_epoch);
         Ok(())
     }
@@ -137,7 +158,8 @@ impl FileSinks {
     pub fn tick(&mut self) -> Result<()> {
         self.clicks.roll_aged()?;
         self.conversions.roll_aged()?;
-        self.stats.roll_aged()
+        self.stats.roll_aged()?;
+        self.click_hour.roll_aged()
     }
 
     /// Writes and closes everything; afterwards all outputs are complete and durable.
@@ -145,15 +167,18 @@ impl FileSinks {
         self.clicks.close_all()?;
         self.conversions.close_all()?;
         self.stats.close_all()?;
+        self.click_hour.close_all()?;
         self.dead.close()?;
         Ok(SinkTotals {
             click_rows: self.clicks.rows_written,
             conversion_rows: self.conversions.rows_written,
             stats_rows: self.stats.rows_written,
+            click_hour_rows: self.click_hour.rows_written,
             dead_letters: self.dead.written,
             files: self.clicks.files_written
                 + self.conversions.files_written
-                + self.stats.files_written,
+                + self.stats.files_written
+                + self.click_hour.files_written,
         })
     }
 }

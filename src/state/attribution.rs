@@ -53,12 +53,16 @@ impl Engine {
         self.counters.status(row.status, 1);
         let revenue = revenue_delta(previous, row.status, amount);
         self.counters.revenue_micros += revenue;
+        let change = |m: &mut crate::rows::Measures| {
+            m.add_status(previous, -1);
+            m.add_status(row.status, 1);
+            m.revenue_micros += revenue;
+        };
         self.agg
-            .update(minute_floor(entry.ts_ms()), entry.dims, |m| {
-                m.add_status(previous, -1);
-                m.add_status(row.status, 1);
-                m.revenue_micros += revenue;
-            });
+            .update(minute_floor(entry.ts_ms()), entry.dims, change);
+        if let Some(hour) = self.click_hour_of(&row.click_id, entry) {
+            self.by_click_hour.update(hour, entry.dims, change);
+        }
     }
 
     /// Decides the attribution of a first postback and writes it with everything queued behind it.
@@ -141,6 +145,17 @@ impl Engine {
             m.unattributed += unattributed;
             m.duplicate_conversions += i64::from(duplicates);
         });
+        if attribution == Attribution::Attributed
+            && let Some(click_ts) = first.click_ts_ms
+        {
+            self.by_click_hour
+                .update(crate::event::time::hour_floor(click_ts), dims, |m| {
+                    m.conversions += 1;
+                    m.add_status(status, 1);
+                    m.revenue_micros += revenue;
+                    m.duplicate_conversions += i64::from(duplicates);
+                });
+        }
         for mut row in follow_ups {
             row.attribution = first.attribution;
             row.offer_id = first.offer_id.clone();

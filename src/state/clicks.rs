@@ -9,6 +9,7 @@ use super::Engine;
 use super::click_index::Extras;
 use crate::event::ClickBatch;
 use crate::event::keys;
+use crate::event::time::hour_floor;
 use crate::event::time::{day_of, minute_floor};
 use crate::rows::{ClickRows, SinkBatch};
 
@@ -69,6 +70,8 @@ impl Engine {
             if !new {
                 self.counters.duplicate_clicks += 1;
                 self.agg.update(minute, dims, |m| m.duplicate_clicks += 1);
+                self.by_click_hour
+                    .update(hour_floor(c.ts_ms), dims, |m| m.duplicate_clicks += 1);
                 continue;
             }
             let unique = match c.visitor_hash {
@@ -80,10 +83,12 @@ impl Engine {
             };
             self.counters.clicks += 1;
             self.counters.unique_clicks += u64::from(unique);
-            self.agg.update(minute, dims, |m| {
+            let count = |m: &mut crate::rows::Measures| {
                 m.clicks += 1;
                 m.unique_clicks += i64::from(unique);
-            });
+            };
+            self.agg.update(minute, dims, count);
+            self.by_click_hour.update(hour_floor(c.ts_ms), dims, count);
             accepted.push((i as u32, unique));
 
             for p in self.pending.take_for_click(key) {

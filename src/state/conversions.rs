@@ -47,6 +47,10 @@ impl Engine {
                             .update(minute_floor(entry.ts_ms()), entry.dims, |m| {
                                 m.duplicate_conversions += 1
                             });
+                        if let Some(hour) = self.click_hour_of(arena.get(c.click_id), &entry) {
+                            self.by_click_hour
+                                .update(hour, entry.dims, |m| m.duplicate_conversions += 1);
+                        }
                     }
                 }
                 Some(entry) if c.status == Status::Pending => {

@@ -92,6 +92,10 @@ pub struct Engine {
     dedup: DedupMap,
     pending: PendingBuffer,
     agg: Aggregator,
+    /// The same measures by the hour of the click (`stats_click_hour`): clicks in their own
+    /// hour, attributed conversions in their click's. Flushed whole at every checkpoint and at
+    /// the end, so snapshots never hold it.
+    by_click_hour: Aggregator,
     /// Highest click event time seen (`i64::MIN` before the first click).
     click_wm: i64,
     /// Highest conversion event time seen.
@@ -125,6 +129,7 @@ impl Engine {
             dedup: DedupMap::default(),
             pending: PendingBuffer::default(),
             agg: Aggregator::default(),
+            by_click_hour: Aggregator::default(),
             click_wm: i64::MIN,
             conv_wm: i64::MIN,
             clicks_closed: false,
@@ -311,6 +316,30 @@ impl Engine {
         }
         self.agg
             .flush_all(&self.dims, &self.strings, &mut out.stats);
+        self.flush_click_hour(out);
+    }
+
+    /// Every open by-click-hour bucket as delta rows (at a checkpoint, before its barrier).
+    pub fn flush_click_hour(&mut self, out: &mut SinkBatch) {
+        self.by_click_hour
+            .flush_all(&self.dims, &self.strings, &mut out.click_hour);
+    }
+
+    /// The hour of the click an attributed conversion `entry` (of `click_id`) belongs to: the
+    /// click's own time while it is indexed, else the conversion time less the recorded delay
+    /// (whole seconds).
+    fn click_hour_of(&self, click_id: &str, entry: &dedup::ConvEntry) -> Option<i64> {
+        if entry.attribution() != dedup::Attribution::Attributed || entry.is_pending() {
+            return None;
+        }
+        let ts = match self.clicks.get(crate::event::keys::click_key(click_id)) {
+            Some(c) => c.ts_ms,
+            None if entry.click_delay_s != u32::MAX => {
+                entry.ts_ms() - i64::from(entry.click_delay_s) * 1000
+            }
+            None => return None,
+        };
+        Some(crate::event::time::hour_floor(ts))
     }
 }
 

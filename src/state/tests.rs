@@ -13,6 +13,7 @@ use crate::rows::{ConversionRow, Measures, StatsRow};
 const T0: i64 = 1_793_527_200_000; // 2026-11-01T10:00:00Z
 const MIN: i64 = 60_000;
 const DAY: i64 = 86_400_000;
+const HOUR: i64 = 3_600_000;
 
 fn raw(lines: &[String]) -> RawBatch {
     let mut b = RawBatch::default();
@@ -51,6 +52,7 @@ struct Out {
     clicks: Vec<(String, bool)>,
     conversions: Vec<ConversionRow>,
     stats: Vec<StatsRow>,
+    click_hour: Vec<StatsRow>,
     dead: Vec<DeadLetter>,
 }
 
@@ -65,6 +67,7 @@ impl Out {
         }
         self.conversions.extend(b.conversions);
         self.stats.extend(b.stats);
+        self.click_hour.extend(b.click_hour);
         self.dead.extend(b.dead_letters);
     }
 
@@ -337,6 +340,74 @@ fn attribution_window_and_reasons() {
         (unattributed.conversions, unattributed.unattributed),
         (3, 3)
     );
+}
+
+/// `(click hour offset from T0 in hours, offer)` → the by-click-hour sums.
+fn by_click_hour(out: &Out) -> BTreeMap<(i64, String), Measures> {
+    let mut m: BTreeMap<_, Measures> = BTreeMap::new();
+    for r in &out.click_hour {
+        m.entry(((r.minute_ms - T0) / HOUR, r.offer_id.to_string()))
+            .or_default()
+            .add(&r.measures);
+    }
+    m.retain(|_, v| *v != Measures::default());
+    m
+}
+
+#[test]
+fn the_click_hour_aggregate_counts_conversions_in_their_clicks_hour() {
+    let cfg = EngineConfig {
+        attribution_window_ms: DAY,
+        ..EngineConfig::default()
+    };
+    let (out, _) = run_feeds(
+        cfg,
+        vec![
+            Feed::Clicks(vec![
+                click("a", T0 + 59 * MIN + 59_900, "o1", Some("1.1.1.1")), // last 100 ms of hour 0
+                click("b", T0 + HOUR + MIN, "o1", Some("1.1.1.2")),
+                click("b", T0 + HOUR + 2 * MIN, "o1", Some("1.1.1.2")), // duplicate click
+                click("c", T0 + 2 * HOUR, "o2", None),
+            ]),
+            Feed::Convs(vec![
+                // 1.5 s after its click, in the next hour: counts in hour 0.
+                conv("a", "e1", "t", "pending", T0 + HOUR + 1_400, "10"),
+                conv("b", "e2", "t", "approved", T0 + 5 * HOUR, "20"),
+                conv("b", "e2", "t", "approved", T0 + 5 * HOUR, "20"), // duplicate postback
+                conv("a", "e1", "t", "approved", T0 + 20 * HOUR, "10"), // status change
+                conv("c", "e3", "t", "approved", T0 + 3 * DAY, "30"),  // outside the window
+                conv("nobody", "e4", "t", "approved", T0, "40"),       // unknown click
+            ]),
+            Feed::Clicks(vec![click("tick", T0 + 4 * DAY, "o9", None)]),
+        ],
+    );
+    let got = by_click_hour(&out);
+    let m = |clicks, unique, dup_clicks, convs, approved, revenue, dup_convs| Measures {
+        clicks,
+        unique_clicks: unique,
+        duplicate_clicks: dup_clicks,
+        conversions: convs,
+        approved,
+        revenue_micros: revenue,
+        duplicate_conversions: dup_convs,
+        ..Measures::default()
+    };
+    // Clicks (currency "") and conversions (currency USD) are separate buckets; summed here.
+    let want: BTreeMap<(i64, String), Measures> = [
+        ((0, "o1".to_string()), m(1, 1, 0, 1, 1, 10_000_000, 0)),
+        ((1, "o1".to_string()), m(1, 1, 1, 1, 1, 20_000_000, 1)),
+        ((2, "o2".to_string()), m(1, 1, 0, 0, 0, 0, 0)),
+        ((96, "o9".to_string()), m(1, 1, 0, 0, 0, 0, 0)),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(got, want);
+    // Every click and every attributed conversion is in it once, as in the minute table.
+    let mut clicks_by_hour = Measures::default();
+    for v in got.values() {
+        clicks_by_hour.add(v);
+    }
+    assert_eq!(clicks_by_hour.clicks, out.total().clicks);
 }
 
 #[test]

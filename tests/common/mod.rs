@@ -238,8 +238,13 @@ pub const DIMS: [&str; 5] = [
 /// `sum()` of every measure of `OUT/stats_minute` per key (the `key` columns joined by `/`),
 /// measures in `MEASURES` order; buckets whose sums are all zero are left out.
 pub fn stats_sums(out: &Path, key: &[&str]) -> BTreeMap<String, [i64; 10]> {
+    table_sums(out, "stats_minute", key)
+}
+
+/// [`stats_sums`] of an aggregate table (`stats_minute` or `stats_click_hour`).
+pub fn table_sums(out: &Path, table: &str, key: &[&str]) -> BTreeMap<String, [i64; 10]> {
     let mut sums: BTreeMap<String, [i64; 10]> = BTreeMap::new();
-    for r in rows(&read_table(out, "stats_minute")) {
+    for r in rows(&read_table(out, table)) {
         let k = key.iter().map(|c| get(&r, c)).collect::<Vec<_>>().join("/");
         let s = sums.entry(k).or_default();
         for (i, m) in attribd::sink::parquet::schema::MEASURES.iter().enumerate() {

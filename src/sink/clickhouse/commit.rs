@@ -310,11 +310,18 @@ async fn is_committed(
     id: &str,
     range: (i64, i64),
 ) -> Result<bool, ClickHouseError> {
-    let sql = if table == "conversions" {
-        "SELECT count() FROM conversions WHERE ts_ms >= ? AND ts_ms <= ? AND batch_id = ?"
-    } else {
-        "SELECT count() FROM attribution_stats_minute \
-         WHERE minute >= toDateTime(?) AND minute <= toDateTime(?) AND batch_id = ?"
+    let sql = match table {
+        "conversions" => {
+            "SELECT count() FROM conversions WHERE ts_ms >= ? AND ts_ms <= ? AND batch_id = ?"
+        }
+        "attribution_stats_click_hour" => {
+            "SELECT count() FROM attribution_stats_click_hour \
+             WHERE click_hour >= toDateTime(?) AND click_hour <= toDateTime(?) AND batch_id = ?"
+        }
+        _ => {
+            "SELECT count() FROM attribution_stats_minute \
+             WHERE minute >= toDateTime(?) AND minute <= toDateTime(?) AND batch_id = ?"
+        }
     };
     let n: u64 = client
         .query(sql)

@@ -77,15 +77,16 @@ pub const CONVERSION_COLUMNS: [(&str, &str); 27] = [
     ("seconds_to_convert", "Nullable(Int64)"),
 ];
 
-/// Defines [`StatsIngest`]: the key columns, then one field per measure named after its column
-/// (`rows::for_each_measure`), so the derived `Row` lists the columns of [`STATS_COLUMNS`].
-macro_rules! stats_ingest {
-    ($($(#[$doc:meta])* $field:ident => $column:ident: $unit:ident,)*) => {
-        /// One row of `attribution_stats_minute`; money travels as `i64` micro-units.
+/// Defines a row of an aggregate table: the batch id, the time column `$time` (seconds), the
+/// dimensions, then one field per measure named after its column (`rows::for_each_measure`),
+/// so the derived `Row` lists the columns of [`STATS_COLUMNS`] (with `$time` first).
+macro_rules! aggregate_ingest {
+    ($name:ident, $time:ident, $doc:literal; $($field:ident => $column:ident,)*) => {
+        #[doc = $doc]
         #[derive(Debug, Row, Serialize)]
-        pub struct StatsIngest<'a> {
+        pub struct $name<'a> {
             pub batch_id: &'a str,
-            pub minute: u32,
+            pub $time: u32,
             pub tenant_id: &'a str,
             pub offer_id: &'a str,
             pub affiliate_id: &'a str,
@@ -94,12 +95,12 @@ macro_rules! stats_ingest {
             $(pub $column: i64,)*
         }
 
-        impl<'a> StatsIngest<'a> {
-            pub fn new(batch_id: &'a str, r: &'a StatsRow) -> StatsIngest<'a> {
+        impl<'a> $name<'a> {
+            pub fn new(batch_id: &'a str, r: &'a StatsRow) -> $name<'a> {
                 let m = &r.measures;
-                StatsIngest {
+                $name {
                     batch_id,
-                    minute: (r.minute_ms.div_euclid(1000)).clamp(0, u32::MAX as i64) as u32,
+                    $time: (r.minute_ms.div_euclid(1000)).clamp(0, u32::MAX as i64) as u32,
                     tenant_id: &r.tenant_id,
                     offer_id: &r.offer_id,
                     affiliate_id: &r.affiliate_id,
@@ -111,7 +112,28 @@ macro_rules! stats_ingest {
         }
     };
 }
+
+/// [`StatsIngest`] (`attribution_stats_minute`) and [`ClickHourIngest`]
+/// (`attribution_stats_click_hour`), one field per measure.
+macro_rules! stats_ingest {
+    ($($(#[$doc:meta])* $field:ident => $column:ident: $unit:ident,)*) => {
+        aggregate_ingest!(StatsIngest, minute,
+            "One row of `attribution_stats_minute`; money travels as `i64` micro-units.";
+            $($field => $column,)*);
+        aggregate_ingest!(ClickHourIngest, click_hour,
+            "One row of `attribution_stats_click_hour` (keyed by the click's hour).";
+            $($field => $column,)*);
+    };
+}
 for_each_measure!(stats_ingest);
+
+/// Columns of `attribution_stats_click_hour`: those of the minute table with `click_hour`
+/// for `minute`.
+pub const CLICK_HOUR_COLUMNS: [(&str, &str); STATS_COLUMNS.len()] = {
+    let mut cols = STATS_COLUMNS;
+    cols[1] = ("click_hour", "DateTime");
+    cols
+};
 
 #[derive(Debug, Row, Serialize)]
 pub struct ConversionIngest<'a> {

@@ -14,7 +14,7 @@ use super::config::{ClickHouseConfig, Credentials, block_on, client};
 use super::error::explain;
 
 /// `schemas/clickhouse/NNN_name.sql`, in order.
-pub const MIGRATIONS: [(u32, &str, &str); 3] = [
+pub const MIGRATIONS: [(u32, &str, &str); 4] = [
     (
         1,
         "attribution_stats_minute",
@@ -29,6 +29,11 @@ pub const MIGRATIONS: [(u32, &str, &str); 3] = [
         3,
         "attribd_batches",
         include_str!("../../../schemas/clickhouse/003_attribd_batches.sql"),
+    ),
+    (
+        4,
+        "attribution_stats_click_hour",
+        include_str!("../../../schemas/clickhouse/004_attribution_stats_click_hour.sql"),
     ),
 ];
 
@@ -103,6 +108,7 @@ pub fn render(sql: &str, db: &str, version: ServerVersion, retention: Retention)
             },
         )
         .replace("{ttl_stats}", &ttl("minute", retention.stats_days))
+        .replace("{ttl_click_hour}", &ttl("click_hour", retention.stats_days))
         .replace(
             "{ttl_conversions}",
             &ttl(
@@ -237,10 +243,14 @@ struct ColumnInfo {
 /// The columns attribd writes, per table, with the type it writes them as. A server-side type
 /// may wrap these in `LowCardinality(…)`.
 pub fn expected_columns() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
-    use super::encode::{CONVERSION_COLUMNS, STATS_COLUMNS};
+    use super::encode::{CLICK_HOUR_COLUMNS, CONVERSION_COLUMNS, STATS_COLUMNS};
     let mut out = Vec::new();
     for (table, cols) in [
         ("attribution_stats_minute", STATS_COLUMNS.as_slice()),
+        (
+            "attribution_stats_click_hour",
+            CLICK_HOUR_COLUMNS.as_slice(),
+        ),
         ("conversions", CONVERSION_COLUMNS.as_slice()),
     ] {
         out.push((table, cols.to_vec()));

@@ -23,7 +23,7 @@ use xxhash_rust::xxh3::Xxh3;
 
 use super::commit::{Batch, Committed, Committer, Writer, batch_id, epochs_from};
 use super::config::{ClickHouseConfig, Credentials, client, loggable_url};
-use super::encode::{ConversionIngest, StatsIngest};
+use super::encode::{ClickHourIngest, ConversionIngest, StatsIngest};
 use super::error::explain;
 use super::migrations;
 use crate::rows::{ConversionRow, Measures, StatsRow};
@@ -32,6 +32,8 @@ use crate::rows::{ConversionRow, Measures, StatsRow};
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct ClickHouseTotals {
     pub stats_rows: u64,
+    /// Rows of `attribution_stats_click_hour`.
+    pub click_hour_rows: u64,
     pub conversion_rows: u64,
     pub batches: u64,
     /// Batches found already committed (a replay, or a retry after a lost answer).
@@ -78,12 +80,15 @@ pub struct ClickHouseSink {
     /// Sends batches, exactly once; owns the client, the runtime and the circuit breaker.
     committer: Committer,
     stats: rustc_hash::FxHashMap<StatsKey, StatsRow>,
+    /// The by-click-hour aggregate's buffer, merged the same way.
+    click_hour: rustc_hash::FxHashMap<StatsKey, StatsRow>,
     conversions: Vec<ConversionRow>,
     /// Instance and process: parts of the batch id.
     writer: Writer,
     /// Checkpoint epoch and flush numbers per table within it; parts of the batch id.
     epoch: u64,
     stats_seq: u64,
+    click_hour_seq: u64,
     conversions_seq: u64,
     pub totals: ClickHouseTotals,
 }
@@ -108,6 +113,7 @@ impl ClickHouseSink {
             cfg: cfg.clone(),
             committer: Committer::new(cfg, client, version, rt),
             stats: rustc_hash::FxHashMap::default(),
+            click_hour: rustc_hash::FxHashMap::default(),
             conversions: Vec::new(),
             writer: Writer {
                 instance: instance.to_string(),
@@ -115,6 +121,7 @@ impl ClickHouseSink {
             },
             epoch: 1,
             stats_seq: 0,
+            click_hour_seq: 0,
             conversions_seq: 0,
             totals: ClickHouseTotals::default(),
         })
@@ -126,20 +133,20 @@ impl ClickHouseSink {
     }
 
     /// Buffers rows; flushes a table whose buffer is full (blocking while ClickHouse is down).
-    pub fn write(&mut self, conversions: Vec<ConversionRow>, stats: Vec<StatsRow>) -> Result<()> {
-        for r in stats {
-            match self.stats.entry(stats_key(&r)) {
-                std::collections::hash_map::Entry::Occupied(mut e) => {
-                    e.get_mut().measures.add(&r.measures)
-                }
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(r);
-                }
-            }
-        }
+    pub fn write(
+        &mut self,
+        conversions: Vec<ConversionRow>,
+        stats: Vec<StatsRow>,
+        click_hour: Vec<StatsRow>,
+    ) -> Result<()> {
+        merge(&mut self.stats, stats);
+        merge(&mut self.click_hour, click_hour);
         self.conversions.extend(conversions);
         if self.stats.len() >= self.cfg.flush_rows {
             self.flush_stats()?;
+        }
+        if self.click_hour.len() >= self.cfg.flush_rows {
+            self.flush_click_hour()?;
         }
         if self.conversions.len() >= self.cfg.flush_rows {
             self.flush_conversions()?;
@@ -151,6 +158,7 @@ impl ClickHouseSink {
     pub fn set_epoch(&mut self, epoch: u64) {
         self.epoch = epoch;
         self.stats_seq = 0;
+        self.click_hour_seq = 0;
         self.conversions_seq = 0;
     }
 
@@ -169,7 +177,11 @@ impl ClickHouseSink {
     /// `commit.rs`.)
     pub fn roll_back_after(&self, checkpoint: u64) -> Result<()> {
         let instance = self.writer.instance.clone();
-        let data_tables = ["conversions", "attribution_stats_minute"];
+        let data_tables = [
+            "conversions",
+            "attribution_stats_minute",
+            "attribution_stats_click_hour",
+        ];
         let ranges = data_tables.map(|t| epochs_from(t, &instance, checkpoint + 1));
         let explain_step = |what: &str| {
             format!(
@@ -192,9 +204,10 @@ impl ClickHouseSink {
         if listed == 0 {
             return Ok(());
         }
-        let plan: [(&str, &[(String, String)]); 3] = [
+        let plan: [(&str, &[(String, String)]); 4] = [
             (data_tables[0], &ranges[..1]),
-            (data_tables[1], &ranges[1..]),
+            (data_tables[1], &ranges[1..2]),
+            (data_tables[2], &ranges[2..]),
             ("attribd_batches", &ranges[..]),
         ];
         for (table, ranges) in plan {
@@ -267,15 +280,62 @@ impl ClickHouseSink {
 
     pub fn flush(&mut self) -> Result<()> {
         self.flush_stats()?;
+        self.flush_click_hour()?;
         self.flush_conversions()
     }
 
     fn flush_stats(&mut self) -> Result<()> {
-        if self.stats.is_empty() {
-            return Ok(());
+        let rows = sorted_rows(&mut self.stats);
+        for chunk in rows.chunks(self.cfg.flush_rows) {
+            self.insert_stats(chunk, Aggregate::Minute)?;
         }
-        let mut rows: Vec<StatsRow> = self
-            .stats
+        Ok(())
+    }
+
+    fn flush_click_hour(&mut self) -> Result<()> {
+        let rows = sorted_rows(&mut self.click_hour);
+        for chunk in rows.chunks(self.cfg.flush_rows) {
+            self.insert_stats(chunk, Aggregate::ClickHour)?;
+        }
+        Ok(())
+    }
+}
+
+/// The two aggregate tables: the same rows, keyed by another time.
+#[derive(Clone, Copy)]
+enum Aggregate {
+    Minute,
+    ClickHour,
+}
+
+impl Aggregate {
+    fn table(self) -> &'static str {
+        match self {
+            Aggregate::Minute => "attribution_stats_minute",
+            Aggregate::ClickHour => "attribution_stats_click_hour",
+        }
+    }
+}
+
+/// Adds `rows` to a buffer, one row per bucket.
+fn merge(buffer: &mut rustc_hash::FxHashMap<StatsKey, StatsRow>, rows: Vec<StatsRow>) {
+    for r in rows {
+        match buffer.entry(stats_key(&r)) {
+            std::collections::hash_map::Entry::Occupied(mut e) => {
+                e.get_mut().measures.add(&r.measures)
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(r);
+            }
+        }
+    }
+}
+
+/// A buffer's rows without the ones that net to nothing, in a deterministic order (the batch id
+/// is a function of the rows).
+fn sorted_rows(buffer: &mut rustc_hash::FxHashMap<StatsKey, StatsRow>) -> Vec<StatsRow> {
+    {
+        let mut rows: Vec<StatsRow> = buffer
             .drain()
             .map(|(_, r)| r)
             .filter(|r| r.measures != Measures::default())
@@ -299,14 +359,13 @@ impl ClickHouseSink {
                     &b.currency,
                 ))
         });
-        for chunk in rows.chunks(self.cfg.flush_rows) {
-            self.insert_stats(chunk)?;
-        }
-        Ok(())
+        rows
     }
+}
 
-    /// One INSERT (one batch id) of at most `flush_rows` aggregate rows.
-    fn insert_stats(&mut self, rows: &[StatsRow]) -> Result<()> {
+impl ClickHouseSink {
+    /// One INSERT (one batch id) of at most `flush_rows` aggregate rows into `table`.
+    fn insert_stats(&mut self, rows: &[StatsRow], table: Aggregate) -> Result<()> {
         let mut h = Xxh3::new();
         for r in rows {
             h.update(&r.minute_ms.to_le_bytes());
@@ -324,35 +383,45 @@ impl ClickHouseSink {
                 h.update(&v.to_le_bytes());
             }
         }
-        self.stats_seq += 1;
-        let id = batch_id(
-            "attribution_stats_minute",
-            &self.writer,
-            self.epoch,
-            self.stats_seq,
-            h.digest(),
-        );
+        let seq = match table {
+            Aggregate::Minute => &mut self.stats_seq,
+            Aggregate::ClickHour => &mut self.click_hour_seq,
+        };
+        *seq += 1;
+        let id = batch_id(table.table(), &self.writer, self.epoch, *seq, h.digest());
         let range = (
             rows.iter().map(|r| r.minute_ms / 1000).min().unwrap_or(0),
             rows.iter().map(|r| r.minute_ms / 1000).max().unwrap_or(0),
         );
         let batch = Batch {
             id: &id,
-            table: "attribution_stats_minute",
+            table: table.table(),
             rows: rows.len(),
             range,
         };
         let committed = self.committer.commit(batch, |client, id| async move {
-            let mut ins = client
-                .insert::<StatsIngest<'_>>("attribution_stats_minute")
-                .await?;
-            for r in rows {
-                ins.write(&StatsIngest::new(id, r)).await?;
+            match table {
+                Aggregate::Minute => {
+                    let mut ins = client.insert::<StatsIngest<'_>>(table.table()).await?;
+                    for r in rows {
+                        ins.write(&StatsIngest::new(id, r)).await?;
+                    }
+                    ins.end().await
+                }
+                Aggregate::ClickHour => {
+                    let mut ins = client.insert::<ClickHourIngest<'_>>(table.table()).await?;
+                    for r in rows {
+                        ins.write(&ClickHourIngest::new(id, r)).await?;
+                    }
+                    ins.end().await
+                }
             }
-            ins.end().await
         })?;
         if !self.count(&committed) {
-            self.totals.stats_rows += rows.len() as u64;
+            match table {
+                Aggregate::Minute => self.totals.stats_rows += rows.len() as u64,
+                Aggregate::ClickHour => self.totals.click_hour_rows += rows.len() as u64,
+            }
         }
         Ok(())
     }

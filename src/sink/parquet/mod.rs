@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::time::partition_of;
 use schema::RowBuilder;
-pub use schema::{ClickBuilders, ConversionBuilders, StatsBuilders};
+pub use schema::{ClickBuilders, ClickHourBuilders, ConversionBuilders, StatsBuilders};
 
 /// User-facing options of the Parquet sink (`[sink.parquet]`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -103,6 +103,14 @@ pub static STATS: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(fields))
 });
 
+/// `stats_click_hour`: the columns of `stats_minute`, keyed by the hour of the click the
+/// conversions were attributed to (`click_hour`) instead of the minute they happened in.
+pub static CLICK_HOUR: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let mut fields: Vec<Field> = STATS.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields[0] = Field::new("click_hour", ts(), false);
+    Arc::new(Schema::new(fields))
+});
+
 /// Column builders of one table; rows are appended until the batch is finished.
 pub trait RowBuilder: Send {
     /// Columns whose values are (nearly) unique per row: written without a dictionary.
@@ -466,3 +474,30 @@ macro_rules! stats_builders {
     };
 }
 for_each_measure!(stats_builders);
+
+/// The builders of `stats_click_hour`: those of `stats_minute` under the [`CLICK_HOUR`] schema.
+pub struct ClickHourBuilders(StatsBuilders);
+
+impl ClickHourBuilders {
+    pub fn append(&mut self, r: &StatsRow) {
+        self.0.append(r);
+    }
+}
+
+impl RowBuilder for ClickHourBuilders {
+    const UNIQUE_COLUMNS: &'static [&'static str] = &[];
+    const UNFILTERED_COLUMNS: &'static [&'static str] = &[];
+    fn new() -> Self {
+        ClickHourBuilders(StatsBuilders::new())
+    }
+    fn schema() -> SchemaRef {
+        CLICK_HOUR.clone()
+    }
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
+        let b = self.0.finish()?;
+        RecordBatch::try_new(CLICK_HOUR.clone(), b.columns().to_vec())
+    }
+}
