@@ -296,6 +296,37 @@ print("click_hour", *[f"{{a}}:{{b}}/{{c}}/{{d}}/{{e}}" for a, b, c, d, e in h])
 }
 
 #[test]
+fn the_click_hour_aggregate_can_be_turned_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("p.toml");
+    let out = dir.path().join("out");
+    std::fs::write(
+        &p,
+        format!(
+            "[source]\nkind = \"files\"\nclicks = {:?}\nconversions = {:?}\n[sink]\nstats_click_hour = false\n[sink.parquet]\nout = {:?}\n",
+            fixture("clicks.ndjson").display().to_string(),
+            fixture("conversions.ndjson").display().to_string(),
+            out.display().to_string()
+        ),
+    )
+    .unwrap();
+    let summary =
+        String::from_utf8(attribd(&["run", "-q", "-p", p.to_str().unwrap()]).stdout).unwrap();
+    assert!(!out.join("stats_click_hour").exists());
+    assert!(
+        summary
+            .lines()
+            .any(|l| l.contains("stats_click_hour") && l.trim_end().ends_with(" 0")),
+        "{summary}"
+    );
+    // Everything else as with it on.
+    assert_eq!(
+        stats_by_dims(&out).get("t1/o1/a1/US/USD").map(|v| v[7]),
+        Some(10_500_000)
+    );
+}
+
+#[test]
 fn compressed_inputs_and_stdin_give_the_same_answer() {
     use std::io::Write;
     let dir = tempfile::tempdir().unwrap();

@@ -185,6 +185,7 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
     } = restored;
     // From here on every checkpoint is a delta: the engine logs what it changes.
     engine.track_changes();
+    engine.set_click_hour(cfg.sink.stats_click_hour);
     let events_at_start = engine.counters().events_in();
     let writer = checkpoint_writer::CheckpointWriter::start(
         cfg.state_dir(),

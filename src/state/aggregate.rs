@@ -17,11 +17,24 @@ pub struct Aggregator {
     /// minute (epoch ms) → dims id → measures.
     open: BTreeMap<i64, FxHashMap<u32, Measures>>,
     open_buckets: usize,
+    /// Turned off: updates are ignored (an aggregate the pipeline does not write).
+    off: bool,
 }
 
 impl Aggregator {
+    /// An aggregate that ignores every update.
+    pub fn off() -> Aggregator {
+        Aggregator {
+            off: true,
+            ..Aggregator::default()
+        }
+    }
+
     /// Applies `f` to the bucket `(minute_ms, dims)`.
     pub fn update(&mut self, minute_ms: i64, dims: u32, f: impl FnOnce(&mut Measures)) {
+        if self.off {
+            return;
+        }
         let minute = self.open.entry(minute_ms).or_default();
         let len = minute.len();
         f(minute.entry(dims).or_default());

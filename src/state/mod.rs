@@ -328,6 +328,14 @@ impl Engine {
         self.flush_click_hour(out);
     }
 
+    /// Whether the aggregate by click hour is kept (`[sink] stats_click_hour`); it is never in
+    /// a checkpoint, so this may change between runs.
+    pub fn set_click_hour(&mut self, on: bool) {
+        if !on {
+            self.by_click_hour = Aggregator::off();
+        }
+    }
+
     /// Every open by-click-hour bucket as delta rows (at a checkpoint, before its barrier).
     pub fn flush_click_hour(&mut self, out: &mut SinkBatch) {
         self.by_click_hour
