@@ -70,37 +70,35 @@ fn migrate(url: &str, db: &str) -> String {
 
 /// `sum()` of every measure per bucket dimensions, from ClickHouse.
 fn clickhouse_sums(url: &str, db: &str) -> BTreeMap<String, Vec<String>> {
-    query(
-        url,
-        &format!(
-            "SELECT concat(tenant_id, '/', offer_id, '/', affiliate_id, '/', country, '/', currency) AS k, \
-             sum(clicks), sum(unique_clicks), sum(duplicate_clicks), sum(conversions), sum(approved), \
-             sum(pending), sum(rejected), toString(sum(revenue) * 1000000), sum(duplicate_conversions), sum(unattributed) \
-             FROM {db}.attribution_stats_minute GROUP BY k ORDER BY k FORMAT TSV"
-        ),
-    )
-    .into_iter()
-    .filter_map(|l| {
-        let mut f = l.split('\t').map(str::to_string);
-        let key = f.next()?;
-        let vals: Vec<String> = f
-            .map(|v| v.trim_end_matches(".000000").trim_end_matches(".0").to_string())
-            .collect();
-        vals.iter().any(|v| v != "0").then_some((key, vals))
-    })
-    .collect()
+    aggregate_sums(url, db, "attribution_stats_minute", "")
 }
 
 /// `sum()` of every measure per (click hour in seconds, dimensions), from ClickHouse
 /// `attribution_stats_click_hour`.
 fn click_hour_sums(url: &str, db: &str) -> BTreeMap<String, Vec<String>> {
+    aggregate_sums(
+        url,
+        db,
+        "attribution_stats_click_hour",
+        "toString(toUnixTimestamp(click_hour)), '/', ",
+    )
+}
+
+/// `sum()` of every measure of an aggregate `table` per `key_prefix` (concat arguments) and
+/// the dimensions; buckets whose sums are all zero are left out.
+fn aggregate_sums(
+    url: &str,
+    db: &str,
+    table: &str,
+    key_prefix: &str,
+) -> BTreeMap<String, Vec<String>> {
     query(
         url,
         &format!(
-            "SELECT concat(toString(toUnixTimestamp(click_hour)), '/', tenant_id, '/', offer_id, '/', affiliate_id, '/', country, '/', currency) AS k, \
+            "SELECT concat({key_prefix}tenant_id, '/', offer_id, '/', affiliate_id, '/', country, '/', currency) AS k, \
              sum(clicks), sum(unique_clicks), sum(duplicate_clicks), sum(conversions), sum(approved), \
              sum(pending), sum(rejected), toString(sum(revenue) * 1000000), sum(duplicate_conversions), sum(unattributed) \
-             FROM {db}.attribution_stats_click_hour GROUP BY k ORDER BY k FORMAT TSV"
+             FROM {db}.{table} GROUP BY k ORDER BY k FORMAT TSV"
         ),
     )
     .into_iter()

@@ -120,6 +120,18 @@ struct LedgerLine {
     click_hours: Vec<String>,
 }
 
+impl LedgerLine {
+    /// The keys (conversion, click) of waiting postbacks the state stage forgot.
+    fn waiting(keys: &[(u64, u64)]) -> LedgerLine {
+        LedgerLine {
+            request: "waiting".into(),
+            conversion_keys: keys.iter().map(|k| k.0).collect(),
+            click_keys: keys.iter().map(|k| k.1).collect(),
+            ..LedgerLine::default()
+        }
+    }
+}
+
 /// Rows removed (or, for clicks, scrubbed) per table.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Removed {
@@ -227,8 +239,8 @@ impl Shared {
         self.version.load(Ordering::Acquire)
     }
 
-    /// Adds ledger lines to the filter; returns the filter's new version.
-    fn extend(&self, lines: &[LedgerLine]) -> u64 {
+    /// A copy of the filter with `lines` added, put in place of the current one.
+    fn add_lines(&self, lines: &[LedgerLine]) {
         let mut guard = self.erased.write().unwrap_or_else(|p| p.into_inner());
         let mut next = Erased {
             customers: guard.customers.clone(),
@@ -239,6 +251,11 @@ impl Shared {
             next.add(l);
         }
         *guard = Arc::new(next);
+    }
+
+    /// Adds ledger lines to the filter; returns the filter's new version.
+    fn extend(&self, lines: &[LedgerLine]) -> u64 {
+        self.add_lines(lines);
         self.version.fetch_add(1, Ordering::AcqRel) + 1
     }
 
@@ -249,22 +266,7 @@ impl Shared {
         if keys.is_empty() {
             return;
         }
-        let line = LedgerLine {
-            request: "waiting".into(),
-            conversion_keys: keys.iter().map(|k| k.0).collect(),
-            click_keys: keys.iter().map(|k| k.1).collect(),
-            ..LedgerLine::default()
-        };
-        {
-            let mut guard = self.erased.write().unwrap_or_else(|p| p.into_inner());
-            let mut next = Erased {
-                customers: guard.customers.clone(),
-                conversions: guard.conversions.clone(),
-                clicks: guard.clicks.clone(),
-            };
-            next.add(&line);
-            *guard = Arc::new(next);
-        }
+        self.add_lines(&[LedgerLine::waiting(&keys)]);
         self.waiting
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -512,13 +514,10 @@ impl Requests {
     pub fn after_checkpoint(&mut self, filter_version: u64, metrics: &Metrics) -> Result<()> {
         let waiting = self.shared.take_waiting();
         if !waiting.is_empty() {
-            let line = LedgerLine {
-                request: "waiting".into(),
-                conversion_keys: waiting.iter().map(|k| k.0).collect(),
-                click_keys: waiting.iter().map(|k| k.1).collect(),
-                ..LedgerLine::default()
-            };
-            append_line(&self.dir.join("erasures.ndjson"), &line)?;
+            append_line(
+                &self.dir.join("erasures.ndjson"),
+                &LedgerLine::waiting(&waiting),
+            )?;
         }
         let result = self.settle(filter_version, metrics);
         self.shared
