@@ -83,6 +83,7 @@ fn main() -> anyhow::Result<()> {
             subs: [Some(dims[i % 7].clone()), None, None, None, None],
             click_ts_ms: Some(1_793_527_200_000),
             seconds_to_convert: Some(600),
+            value: None,
         })
         .collect();
     let mut sink = ClickHouseSink::connect(&cfg, "0000000000bec4e5")?;

@@ -17,6 +17,7 @@ pub mod event;
 pub mod failpoint;
 pub mod ingest;
 pub mod lifecycle;
+pub mod money;
 pub mod pipeline;
 pub mod raw;
 pub mod report;

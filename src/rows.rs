@@ -78,6 +78,9 @@ pub struct ConversionRow {
     pub subs: [Option<Arc<str>>; 5],
     pub click_ts_ms: Option<i64>,
     pub seconds_to_convert: Option<i64>,
+    /// Worth in the reporting currency and payout (`[money]`); `None` without `[money]` and
+    /// while the conversion waits for its click.
+    pub value: Option<crate::money::Valuation>,
 }
 
 impl ConversionRow {
@@ -121,6 +124,13 @@ macro_rules! for_each_measure {
             revenue_micros => revenue: Money,
             duplicate_conversions => duplicate_conversions: Count,
             unattributed => unattributed: Count,
+            /// Sum of `amount_reporting` of approved conversions (no rate missing), micro-units
+            /// of the reporting currency.
+            revenue_reporting_micros => revenue_reporting: Money,
+            /// Payouts of approved conversions plus CPC payouts of clicks, reporting currency.
+            payout_micros => payout: Money,
+            /// `revenue_reporting − payout`.
+            profit_micros => profit: Money,
         }
     };
 }

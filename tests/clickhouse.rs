@@ -163,7 +163,7 @@ fn fixture_into_clickhouse_equals_known_answers_and_parquet_and_replay_adds_noth
         return;
     };
     let db = fresh_db("fixture");
-    assert!(migrate(&url, &db).contains("applied migrations [1, 2, 3, 4]"));
+    assert!(migrate(&url, &db).contains("applied migrations [1, 2, 3, 4, 5]"));
     let dir = tempfile::tempdir().unwrap();
     let summary = run_fixture(&url, &db, dir.path());
     // One stats batch at the checkpoint before the end, then the end's own epoch (its
@@ -904,4 +904,112 @@ fn retention_drops_expired_months_on_a_server_without_ttl() {
         with_retention.to_str().unwrap(),
     ]);
     assert!(!String::from_utf8_lossy(&o.stdout).contains("clickhouse"));
+}
+
+#[test]
+fn reporting_currency_payouts_and_profit_reach_clickhouse_as_in_parquet() {
+    let Some(url) = server("money_into_clickhouse") else {
+        return;
+    };
+    let db = fresh_db("money");
+    migrate(&url, &db);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let pipeline = money_pipeline(dir.path(), "");
+    attribd(&[
+        "run",
+        "-q",
+        "-p",
+        pipeline.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--clickhouse-url",
+        &url,
+        "--clickhouse-database",
+        &db,
+    ]);
+    // Reporting measures per bucket: ClickHouse = Parquet = the answers of tests/money.rs.
+    let ch = query(
+        &url,
+        &format!(
+            "SELECT concat(tenant_id, '/', offer_id, '/', affiliate_id, '/', country, '/', currency) AS k, \
+             toString(sum(revenue_reporting) * 1000000), toString(sum(payout) * 1000000), toString(sum(profit) * 1000000) \
+             FROM {db}.attribution_stats_minute GROUP BY k HAVING sum(revenue_reporting) != 0 OR sum(payout) != 0 ORDER BY k FORMAT TSV"
+        ),
+    );
+    let trim = |v: &str| {
+        v.trim_end_matches(".000000")
+            .trim_end_matches(".0")
+            .to_string()
+    };
+    let ch: Vec<String> = ch
+        .iter()
+        .map(|l| l.split('\t').map(trim).collect::<Vec<_>>().join(" "))
+        .collect();
+    let parquet: Vec<String> = table_sums_all(&out, "stats_minute", &DIMS)
+        .into_iter()
+        .filter(|(_, v)| v[10] != 0 || v[11] != 0)
+        .map(|(k, v)| format!("{k} {} {} {}", v[10], v[11], v[12]))
+        .collect();
+    assert_eq!(
+        ch,
+        [
+            "t1////USD 11000000 0 11000000",
+            "t1/o1/a1/US/USD 10500000 2000000 8500000",
+            "t1/o2/a2/FR/ 0 125000 -125000",
+            "t2/o1/a1/US/USD 15000000 1000000 14000000",
+        ]
+    );
+    assert_eq!(ch, parquet);
+    let by_hour = query(
+        &url,
+        &format!(
+            "SELECT toString(sum(revenue_reporting)), toString(sum(payout)), toString(sum(profit)) \
+             FROM {db}.attribution_stats_click_hour FORMAT TSV"
+        ),
+    );
+    // Decimals print with or without trailing zeros depending on the server version.
+    let decimals = |lines: Vec<String>| -> Vec<String> {
+        lines
+            .iter()
+            .map(|l| {
+                l.split('\t')
+                    .map(|f| match f.split_once('.') {
+                        Some((i, d)) if d.bytes().all(|b| b.is_ascii_digit()) => {
+                            let d = d.trim_end_matches('0');
+                            if d.is_empty() {
+                                i.to_string()
+                            } else {
+                                format!("{i}.{d}")
+                            }
+                        }
+                        _ => f.to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\t")
+            })
+            .collect()
+    };
+    assert_eq!(decimals(by_hour), ["25.5\t3.125\t22.375"]);
+    // Conversion columns, current versions.
+    let convs = query(
+        &url,
+        &format!(
+            "SELECT tenant_id, external_id, toString(amount_reporting), toString(fx_rate), fx_stale, fx_missing, toString(payout), toString(profit) \
+             FROM {db}.conversions FINAL ORDER BY tenant_id, external_id FORMAT TSV"
+        ),
+    );
+    assert_eq!(
+        decimals(convs),
+        [
+            "t1\te1\t10.5\t1\t0\t0\t2\t8.5",
+            "t1\te3\t\\N\t\\N\t1\t1\t1.875\t\\N",
+            "t1\te5\t7\t1\t0\t0\t0\t7",
+            "t1\te7\t3\t1\t1\t0\t1.25\t1.75",
+            "t1\te8\t4\t1\t0\t0\t0\t4",
+            "t2\te1\t5\t1\t0\t0\t0\t5",
+            "t2\te9\t10\t1\t0\t0\t1\t9",
+        ]
+    );
+    query(&url, &format!("DROP DATABASE {db}"));
 }

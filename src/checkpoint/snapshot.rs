@@ -16,12 +16,12 @@ use crate::rows::Measures;
 use crate::state::changes::{ClickOp, Sweep, VisitorOp};
 
 /// Bump when the layout below changes; older or newer snapshots are refused with a clear error.
-/// 3: delta checkpoints.
-pub const FORMAT_VERSION: u32 = 3;
+/// 3: delta checkpoints. 4: reporting-currency measures (revenue_reporting, payout, profit).
+pub const FORMAT_VERSION: u32 = 4;
 
 /// Measures per bucket in this format version. A bucket stores its measures as a fixed array, so
 /// a measure added to `rows::Measures` changes the layout: bump [`FORMAT_VERSION`] with this.
-const FORMAT_MEASURES: usize = 10;
+const FORMAT_MEASURES: usize = 13;
 const _: () = assert!(
     Measures::COUNT == FORMAT_MEASURES,
     "the measures changed the snapshot layout: bump FORMAT_VERSION and FORMAT_MEASURES"

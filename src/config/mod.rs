@@ -70,9 +70,19 @@ pub struct PipelineConfig {
     /// nothing is deleted.
     #[serde(default)]
     pub retention: Option<crate::lifecycle::retention::RetentionConfig>,
+    /// The reporting currency and its FX rates (docs/reports.md); absent → conversions are
+    /// not valued in a reporting currency.
+    #[serde(default)]
+    pub money: Option<crate::money::MoneyConfig>,
+    /// Payout rules (docs/reports.md); needs `[money]`.
+    #[serde(default)]
+    pub payouts: Option<crate::money::PayoutsConfig>,
     /// `privacy` with its key file read, when the pipeline was loaded (not serialized).
     #[serde(skip)]
     pub privacy_applied: crate::event::privacy::Privacy,
+    /// `money` and `payouts` with their files read, when the pipeline was loaded.
+    #[serde(skip)]
+    pub money_applied: Option<std::sync::Arc<crate::money::Money>>,
 }
 
 impl PipelineConfig {
@@ -117,6 +127,25 @@ impl PipelineConfig {
                 key: key.to_string(),
                 problem,
             }),
+        }
+        // Rates and rules are read here too, so `attribd check` reports their problems.
+        match (&cfg.money, &cfg.payouts) {
+            (None, Some(_)) => problems.push(ConfigProblem {
+                key: "payouts".into(),
+                problem:
+                    "payouts need a reporting currency: add [money] reporting_currency = \"USD\""
+                        .into(),
+            }),
+            (None, None) => {}
+            (Some(money), payouts) => match crate::money::Money::load(money, payouts.as_ref()) {
+                Ok(m) => cfg.money_applied = Some(std::sync::Arc::new(m)),
+                Err(list) => {
+                    problems.extend(list.into_iter().map(|(key, problem)| ConfigProblem {
+                        key: key.to_string(),
+                        problem,
+                    }))
+                }
+            },
         }
         if problems.is_empty() {
             Ok(cfg)

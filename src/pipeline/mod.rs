@@ -186,6 +186,7 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
     // From here on every checkpoint is a delta: the engine logs what it changes.
     engine.track_changes();
     engine.set_click_hour(cfg.sink.stats_click_hour);
+    engine.set_money(cfg.money_applied.clone());
     let events_at_start = engine.counters().events_in();
     let writer = checkpoint_writer::CheckpointWriter::start(
         cfg.state_dir(),

@@ -9,6 +9,7 @@ use super::Engine;
 use super::click_index::IndexedClick;
 use super::dedup::{Attribution, ConvEntry};
 use super::pending::PendingConversion;
+use super::valuation::add_value;
 use crate::event::Status;
 use crate::event::keys;
 use crate::event::time::minute_floor;
@@ -33,6 +34,7 @@ impl Engine {
             row.seconds_to_convert = Some(delay);
             row.click_ts_ms = Some(row.ts_ms - delay * 1000);
         }
+        row.value = self.value_again(entry);
         if row.attribution == Attribution::Attributed
             && let Some(click) = self.clicks.get(keys::click_key(&row.click_id))
             && let Some(p) = self.clicks.extras.get(click.extras)
@@ -53,10 +55,15 @@ impl Engine {
         self.counters.status(row.status, 1);
         let revenue = revenue_delta(previous, row.status, amount);
         self.counters.revenue_micros += revenue;
+        // Reporting revenue and payout move with `approved`, as revenue does.
+        let sign = revenue_delta(previous, row.status, 1);
+        let value = row.value.as_ref();
+        self.count_value(value, sign);
         let change = |m: &mut crate::rows::Measures| {
             m.add_status(previous, -1);
             m.add_status(row.status, 1);
             m.revenue_micros += revenue;
+            add_value(m, value, sign);
         };
         self.agg
             .update(minute_floor(entry.ts_ms()), entry.dims, change);
@@ -116,6 +123,13 @@ impl Engine {
         };
         first.attribution = attribution;
         let dims = self.dims_id(tenant, offer, affiliate, country, currency);
+        first.value = self.value_first(
+            first.amount_micros,
+            &first.currency,
+            first.ts_ms,
+            dims,
+            attribution == Attribution::Attributed,
+        );
         match attribution {
             Attribution::Attributed => self.counters.attributed += 1,
             Attribution::UnknownClick => self.counters.unknown_click += 1,
@@ -126,6 +140,7 @@ impl Engine {
             None => ConvEntry::new(first.ts_ms, first.status, first.amount_micros),
         };
         entry.resolve(attribution, dims, delay_s);
+        entry.set_value_code(first.value.map_or(crate::money::CODE_NONE, |v| v.code));
         self.dedup.put(dedup_key, entry);
 
         let (status, amount) = (first.status, first.amount_micros);
@@ -138,10 +153,14 @@ impl Engine {
         };
         self.counters.revenue_micros += revenue;
         let unattributed = i64::from(attribution != Attribution::Attributed);
+        let approved = i64::from(status == Status::Approved);
+        let value = first.value;
+        self.count_value(value.as_ref(), approved);
         self.agg.update(minute_floor(first.ts_ms), dims, |m| {
             m.conversions += 1;
             m.add_status(status, 1);
             m.revenue_micros += revenue;
+            add_value(m, value.as_ref(), approved);
             m.unattributed += unattributed;
             m.duplicate_conversions += i64::from(duplicates);
         });
@@ -153,6 +172,7 @@ impl Engine {
                     m.conversions += 1;
                     m.add_status(status, 1);
                     m.revenue_micros += revenue;
+                    add_value(m, value.as_ref(), approved);
                     m.duplicate_conversions += i64::from(duplicates);
                 });
         }
@@ -166,6 +186,7 @@ impl Engine {
             row.click_ts_ms = first.click_ts_ms;
             row.seconds_to_convert = first.seconds_to_convert;
             row.currency = first.currency.clone();
+            row.value = first.value;
             self.apply_change(&row, &entry);
             out.conversions.push(row);
         }

@@ -83,9 +83,12 @@ impl Engine {
             };
             self.counters.clicks += 1;
             self.counters.unique_clicks += u64::from(unique);
+            let payout = self.click_payout(dims, c.ts_ms);
             let count = |m: &mut crate::rows::Measures| {
                 m.clicks += 1;
                 m.unique_clicks += i64::from(unique);
+                m.payout_micros += payout;
+                m.profit_micros -= payout;
             };
             self.agg.update(minute, dims, count);
             self.by_click_hour.update(hour_floor(c.ts_ms), dims, count);

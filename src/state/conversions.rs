@@ -104,6 +104,7 @@ impl Engine {
             subs: Default::default(),
             click_ts_ms: None,
             seconds_to_convert: None,
+            value: None,
         }
     }
 

@@ -170,6 +170,19 @@ counters! {
         own("conversions_attributed", "Accepted conversions attributed to their click");
     unknown_click: u64, Count, "  unattributed: unknown_click", series(&UNATTRIBUTED, "unknown_click");
     outside_window: u64, Count, "  unattributed: outside_window", series(&UNATTRIBUTED, "outside_window");
+    /// Reporting currency (`[money]`): approved conversions' `amount_reporting`.
+    revenue_reporting_micros: i64, Money, "revenue (approved, reporting currency)",
+        own("approved_revenue_reporting", "Sum of amount_reporting of conversions currently approved, in the reporting currency");
+    payout_micros: i64, Money, "payout (approved conversions + CPC clicks)",
+        own("payout", "Payouts of conversions currently approved plus CPC payouts of accepted clicks, in the reporting currency");
+    profit_micros: i64, Money, "profit",
+        own("profit", "Reporting-currency revenue of approved conversions less payouts");
+    fx_stale: u64, Count, "  valued at a stale FX rate",
+        own("fx_stale_rates", "Conversions valued at the newest earlier FX rate because their UTC day had none");
+    fx_missing: u64, Count, "  left out: no FX rate",
+        own("fx_missing_rates", "Conversions and CPC click payouts left out of reporting-currency measures because a currency had no FX rate");
+    without_payout_rule: u64, Count, "  attributed without a payout rule",
+        own("conversions_without_payout_rule", "Attributed conversions whose offer has no payout rule in effect (payout 0)");
 }
 
 impl Counters {

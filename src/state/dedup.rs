@@ -25,6 +25,9 @@ const VERSION_MASK: u64 = 0xFFF;
 const STATUS_SHIFT: u32 = 56;
 const REASON_SHIFT: u32 = 58;
 const PENDING_BIT: u64 = 1 << 60;
+/// Three bits: how the conversion was valued in the reporting currency ([`crate::money`]'s
+/// valuation code), so a status change is valued exactly like the first version.
+const VALUE_SHIFT: u32 = 61;
 /// Highest version an entry records; further changes keep this number (4095 changes of one
 /// conversion's status do not happen in practice).
 pub const MAX_VERSION: u32 = VERSION_MASK as u32;
@@ -108,6 +111,14 @@ impl ConvEntry {
     /// `true` while the first postback waits in the pending buffer for its click.
     pub fn is_pending(&self) -> bool {
         self.packed & PENDING_BIT != 0
+    }
+    /// The valuation code (`money::Valuation::code`; 0 = not valued).
+    pub fn value_code(&self) -> u8 {
+        ((self.packed >> VALUE_SHIFT) & 0b111) as u8
+    }
+    pub fn set_value_code(&mut self, code: u8) {
+        self.packed =
+            (self.packed & !(0b111 << VALUE_SHIFT)) | ((u64::from(code) & 0b111) << VALUE_SHIFT);
     }
     /// Records the attribution outcome and clears the pending flag.
     pub fn resolve(&mut self, attribution: Attribution, dims: u32, click_delay_s: u32) {

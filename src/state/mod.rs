@@ -30,6 +30,7 @@ pub mod interner;
 pub mod pending;
 pub mod snapshot;
 pub mod unique;
+mod valuation;
 
 use std::collections::HashMap;
 
@@ -117,6 +118,8 @@ pub struct Engine {
     sent_strings: usize,
     sent_dims: usize,
     new_dims_by_hash: ChangeLog<(u64, u32)>,
+    /// Rates and payout rules (`[money]`, `[payouts]`), and the rule of each dimension id.
+    money: valuation::MoneyState,
 }
 
 impl Engine {
@@ -143,6 +146,7 @@ impl Engine {
             sent_strings: 0,
             sent_dims: 0,
             new_dims_by_hash: ChangeLog::default(),
+            money: valuation::MoneyState::default(),
         }
     }
 

@@ -150,6 +150,7 @@ mod tests {
                 subs: Default::default(),
                 click_ts_ms: None,
                 seconds_to_convert: None,
+                value: None,
             },
             click_key: click,
             dedup_key: dedup,

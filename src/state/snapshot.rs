@@ -93,6 +93,7 @@ impl Engine {
             subs: r.subs.map(arc),
             click_ts_ms: r.click_ts_ms,
             seconds_to_convert: r.seconds_to_convert,
+            value: None,
         }
     }
 

@@ -241,13 +241,28 @@ pub fn stats_sums(out: &Path, key: &[&str]) -> BTreeMap<String, [i64; 10]> {
     table_sums(out, "stats_minute", key)
 }
 
-/// [`stats_sums`] of an aggregate table (`stats_minute` or `stats_click_hour`).
+/// [`stats_sums`] of an aggregate table (`stats_minute` or `stats_click_hour`): the first ten
+/// measures (counts and revenue in the original currency; the reporting-currency measures are
+/// in [`table_sums_all`]).
 pub fn table_sums(out: &Path, table: &str, key: &[&str]) -> BTreeMap<String, [i64; 10]> {
-    let mut sums: BTreeMap<String, [i64; 10]> = BTreeMap::new();
+    table_sums_all(out, table, key)
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let base: [i64; 10] = std::array::from_fn(|i| v[i]);
+            base.iter().any(|x| *x != 0).then_some((k, base))
+        })
+        .collect()
+}
+
+/// `sum()` of every measure (`MEASURES` order) of an aggregate table per key; buckets whose
+/// sums are all zero are left out.
+pub fn table_sums_all(out: &Path, table: &str, key: &[&str]) -> BTreeMap<String, Vec<i64>> {
+    let measures = attribd::sink::parquet::schema::MEASURES;
+    let mut sums: BTreeMap<String, Vec<i64>> = BTreeMap::new();
     for r in rows(&read_table(out, table)) {
         let k = key.iter().map(|c| get(&r, c)).collect::<Vec<_>>().join("/");
-        let s = sums.entry(k).or_default();
-        for (i, m) in attribd::sink::parquet::schema::MEASURES.iter().enumerate() {
+        let s = sums.entry(k).or_insert_with(|| vec![0; measures.len()]);
+        for (i, m) in measures.iter().enumerate() {
             s[i] += int(&r, m);
         }
     }
@@ -280,7 +295,7 @@ pub fn generate_input(dir: &Path, knobs: &str) -> PathBuf {
 pub type Outputs = (
     Vec<String>,
     Vec<String>,
-    BTreeMap<String, [i64; 10]>,
+    BTreeMap<String, Vec<i64>>,
     BTreeMap<String, u64>,
 );
 
@@ -303,6 +318,8 @@ pub fn outputs(out: &Path) -> Outputs {
                 "attributed",
                 "offer_id",
                 "click_ts",
+                "amount_reporting",
+                "payout",
             ]
             .map(|c| get(r, c).to_string())
             .join("/")
@@ -311,7 +328,7 @@ pub fn outputs(out: &Path) -> Outputs {
     convs.sort();
     let mut key = vec!["minute"];
     key.extend(DIMS);
-    let stats = stats_sums(out, &key);
+    let stats = table_sums_all(out, "stats_minute", &key);
     let mut dead: BTreeMap<String, u64> = BTreeMap::new();
     for f in files_under(&out.join("dead_letters")) {
         if f.extension().is_some_and(|e| e == "ndjson") {
@@ -487,4 +504,47 @@ pub fn duckdb_available(what: &str) -> bool {
     );
     eprintln!("SKIPPED {what}: python3 module `duckdb` not installed");
     false
+}
+
+/// A pipeline over the fixture with `[money]` and `[payouts]`.
+pub fn money_pipeline(dir: &Path, extra: &str) -> PathBuf {
+    let p = dir.join("money.toml");
+    std::fs::write(
+        &p,
+        format!(
+            r#"[source]
+kind = "files"
+clicks = {clicks:?}
+conversions = {convs:?}
+
+[money]
+reporting_currency = "USD"
+fx_rates = {fx:?}
+
+[payouts]
+file = {payouts:?}
+{extra}
+"#,
+            clicks = fixture("clicks.ndjson"),
+            convs = fixture("conversions.ndjson"),
+            fx = fixture("fx.csv"),
+            payouts = fixture("payouts.toml"),
+        ),
+    )
+    .unwrap();
+    p
+}
+
+/// Runs a Python script (DuckDB cross-checks) and returns its output lines; fails the test with
+/// its stderr when it fails.
+pub fn python_lines(script: &str) -> Vec<String> {
+    let o = Command::new("python3")
+        .args(["-c", script])
+        .output()
+        .expect("python3 runs");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
 }

@@ -47,7 +47,7 @@ pub const STATS_COLUMNS: [(&str, &str); STATS_KEY_COLUMNS.len() + Measures::COUN
 };
 
 /// Columns of `conversions` attribd writes, with their ClickHouse types.
-pub const CONVERSION_COLUMNS: [(&str, &str); 27] = [
+pub const CONVERSION_COLUMNS: [(&str, &str); 33] = [
     ("batch_id", "String"),
     ("tenant_id", "String"),
     ("external_id", "String"),
@@ -75,6 +75,12 @@ pub const CONVERSION_COLUMNS: [(&str, &str); 27] = [
     ("sub5", "Nullable(String)"),
     ("click_ts_ms", "Nullable(Int64)"),
     ("seconds_to_convert", "Nullable(Int64)"),
+    ("amount_reporting", "Nullable(Decimal(18, 6))"),
+    ("fx_rate", "Nullable(Decimal(18, 10))"),
+    ("fx_stale", "Nullable(UInt8)"),
+    ("fx_missing", "Nullable(UInt8)"),
+    ("payout", "Nullable(Decimal(18, 6))"),
+    ("profit", "Nullable(Decimal(18, 6))"),
 ];
 
 /// Defines a row of an aggregate table: the batch id, the time column `$time` (seconds), the
@@ -164,6 +170,12 @@ pub struct ConversionIngest<'a> {
     pub sub5: Option<&'a str>,
     pub click_ts_ms: Option<i64>,
     pub seconds_to_convert: Option<i64>,
+    pub amount_reporting: Option<i64>,
+    pub fx_rate: Option<i64>,
+    pub fx_stale: Option<u8>,
+    pub fx_missing: Option<u8>,
+    pub payout: Option<i64>,
+    pub profit: Option<i64>,
 }
 
 impl<'a> ConversionIngest<'a> {
@@ -196,6 +208,12 @@ impl<'a> ConversionIngest<'a> {
             sub5: r.subs[4].as_deref(),
             click_ts_ms: r.click_ts_ms,
             seconds_to_convert: r.seconds_to_convert,
+            amount_reporting: r.value.and_then(|v| v.amount_reporting),
+            fx_rate: r.value.and_then(|v| v.fx_rate),
+            fx_stale: r.value.map(|v| u8::from(v.fx_stale)),
+            fx_missing: r.value.map(|v| u8::from(v.fx_missing)),
+            payout: r.value.and_then(|v| v.payout),
+            profit: r.value.and_then(|v| v.profit()),
         }
     }
 }

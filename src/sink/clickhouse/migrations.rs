@@ -14,7 +14,7 @@ use super::config::{ClickHouseConfig, Credentials, block_on, client};
 use super::error::explain;
 
 /// `schemas/clickhouse/NNN_name.sql`, in order.
-pub const MIGRATIONS: [(u32, &str, &str); 4] = [
+pub const MIGRATIONS: [(u32, &str, &str); 5] = [
     (
         1,
         "attribution_stats_minute",
@@ -34,6 +34,11 @@ pub const MIGRATIONS: [(u32, &str, &str); 4] = [
         4,
         "attribution_stats_click_hour",
         include_str!("../../../schemas/clickhouse/004_attribution_stats_click_hour.sql"),
+    ),
+    (
+        5,
+        "money",
+        include_str!("../../../schemas/clickhouse/005_money.sql"),
     ),
 ];
 
@@ -308,7 +313,7 @@ pub async fn check(client: &Client, db: &str) -> Result<()> {
 }
 
 /// Compares the columns of attribd's tables with what attribd writes; with `existing_only`,
-/// tables that do not exist yet are fine (before migrating).
+/// tables and columns that do not exist yet are fine (before migrating), wrong types are not.
 async fn check_columns(client: &Client, db: &str, existing_only: bool) -> Result<()> {
     let columns: Vec<ColumnInfo> = client
         .query("SELECT table, name, type FROM system.columns WHERE database = ?")
@@ -323,6 +328,8 @@ async fn check_columns(client: &Client, db: &str, existing_only: bool) -> Result
         for (name, ty) in cols {
             let found = columns.iter().find(|c| c.table == table && c.name == name);
             match found {
+                // Before migrating, a column a pending migration adds is not there yet.
+                None if existing_only => {}
                 None => bail!(
                     "ClickHouse table `{db}.{table}` is incompatible: it has no column `{name}` ({ty}); it was not created by attribd migrate"
                 ),

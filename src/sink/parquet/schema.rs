@@ -15,6 +15,8 @@ use crate::rows::{ConversionRow, Measures, StatsRow, Unit, for_each_measure};
 
 /// Money columns: `Decimal(18, 6)`, exact sums.
 pub const MONEY: DataType = DataType::Decimal128(18, 6);
+/// FX rates: `Decimal(18, 10)` (`money::decimal::RATE_DECIMALS`).
+pub const RATE: DataType = DataType::Decimal128(18, crate::money::decimal::RATE_DECIMALS as i8);
 
 fn ts() -> DataType {
     DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
@@ -74,6 +76,13 @@ pub static CONVERSIONS: LazyLock<SchemaRef> = LazyLock::new(|| {
         text("sub5", true),
         Field::new("click_ts", ts(), true),
         Field::new("seconds_to_convert", DataType::Int64, true),
+        // Reporting currency (`[money]`); null when the pipeline has no [money].
+        Field::new("amount_reporting", MONEY, true),
+        Field::new("fx_rate", RATE, true),
+        Field::new("fx_stale", DataType::Boolean, true),
+        Field::new("fx_missing", DataType::Boolean, true),
+        Field::new("payout", MONEY, true),
+        Field::new("profit", MONEY, true),
     ]))
 });
 
@@ -130,6 +139,12 @@ fn decimal() -> Decimal128Builder {
     // 18/6 are valid for Decimal128, so this cannot fail; fall back to the default otherwise.
     Decimal128Builder::new()
         .with_precision_and_scale(18, 6)
+        .unwrap_or_default()
+}
+
+fn rate_decimal() -> Decimal128Builder {
+    Decimal128Builder::new()
+        .with_precision_and_scale(18, crate::money::decimal::RATE_DECIMALS as i8)
         .unwrap_or_default()
 }
 
@@ -259,6 +274,12 @@ pub struct ConversionBuilders {
     subs: [StringBuilder; 5],
     click_ts: TimestampMillisecondBuilder,
     seconds_to_convert: Int64Builder,
+    amount_reporting: Decimal128Builder,
+    fx_rate: Decimal128Builder,
+    fx_stale: BooleanBuilder,
+    fx_missing: BooleanBuilder,
+    payout: Decimal128Builder,
+    profit: Decimal128Builder,
 }
 
 impl ConversionBuilders {
@@ -290,6 +311,15 @@ impl ConversionBuilders {
         }
         self.click_ts.append_option(r.click_ts_ms);
         self.seconds_to_convert.append_option(r.seconds_to_convert);
+        let v = r.value.as_ref();
+        let money = |x: Option<i64>| x.map(i128::from);
+        self.amount_reporting
+            .append_option(money(v.and_then(|v| v.amount_reporting)));
+        self.fx_rate.append_option(money(v.and_then(|v| v.fx_rate)));
+        self.fx_stale.append_option(v.map(|v| v.fx_stale));
+        self.fx_missing.append_option(v.map(|v| v.fx_missing));
+        self.payout.append_option(money(v.and_then(|v| v.payout)));
+        self.profit.append_option(money(v.and_then(|v| v.profit())));
     }
 }
 
@@ -339,6 +369,12 @@ impl RowBuilder for ConversionBuilders {
             subs: std::array::from_fn(|_| StringBuilder::new()),
             click_ts: utc_ts(),
             seconds_to_convert: Int64Builder::new(),
+            amount_reporting: decimal(),
+            fx_rate: rate_decimal(),
+            fx_stale: BooleanBuilder::new(),
+            fx_missing: BooleanBuilder::new(),
+            payout: decimal(),
+            profit: decimal(),
         }
     }
     fn schema() -> SchemaRef {
@@ -375,6 +411,12 @@ impl RowBuilder for ConversionBuilders {
         }
         cols.push(Arc::new(self.click_ts.finish()));
         cols.push(Arc::new(self.seconds_to_convert.finish()));
+        cols.push(Arc::new(self.amount_reporting.finish()));
+        cols.push(Arc::new(self.fx_rate.finish()));
+        cols.push(Arc::new(self.fx_stale.finish()));
+        cols.push(Arc::new(self.fx_missing.finish()));
+        cols.push(Arc::new(self.payout.finish()));
+        cols.push(Arc::new(self.profit.finish()));
         RecordBatch::try_new(CONVERSIONS.clone(), cols)
     }
 }
