@@ -1003,7 +1003,7 @@ fn reporting_currency_payouts_and_profit_reach_clickhouse_as_in_parquet() {
         decimals(convs),
         [
             "t1\te1\t10.5\t1\t0\t0\t2\t8.5",
-            "t1\te3\t\\N\t\\N\t1\t1\t1.875\t\\N",
+            "t1\te3\t\\N\t\\N\t0\t1\t\\N\t\\N",
             "t1\te5\t7\t1\t0\t0\t0\t7",
             "t1\te7\t3\t1\t1\t0\t1.25\t1.75",
             "t1\te8\t4\t1\t0\t0\t0\t4",

@@ -57,9 +57,8 @@ fn payouts_profit_and_reporting_revenue_have_known_answers() {
             format!("t1/e1 v2: {e1}"),
             format!("t1/e1 v3: {e1}"),
             format!("t1/e1 v4: {e1}"),
-            // EUR 20 on 1 Nov: no EUR rate yet → missing, left out; its CPA (o2: 1.50 GBP at
-            // the stale 1.25) is still shown.
-            "t1/e3 v1:   true true 1875000 ".into(),
+            // EUR 20 on 1 Nov: no EUR rate yet → missing: left out, no reporting values.
+            "t1/e3 v1:   false true  ".into(),
             // Outside the window: not attributed, nothing to pay.
             "t1/e5 v1: 7000000 10000000000 false false 0 7000000".into(),
             // Pending USD 3 in France: CPA 1 GBP at the stale 1.25.
@@ -109,7 +108,7 @@ fn payouts_profit_and_reporting_revenue_have_known_answers() {
     assert_eq!(c["revenue_reporting_micros"], 36_500_000, "{c}");
     assert_eq!(c["payout_micros"], 3_125_000);
     assert_eq!(c["profit_micros"], 33_375_000);
-    assert_eq!(c["fx_stale"], 2, "e3 (its CPA) and e7");
+    assert_eq!(c["fx_stale"], 1, "e7 (its CPA in GBP)");
     assert_eq!(c["fx_missing"], 1, "e3");
     assert_eq!(c["without_payout_rule"], 1, "t2/e1");
 
@@ -137,7 +136,7 @@ print("conversions", *c)
         python_lines(&script),
         [
             "stats 36.500000 3.125000 33.375000",
-            "conversions 1 2 6.125000",
+            "conversions 1 1 4.250000",
         ]
     );
 }

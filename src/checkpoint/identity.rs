@@ -168,13 +168,28 @@ impl TrackedInput {
     }
 }
 
+/// The reporting currency's setting: a change from one currency to another is refused, turning
+/// `[money]` on (`none` → a currency) or off is not: conversions valued before count in no
+/// reporting measure, and without it nothing new is counted.
+const REPORTING_CURRENCY: &str = "money.reporting_currency";
+
 /// The settings that change what a given input produces, as `(key, value)` text so a
 /// mismatch can be shown as "was … now …".
 pub fn semantic_settings(cfg: &PipelineConfig) -> Vec<(String, String)> {
-    let mut out = vec![(
-        "source.kind".to_string(),
-        format!("{:?}", cfg.source.kind).to_lowercase(),
-    )];
+    let mut out = vec![
+        (
+            "source.kind".to_string(),
+            format!("{:?}", cfg.source.kind).to_lowercase(),
+        ),
+        // Sums already counted in one reporting currency cannot take reversals in another
+        // (`money`); turning [money] on or off is fine ([`REPORTING_CURRENCY`]).
+        (
+            REPORTING_CURRENCY.to_string(),
+            cfg.money.as_ref().map_or("none".to_string(), |m| {
+                m.reporting_currency.to_ascii_uppercase()
+            }),
+        ),
+    ];
     let mut flatten = |prefix: &str, value: serde_json::Value| {
         if let serde_json::Value::Object(map) = value {
             for (k, v) in map {
@@ -267,6 +282,7 @@ pub fn compare(
             continue;
         }
         match found {
+            Some((_, now)) if key == REPORTING_CURRENCY && (now == "none" || was == "none") => {}
             Some((_, now)) if now != was && key == OUT_KEY => changes.push(format!(
                 "checkpoint.state_dir holds the state of the output {was}, not of {now}: \
                  each output directory needs a state directory of its own"

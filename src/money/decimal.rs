@@ -6,11 +6,14 @@
 
 use serde::Deserialize;
 
-/// Decimals of an FX rate (`fx_rate` is `Decimal(18, 10)`: up to 922 337 203 reporting units
-/// per unit, and ten decimals keep five significant digits even for the Vietnamese dong).
+/// Decimals of an FX rate (`fx_rate` is `Decimal(18, 10)`: below 10⁸ reporting units per
+/// unit ([`MAX_RATE`]), and ten decimals keep five significant digits even for the Vietnamese
+/// dong).
 pub const RATE_DECIMALS: u32 = 10;
 /// `1.0` as a rate.
 pub const RATE_ONE: i64 = 10_i64.pow(RATE_DECIMALS);
+/// The largest rate `Decimal(18, 10)` holds: 99 999 999.9999999999.
+pub const MAX_RATE: i64 = 10_i64.pow(18) - 1;
 /// Decimals of money (`Decimal(18, 6)`, micro-units).
 pub const MONEY_DECIMALS: u32 = 6;
 

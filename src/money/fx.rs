@@ -67,6 +67,10 @@ impl FxTable {
                     problems.push(format!("{place}: `rate` must be greater than 0"));
                     continue;
                 }
+                Ok(r) if r > decimal::MAX_RATE => {
+                    problems.push(format!("{place}: `rate` must be below 100000000"));
+                    continue;
+                }
                 Ok(r) => r,
                 Err(e) => {
                     problems.push(format!("{place}: `rate` {e}"));
@@ -144,25 +148,59 @@ impl FxTable {
 /// Reads an FX CSV file (`date,currency,rate` header, one rate per line) into lines labelled
 /// with their place (`fx.csv line 3`).
 pub fn read_csv(path: &Path) -> Result<Vec<(String, RateLine)>, String> {
-    csv_rows(path).map_err(|e| format!("{e} (expected columns date,currency,rate)"))
+    csv_rows(path, &["date", "currency", "rate"])
 }
 
-/// The rows of a CSV file with a header line (`#` comments, cells trimmed), each labelled with
-/// its place as an editor shows it (`fx.csv line 3`: the header is line 1).
+/// The rows of a CSV file whose header line names at least the `required` columns, cells
+/// trimmed, each labelled with its line as an editor shows it (`fx.csv line 3`). Lines that
+/// are blank or start with `#` are comments.
 pub(super) fn csv_rows<T: serde::de::DeserializeOwned>(
     path: &Path,
+    required: &[&str],
 ) -> Result<Vec<(String, T)>, String> {
     let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {name}: {e}"))?;
+    // The csv reader numbers the lines it reads; comments are taken out first, so keep the
+    // editor's number of each line that is left.
+    let mut kept = String::new();
+    let mut line_of = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start_matches('\u{feff}').trim();
+        if !trimmed.is_empty() && !trimmed.starts_with('#') {
+            kept.push_str(line.trim_start_matches('\u{feff}'));
+            kept.push('\n');
+            line_of.push(n + 1);
+        }
+    }
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
-        .comment(Some(b'#'))
-        .from_path(path)
-        .map_err(|e| format!("cannot read {name}: {e}"))?;
+        .flexible(true)
+        .from_reader(kept.as_bytes());
+    let headers = reader
+        .headers()
+        .map_err(|e| format!("{name}: {e}"))?
+        .clone();
+    // A file without its header line would otherwise lose its first row as the header.
+    if let Some(missing) = required.iter().find(|c| !headers.iter().any(|h| h == **c)) {
+        return Err(format!(
+            "{name}: the first line must be a header naming the columns ({}); `{missing}` is not there",
+            required.join(",")
+        ));
+    }
     let mut out = Vec::new();
-    for (i, row) in reader.deserialize::<T>().enumerate() {
-        let place = format!("{name} line {}", i + 2);
-        match row {
-            Ok(line) => out.push((place, line)),
+    for (i, record) in reader.records().enumerate() {
+        let line = line_of.get(i + 1).copied().unwrap_or(0);
+        let place = format!("{name} line {line}");
+        let record = record.map_err(|e| format!("{place}: {e}"))?;
+        if record.len() != headers.len() {
+            return Err(format!(
+                "{place}: {} cells, the header names {} columns",
+                record.len(),
+                headers.len()
+            ));
+        }
+        match record.deserialize::<T>(Some(&headers)) {
+            Ok(row) => out.push((place, row)),
             Err(e) => return Err(format!("{place}: {e}")),
         }
     }
@@ -273,9 +311,13 @@ mod tests {
         let lines = read_csv(&p).unwrap();
         assert_eq!(lines.len(), 1);
         assert_eq!(lines[0].1.currency, "EUR");
-        std::fs::write(&p, "date,currency,rate\n2026-11-01,EUR\n").unwrap();
+        std::fs::write(&p, "date,currency,rate\n# c\n\n2026-11-01,EUR\n").unwrap();
         let e = read_csv(&p).unwrap_err();
-        assert!(e.contains("line 2"), "{e}");
+        assert!(e.contains("fx.csv line 4"), "{e}");
+        // No header line: refused, not read as a file without rates.
+        std::fs::write(&p, "2026-11-01,EUR,1.08\n").unwrap();
+        let e = read_csv(&p).unwrap_err();
+        assert!(e.contains("must be a header"), "{e}");
         assert!(read_csv(&dir.path().join("none.csv")).is_err());
     }
 }

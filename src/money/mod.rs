@@ -64,7 +64,8 @@ pub struct Valuation {
     /// The day had no rate of its own: the newest earlier one was used.
     pub fx_stale: bool,
     /// A rate this conversion needs (its currency's, or its CPA currency's) does not exist:
-    /// it is left out of every reporting-currency measure.
+    /// it is left out of every reporting-currency measure, and the other money columns are
+    /// null.
     pub fx_missing: bool,
     /// What the affiliate earns for it when approved, micro-units of the reporting currency;
     /// `None` when it cannot be converted.
@@ -76,6 +77,16 @@ pub struct Valuation {
 }
 
 impl Valuation {
+    /// A conversion a rate is missing for: no reporting values at all.
+    fn missing(no_rule: bool) -> Valuation {
+        Valuation {
+            fx_missing: true,
+            no_rule,
+            code: CODE_MISSING,
+            ..Valuation::default()
+        }
+    }
+
     /// `amount_reporting − payout`, when both are known and no rate is missing.
     pub fn profit(&self) -> Option<i64> {
         if self.fx_missing {
@@ -174,23 +185,21 @@ impl Money {
         let cpa = rule
             .filter(|_| pays_cpa)
             .map(|r| self.fx.find(&r.currency, day));
-        let missing = conv.is_none() || matches!(cpa, Some(None));
         let stale = |f: Option<(i64, Found)>| matches!(f, Some((_, Found::Stale)));
-        let code = if missing {
-            CODE_MISSING
-        } else {
-            2 + u8::from(stale(conv)) + 2 * u8::from(cpa.is_some_and(stale))
-        };
         let mut v = self.compute(
             amount_micros,
             conv.map(|(r, _)| r),
             cpa.flatten().map(|(r, _)| r),
             rule,
         );
-        v.fx_stale = stale(conv) || cpa.is_some_and(stale);
-        v.fx_missing = missing;
         v.no_rule = attributed && rule.is_none() && !self.payouts.is_empty();
-        v.code = code;
+        // A rate that does not exist (or a product too large for the column) leaves the
+        // conversion out of the reporting measures altogether.
+        if v.amount_reporting.is_none() || v.payout.is_none() {
+            return Valuation::missing(v.no_rule);
+        }
+        v.fx_stale = stale(conv) || cpa.is_some_and(stale);
+        v.code = 2 + u8::from(stale(conv)) + 2 * u8::from(cpa.is_some_and(stale));
         v
     }
 
@@ -203,16 +212,12 @@ impl Money {
         currency: &str,
         ts_ms: i64,
         rule: Option<&Rule>,
-    ) -> Valuation {
+    ) -> Option<Valuation> {
         if code == CODE_NONE {
-            return Valuation::default();
+            return None;
         }
         if code == CODE_MISSING {
-            return Valuation {
-                fx_missing: true,
-                code,
-                ..self.value(amount_micros, currency, ts_ms, rule, false)
-            };
+            return Some(Valuation::missing(false));
         }
         let day = day_of(ts_ms);
         let how = |stale: bool| if stale { Found::Stale } else { Found::Day };
@@ -222,9 +227,13 @@ impl Money {
             .filter(|r| r.cpa_micros > 0)
             .and_then(|r| self.fx.find_as(&r.currency, day, how(bits & 2 != 0)));
         let mut v = self.compute(amount_micros, conv, cpa, rule);
+        if v.amount_reporting.is_none() || v.payout.is_none() {
+            // Only if a rate it was valued with has since been deleted from the file.
+            return Some(Valuation::missing(false));
+        }
         v.fx_stale = bits != 0;
         v.code = code;
-        v
+        Some(v)
     }
 
     fn compute(
@@ -249,7 +258,7 @@ impl Money {
                 } else {
                     Some(0)
                 };
-                cpa.zip(share).map(|(a, b)| a + b)
+                cpa.zip(share).and_then(|(a, b)| a.checked_add(b))
             }
         };
         Valuation {

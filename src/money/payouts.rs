@@ -225,7 +225,17 @@ fn parse_rule(line: &RuleLine, reporting: &str) -> Result<(Scope, Rule), String>
     };
     let offer = text(&Some(line.offer.clone()), "offer")?
         .ok_or("`offer` is empty: every rule names its offer")?;
-    let country = text(&line.country, "country")?.map(|c| c.to_ascii_uppercase().into());
+    let country = match text(&line.country, "country")? {
+        Some(c) if c.len() == 2 && c.bytes().all(|b| b.is_ascii_alphabetic()) => {
+            Some(c.to_ascii_uppercase().into())
+        }
+        Some(c) => {
+            return Err(format!(
+                "`country` {c:?} is not an ISO 3166-1 alpha-2 code such as BR"
+            ));
+        }
+        None => None,
+    };
     let scope = Scope {
         offer,
         tenant: text(&line.tenant, "tenant")?,
@@ -278,7 +288,7 @@ pub fn read_file(path: &Path) -> Result<Vec<(String, RuleLine)>, String> {
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
     if is_csv {
-        return super::fx::csv_rows(path);
+        return super::fx::csv_rows(path, &["offer"]);
     }
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]

@@ -87,13 +87,16 @@ fn stale_rates_are_marked_and_kept_on_revalue() {
         ],
         vec![],
     );
-    assert_eq!(later.revalue(v.code, 10_000_000, "EUR", NOV2, None), v);
+    assert_eq!(
+        later.revalue(v.code, 10_000_000, "EUR", NOV2, None),
+        Some(v)
+    );
     // A conversion first valued on the day's own rate keeps it.
     let fresh = later.value(10_000_000, "EUR", NOV2, None, true);
     assert_eq!(fresh.amount_reporting, Some(12_000_000));
     assert_eq!(
         later.revalue(fresh.code, 10_000_000, "EUR", NOV2, None),
-        fresh
+        Some(fresh)
     );
 }
 
@@ -116,9 +119,25 @@ fn missing_rates_are_never_one() {
     let rule = t.at(NOV2).map(|i| m.payouts.rule(i));
     let v = m.value(10_000_000, "USD", NOV2, rule, true);
     assert!(v.fx_missing);
-    assert_eq!(v.amount_reporting, Some(10_000_000));
+    assert_eq!(
+        (v.amount_reporting, v.fx_rate, v.fx_stale),
+        (None, None, false)
+    );
     assert_eq!((v.payout, v.profit(), v.counted()), (None, None, (0, 0)));
-    assert_eq!(m.revalue(v.code, 10_000_000, "USD", NOV2, rule), v);
+    assert_eq!(m.revalue(v.code, 10_000_000, "USD", NOV2, rule), Some(v));
+    // Every version keeps the first's values even once the rate exists.
+    let later = money(
+        vec![
+            rate("2026-11-03", "EUR", "1.1"),
+            rate("2026-11-01", "GBP", "1.3"),
+        ],
+        vec![cpa("o1", "2", Some("GBP"))],
+    );
+    let rule = later.payouts.rule(0);
+    assert_eq!(
+        later.revalue(v.code, 10_000_000, "USD", NOV2, Some(rule)),
+        Some(v)
+    );
     // A day later EUR has its rate.
     let v = m.value(10_000_000, "EUR", NOV2 + DAY_MS, None, false);
     assert_eq!(v.amount_reporting, Some(11_000_000));
@@ -147,7 +166,7 @@ fn revshare_and_cpa_add_up_and_convert() {
     assert_eq!(v.amount_reporting, Some(43_200_000));
     assert!(v.fx_stale);
     assert_eq!(v.code, 2 + 2, "conversion rate fresh, CPA rate stale");
-    assert_eq!(m.revalue(v.code, 40_000_000, "EUR", NOV2, rule), v);
+    assert_eq!(m.revalue(v.code, 40_000_000, "EUR", NOV2, rule), Some(v));
     assert_eq!(
         m.click_payout(rule.unwrap(), NOV2),
         Some(0),
@@ -165,10 +184,7 @@ fn unattributed_or_unruled_conversions_pay_nothing() {
         !v.no_rule,
         "unattributed: no affiliate to pay, not a missing rule"
     );
-    assert_eq!(
-        m.revalue(CODE_NONE, 10_000_000, "USD", NOV2, None),
-        Valuation::default()
-    );
+    assert_eq!(m.revalue(CODE_NONE, 10_000_000, "USD", NOV2, None), None);
 }
 
 #[test]

@@ -84,13 +84,13 @@ impl Engine {
         let currency = self.strings.get(d.currency).clone();
         let ts = entry.ts_ms();
         let rule = self.timeline(entry.dims).and_then(|t| t.at(ts));
-        Some(money.revalue(
+        money.revalue(
             entry.value_code(),
             entry.amount_micros,
             &currency,
             ts,
             rule.map(|i| money.payouts.rule(i)),
-        ))
+        )
     }
 
     /// The CPC payout of an accepted click, reporting currency (0 without CPC rules).
