@@ -84,6 +84,7 @@ fn main() -> anyhow::Result<()> {
             click_ts_ms: Some(1_793_527_200_000),
             seconds_to_convert: Some(600),
             value: None,
+            fraud_flags: 0,
         })
         .collect();
     let mut sink = ClickHouseSink::connect(&cfg, "0000000000bec4e5")?;

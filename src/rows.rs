@@ -81,6 +81,8 @@ pub struct ConversionRow {
     /// Worth in the reporting currency and payout (`[money]`); `None` without `[money]` and
     /// while the conversion waits for its click.
     pub value: Option<crate::money::Valuation>,
+    /// Fraud signals (`state::fraud` bits); 0 while the conversion waits for its click.
+    pub fraud_flags: u8,
 }
 
 impl ConversionRow {
@@ -131,6 +133,8 @@ macro_rules! for_each_measure {
             payout_micros => payout: Money,
             /// `revenue_reporting − payout`.
             profit_micros => profit: Money,
+            /// Conversions with at least one fraud flag (counted once, at the first postback).
+            flagged_conversions => flagged_conversions: Count,
         }
     };
 }

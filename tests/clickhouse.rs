@@ -163,7 +163,7 @@ fn fixture_into_clickhouse_equals_known_answers_and_parquet_and_replay_adds_noth
         return;
     };
     let db = fresh_db("fixture");
-    assert!(migrate(&url, &db).contains("applied migrations [1, 2, 3, 4, 5]"));
+    assert!(migrate(&url, &db).contains("applied migrations [1, 2, 3, 4, 5, 6]"));
     let dir = tempfile::tempdir().unwrap();
     let summary = run_fixture(&url, &db, dir.path());
     // One stats batch at the checkpoint before the end, then the end's own epoch (its
@@ -801,7 +801,9 @@ fn retention_drops_expired_months_on_a_server_without_ttl() {
             .timestamp_millis()
     };
     use chrono::Datelike;
-    let (ancient, old, recent) = (mid_month(800), mid_month(500), mid_month(3));
+    // The recent one is simply three days ago: moved to the 15th it is in the future early in
+    // a month, past `max_future` before the 8th (a dead letter, not a row).
+    let (ancient, old, recent) = (mid_month(800), mid_month(500), now - 3 * day);
     let month = |ms: i64| {
         chrono::DateTime::from_timestamp_millis(ms)
             .unwrap()
@@ -907,7 +909,7 @@ fn retention_drops_expired_months_on_a_server_without_ttl() {
 }
 
 #[test]
-fn reporting_currency_payouts_and_profit_reach_clickhouse_as_in_parquet() {
+fn reporting_currency_payouts_profit_and_fraud_flags_reach_clickhouse_as_in_parquet() {
     let Some(url) = server("money_into_clickhouse") else {
         return;
     };
@@ -915,7 +917,7 @@ fn reporting_currency_payouts_and_profit_reach_clickhouse_as_in_parquet() {
     migrate(&url, &db);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let pipeline = money_pipeline(dir.path(), "");
+    let pipeline = money_pipeline(dir.path(), "[fraud]\nmin_seconds_to_convert = 61\n");
     attribd(&[
         "run",
         "-q",
@@ -1010,6 +1012,27 @@ fn reporting_currency_payouts_and_profit_reach_clickhouse_as_in_parquet() {
             "t2\te1\t5\t1\t0\t0\t0\t5",
             "t2\te9\t10\t1\t0\t0\t1\t9",
         ]
+    );
+    // Fraud flags: the list column and flagged_conversions in both aggregate tables.
+    assert_eq!(
+        query(
+            &url,
+            &format!(
+                "SELECT external_id, arrayStringConcat(fraud_flags, ',') FROM {db}.conversions FINAL \
+                 WHERE notEmpty(fraud_flags) ORDER BY external_id FORMAT TSV"
+            ),
+        ),
+        ["e5\toutside_window", "e7\ttoo_fast"]
+    );
+    assert_eq!(
+        query(
+            &url,
+            &format!(
+                "SELECT (SELECT sum(flagged_conversions) FROM {db}.attribution_stats_minute), \
+                 (SELECT sum(flagged_conversions) FROM {db}.attribution_stats_click_hour) FORMAT TSV"
+            ),
+        ),
+        ["2\t1"]
     );
     query(&url, &format!("DROP DATABASE {db}"));
 }

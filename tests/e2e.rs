@@ -400,9 +400,13 @@ fn generator_pipeline_and_gen_files_agree() {
         "zst",
     ]);
     let via_files = dir.path().join("files");
+    // The same pipeline (not the repository's default, which turns on [money] and [fraud]),
+    // its generator replaced by the files.
     let files = attribd(&[
         "run",
         "-q",
+        "-p",
+        pipeline.to_str().unwrap(),
         "--clicks",
         input.join("clicks.ndjson.zst").to_str().unwrap(),
         "--conversions",

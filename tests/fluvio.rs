@@ -325,7 +325,8 @@ fn a_million_event_backlog_over_two_partitions_equals_the_file_run() {
     let pipeline = dir.path().join("small.toml");
     std::fs::write(
         &pipeline,
-        "[source]\nkind = \"fluvio\"\n[source.fluvio]\nmax_fetch_bytes = 1048588\n",
+        "[source]\nkind = \"fluvio\"\n[source.fluvio]\nmax_fetch_bytes = 1048588\n".to_string()
+            + &default_report_sections(),
     )
     .unwrap();
     let mut args = fluvio_args(&endpoint, &topics, &small, "million-small");
@@ -402,7 +403,9 @@ fn kill_9_while_consuming_then_resume_equals_an_uninterrupted_run() {
     let pipeline = dir.path().join("often.toml");
     std::fs::write(
         &pipeline,
-        "[source]\nkind = \"fluvio\"\n[checkpoint]\nevery = \"1h\"\nevery_events = 15000\n",
+        "[source]\nkind = \"fluvio\"\n[checkpoint]\nevery = \"1h\"\nevery_events = 15000\n"
+            .to_string()
+            + &default_report_sections(),
     )
     .unwrap();
     let mut args = fluvio_args(&endpoint, &topics, &out, "kill");
@@ -821,7 +824,7 @@ fn the_http_door_beside_fluvio_partitions_attributes_as_the_file_run() {
             topics.0,
             topics.1,
             out.display()
-        ),
+        ) + &default_report_sections(),
     )
     .unwrap();
     let start = || {

@@ -11,10 +11,11 @@ use std::path::Path;
 use common::*;
 
 #[test]
-fn payouts_profit_and_reporting_revenue_have_known_answers() {
+fn payouts_profit_reporting_revenue_and_fraud_flags_have_known_answers() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let pipeline = money_pipeline(dir.path(), "");
+    // Conversions within 60 s of their click are too fast (e7: 60 s).
+    let pipeline = money_pipeline(dir.path(), "[fraud]\nmin_seconds_to_convert = 61\n");
     let summary_json = dir.path().join("summary.json");
     attribd(&[
         "run",
@@ -28,12 +29,12 @@ fn payouts_profit_and_reporting_revenue_have_known_answers() {
     ]);
 
     // Every version of every conversion: amount_reporting / fx_rate / stale / missing /
-    // payout / profit (micro-units; rates with 10 decimals; "" = null).
+    // payout / profit (micro-units; rates with 10 decimals; "" = null) / fraud flags.
     let mut got: Vec<String> = rows(&read_table(&out, "conversions"))
         .iter()
         .map(|r| {
             format!(
-                "{}/{} v{}: {} {} {} {} {} {}",
+                "{}/{} v{}: {} {} {} {} {} {} [{}]",
                 get(r, "tenant_id"),
                 get(r, "external_id"),
                 get(r, "version"),
@@ -43,11 +44,12 @@ fn payouts_profit_and_reporting_revenue_have_known_answers() {
                 get(r, "fx_missing"),
                 get(r, "payout"),
                 get(r, "profit"),
+                get(r, "fraud_flags"),
             )
         })
         .collect();
     got.sort();
-    let e1 = "10500000 10000000000 false false 2000000 8500000";
+    let e1 = "10500000 10000000000 false false 2000000 8500000 []";
     assert_eq!(
         got,
         [
@@ -58,16 +60,16 @@ fn payouts_profit_and_reporting_revenue_have_known_answers() {
             format!("t1/e1 v3: {e1}"),
             format!("t1/e1 v4: {e1}"),
             // EUR 20 on 1 Nov: no EUR rate yet → missing: left out, no reporting values.
-            "t1/e3 v1:   false true  ".into(),
+            "t1/e3 v1:   false true   []".into(),
             // Outside the window: not attributed, nothing to pay.
-            "t1/e5 v1: 7000000 10000000000 false false 0 7000000".into(),
+            "t1/e5 v1: 7000000 10000000000 false false 0 7000000 [outside_window]".into(),
             // Pending USD 3 in France: CPA 1 GBP at the stale 1.25.
-            "t1/e7 v1: 3000000 10000000000 true false 1250000 1750000".into(),
-            "t1/e8 v1: 4000000 10000000000 false false 0 4000000".into(),
+            "t1/e7 v1: 3000000 10000000000 true false 1250000 1750000 [too_fast]".into(),
+            "t1/e8 v1: 4000000 10000000000 false false 0 4000000 []".into(),
             // t2 at 10:11: its rule starts at 10:20 → no rule, payout 0 (counted).
-            "t2/e1 v1: 5000000 10000000000 false false 0 5000000".into(),
+            "t2/e1 v1: 5000000 10000000000 false false 0 5000000 []".into(),
             // t2 at 10:25: 10 % of 10.
-            "t2/e9 v1: 10000000 10000000000 false false 1000000 9000000".into(),
+            "t2/e9 v1: 10000000 10000000000 false false 1000000 9000000 []".into(),
         ]
     );
 
@@ -111,6 +113,27 @@ fn payouts_profit_and_reporting_revenue_have_known_answers() {
     assert_eq!(c["fx_stale"], 1, "e7 (its CPA in GBP)");
     assert_eq!(c["fx_missing"], 1, "e3");
     assert_eq!(c["without_payout_rule"], 1, "t2/e1");
+    assert_eq!(c["flagged_conversions"], 2);
+    assert_eq!(
+        (
+            c["flag_too_fast"].as_u64(),
+            c["flag_outside_window"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+    // flagged_conversions per bucket: e5 (unattributed) and e7 in their conversions' buckets.
+    let flagged: BTreeMap<String, i64> = table_sums_all(&out, "stats_minute", &DIMS)
+        .into_iter()
+        .filter(|(_, v)| v[13] != 0)
+        .map(|(k, v)| (k, v[13]))
+        .collect();
+    assert_eq!(
+        flagged,
+        BTreeMap::from([
+            ("t1////USD".to_string(), 1),
+            ("t1/o2/a2/FR/USD".to_string(), 1)
+        ])
+    );
 
     duckdb_money(&out);
 }
@@ -181,4 +204,79 @@ fn bad_rates_and_rules_are_refused_at_start_with_file_line_and_key() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("payouts need a reporting currency"));
+}
+
+/// The default pipeline's generator makes every pattern the reports need; with its [money],
+/// [payouts] and [fraud] each shows up, and the aggregates add up to the run's counters.
+#[test]
+fn the_default_pipeline_shows_currencies_payouts_and_fraud_signals() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(fixture("../../pipelines/default.toml"))
+        .unwrap()
+        .replace("clicks = 1_500_000", "clicks = 40_000")
+        // The default's click rate (17 a second), so bursts fall within a minute as there.
+        .replace("span_hours = 24.0", "span_hours = 0.65");
+    let pipeline = dir.path().join("default.toml");
+    std::fs::write(&pipeline, text).unwrap();
+    let out = dir.path().join("out");
+    let summary_json = dir.path().join("summary.json");
+    attribd(&[
+        "run",
+        "-q",
+        "-p",
+        pipeline.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--summary-json",
+        summary_json.to_str().unwrap(),
+    ]);
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary_json).unwrap()).unwrap();
+    let c = &s["report"]["counters"];
+    let n = |k: &str| c[k].as_i64().unwrap_or_else(|| panic!("{k} in {c}"));
+    for k in [
+        "fx_stale",
+        "fx_missing",
+        "without_payout_rule",
+        "payout_micros",
+        "flag_too_fast",
+        "flag_ip_burst",
+        "flag_flagged_ip",
+        "ip_burst_clicks",
+    ] {
+        assert!(
+            n(k) > 0,
+            "{k} = 0: the default pipeline should show it ({c})"
+        );
+    }
+    // The aggregates say what the counters say.
+    let totals = table_sums_all(&out, "stats_minute", &[])
+        .into_values()
+        .next()
+        .unwrap();
+    assert_eq!(totals[10], n("revenue_reporting_micros"));
+    assert_eq!(totals[11], n("payout_micros"));
+    assert_eq!(totals[12], n("profit_micros"));
+    assert_eq!(totals[13], n("flagged_conversions"));
+    // Every generated currency is there, each valued the way its rates say.
+    let mut by_currency: BTreeMap<String, (u32, u32, u32)> = BTreeMap::new();
+    for r in rows(&read_table(&out, "conversions")) {
+        let e = by_currency
+            .entry(get(&r, "currency").to_string())
+            .or_default();
+        e.0 += 1;
+        e.1 += u32::from(get(&r, "fx_stale") == "true");
+        e.2 += u32::from(get(&r, "fx_missing") == "true");
+    }
+    let currencies: Vec<&String> = by_currency.keys().collect();
+    assert_eq!(currencies, ["BRL", "EUR", "GBP", "JPY", "USD"]);
+    let (brl, _, _) = by_currency["BRL"];
+    assert_eq!(
+        by_currency["BRL"],
+        (brl, brl, 0),
+        "BRL only has an older rate"
+    );
+    let (jpy, _, _) = by_currency["JPY"];
+    assert_eq!(by_currency["JPY"], (jpy, 0, jpy), "JPY has no rate");
+    assert_eq!(by_currency["USD"].2, 0);
 }

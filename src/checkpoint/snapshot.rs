@@ -17,11 +17,12 @@ use crate::state::changes::{ClickOp, Sweep, VisitorOp};
 
 /// Bump when the layout below changes; older or newer snapshots are refused with a clear error.
 /// 3: delta checkpoints. 4: reporting-currency measures (revenue_reporting, payout, profit).
-pub const FORMAT_VERSION: u32 = 4;
+/// 5: fraud signals (`flagged_conversions`, [`FraudSnap`]).
+pub const FORMAT_VERSION: u32 = 5;
 
 /// Measures per bucket in this format version. A bucket stores its measures as a fixed array, so
 /// a measure added to `rows::Measures` changes the layout: bump [`FORMAT_VERSION`] with this.
-const FORMAT_MEASURES: usize = 13;
+const FORMAT_MEASURES: usize = 14;
 const _: () = assert!(
     Measures::COUNT == FORMAT_MEASURES,
     "the measures changed the snapshot layout: bump FORMAT_VERSION and FORMAT_MEASURES"
@@ -93,9 +94,22 @@ pub struct EngineSnap {
     pub convs_closed: bool,
     pub last_sweep_ms: i64,
     pub counters: CountersSnap,
+    /// What the fraud signals remember (whole in every checkpoint).
+    pub fraud: FraudSnap,
     /// A delta checkpoint: the changes of the big structures since `parent` (whose big
     /// vectors above are then empty).
     pub delta: Option<DeltaSnap>,
+}
+
+/// The fraud signals' state (`state::fraud`).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct FraudSnap {
+    /// (minute, visitor hash, clicks) of the open minutes.
+    pub per_minute: Vec<(i64, u64, u32)>,
+    /// (IP hash, time it last burst).
+    pub flagged_ips: Vec<(u64, i64)>,
+    /// (click key, flags, click time) of flagged clicks still indexed.
+    pub flagged_clicks: Vec<(u64, u8, i64)>,
 }
 
 /// What the click index, the visitor sets and the dedup map did since checkpoint `parent`, in

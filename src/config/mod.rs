@@ -74,6 +74,9 @@ pub struct PipelineConfig {
     /// not valued in a reporting currency.
     #[serde(default)]
     pub money: Option<crate::money::MoneyConfig>,
+    /// Fraud signals' thresholds (docs/reports.md).
+    #[serde(default)]
+    pub fraud: crate::state::fraud::FraudConfig,
     /// Payout rules (docs/reports.md); needs `[money]`.
     #[serde(default)]
     pub payouts: Option<crate::money::PayoutsConfig>,
@@ -334,6 +337,10 @@ impl PipelineConfig {
             ),
             ("source.fluvio.exit_when_idle".into(), f.exit_when_idle),
             ("source.fluvio.connect_timeout".into(), f.connect_timeout),
+            (
+                "fraud.remember_flagged_ip".into(),
+                Some(self.fraud.remember_flagged_ip),
+            ),
         ];
         if let Some(ch) = &self.sink.clickhouse {
             for (key, d) in [

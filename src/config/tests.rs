@@ -344,3 +344,28 @@ fn with_http_is_for_a_fluvio_run_that_does_not_end_by_itself() {
         vec!["source.fluvio.exit_when_idle"]
     );
 }
+
+#[test]
+fn the_default_pipeline_values_money_and_flags_fraud() {
+    let cfg = PipelineConfig::parse(DEFAULT_PIPELINE, "default").unwrap();
+    let money = cfg
+        .money_applied
+        .expect("[money] is loaded with the pipeline");
+    assert_eq!(money.fx.reporting(), "USD");
+    assert_eq!((money.fx.len(), money.payouts.len()), (5, 5));
+    assert!(money.payouts.pays_clicks());
+    assert_eq!(cfg.fraud.max_clicks_per_ip_per_minute, 20);
+    assert!(cfg.source.generator.ip_burst_rate > 0.0);
+    // An inline rule with a problem is named by its place.
+    let text = DEFAULT_PIPELINE.replace(
+        r#"{ offer = "o2", revshare_percent = 25 }"#,
+        r#"{ offer = "o2", revshare_percent = 250 }"#,
+    );
+    let err = PipelineConfig::parse(&text, "p.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("key `payouts`: [[payouts.rule]] 3: `revshare_percent` is above 100"),
+        "{err}"
+    );
+}

@@ -38,6 +38,16 @@ fn row_json(b: &RecordBatch, r: usize) -> Result<Map<String, Value>> {
         } else if let Some(x) = col.as_any().downcast_ref::<TimestampMillisecondArray>() {
             // attribd writes every time in UTC.
             Value::String(crate::event::time::format_ms(x.value(r)))
+        } else if let Some(list) = col.as_any().downcast_ref::<arrow::array::ListArray>()
+            && let Some(items) = list.value(r).as_any().downcast_ref::<StringArray>()
+        {
+            // `fraud_flags`: a JSON array of strings.
+            Value::Array(
+                items
+                    .iter()
+                    .map(|s| s.map_or(Value::Null, |s| Value::String(s.to_string())))
+                    .collect(),
+            )
         } else {
             let f = ArrayFormatter::try_new(col.as_ref(), &opts)
                 .with_context(|| format!("formatting column {}", field.name()))?;

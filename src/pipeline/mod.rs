@@ -187,6 +187,7 @@ pub fn run(cfg: &PipelineConfig, opts: RunOptions) -> Result<RunReport> {
     engine.track_changes();
     engine.set_click_hour(cfg.sink.stats_click_hour);
     engine.set_money(cfg.money_applied.clone());
+    engine.set_fraud(cfg.fraud.clone());
     let events_at_start = engine.counters().events_in();
     let writer = checkpoint_writer::CheckpointWriter::start(
         cfg.state_dir(),

@@ -35,6 +35,7 @@ impl Engine {
             row.click_ts_ms = Some(row.ts_ms - delay * 1000);
         }
         row.value = self.value_again(entry);
+        row.fraud_flags = entry.flags();
         if row.attribution == Attribution::Attributed
             && let Some(click) = self.clicks.get(keys::click_key(&row.click_id))
             && let Some(p) = self.clicks.extras.get(click.extras)
@@ -82,6 +83,7 @@ impl Engine {
         let PendingConversion {
             mut first,
             dedup_key,
+            click_key,
             follow_ups,
             duplicates,
             ..
@@ -141,6 +143,9 @@ impl Engine {
         };
         entry.resolve(attribution, dims, delay_s);
         entry.set_value_code(first.value.map_or(crate::money::CODE_NONE, |v| v.code));
+        first.fraud_flags = self.conversion_flags(click_key, attribution, first.seconds_to_convert);
+        entry.set_flags(first.fraud_flags);
+        let flagged = i64::from(first.fraud_flags != 0);
         self.dedup.put(dedup_key, entry);
 
         let (status, amount) = (first.status, first.amount_micros);
@@ -161,6 +166,7 @@ impl Engine {
             m.add_status(status, 1);
             m.revenue_micros += revenue;
             add_value(m, value.as_ref(), approved);
+            m.flagged_conversions += flagged;
             m.unattributed += unattributed;
             m.duplicate_conversions += i64::from(duplicates);
         });
@@ -173,6 +179,7 @@ impl Engine {
                     m.add_status(status, 1);
                     m.revenue_micros += revenue;
                     add_value(m, value.as_ref(), approved);
+                    m.flagged_conversions += flagged;
                     m.duplicate_conversions += i64::from(duplicates);
                 });
         }
@@ -187,6 +194,7 @@ impl Engine {
             row.seconds_to_convert = first.seconds_to_convert;
             row.currency = first.currency.clone();
             row.value = first.value;
+            row.fraud_flags = first.fraud_flags;
             self.apply_change(&row, &entry);
             out.conversions.push(row);
         }

@@ -105,6 +105,7 @@ impl Engine {
             click_ts_ms: None,
             seconds_to_convert: None,
             value: None,
+            fraud_flags: 0,
         }
     }
 

@@ -62,6 +62,12 @@ const UNATTRIBUTED: MetricFamily = MetricFamily {
     label: "reason",
 };
 
+const FRAUD_FLAGS: MetricFamily = MetricFamily {
+    name: "flagged_conversions_by_flag",
+    help: "Accepted conversions carrying each fraud flag (a conversion may carry several)",
+    label: "flag",
+};
+
 /// One counter, as the table describes it.
 #[derive(Debug, Clone, Copy)]
 pub struct CounterInfo {
@@ -183,6 +189,15 @@ counters! {
         own("fx_missing_rates", "Conversions and CPC click payouts left out of reporting-currency measures because a currency had no FX rate");
     without_payout_rule: u64, Count, "  attributed without a payout rule",
         own("conversions_without_payout_rule", "Attributed conversions whose offer has no payout rule in effect (payout 0)");
+    /// Fraud signals ([fraud]).
+    flagged_conversions: u64, Count, "conversions flagged (fraud signals)",
+        own("flagged_conversions", "Accepted conversions with at least one fraud flag");
+    flag_too_fast: u64, Count, "  too_fast", series(&FRAUD_FLAGS, "too_fast");
+    flag_ip_burst: u64, Count, "  ip_burst", series(&FRAUD_FLAGS, "ip_burst");
+    flag_flagged_ip: u64, Count, "  flagged_ip", series(&FRAUD_FLAGS, "flagged_ip");
+    flag_outside_window: u64, Count, "  outside_window", series(&FRAUD_FLAGS, "outside_window");
+    ip_burst_clicks: u64, Count, "clicks past an IP's per-minute limit",
+        own("ip_burst_clicks", "Accepted clicks beyond [fraud] max_clicks_per_ip_per_minute of their IP and offer in their minute");
 }
 
 impl Counters {

@@ -21,14 +21,17 @@ pub use crate::rows::Attribution;
 const TS_BITS: u32 = 44;
 const TS_MASK: u64 = (1 << TS_BITS) - 1;
 const VERSION_SHIFT: u32 = 44;
-const VERSION_MASK: u64 = 0xFFF;
+const VERSION_MASK: u64 = 0x1FF;
+/// Three bits after the version: the conversion's fraud flags ([`super::fraud`]; the
+/// `outside_window` flag follows from the attribution and is not kept).
+const FLAGS_SHIFT: u32 = 53;
 const STATUS_SHIFT: u32 = 56;
 const REASON_SHIFT: u32 = 58;
 const PENDING_BIT: u64 = 1 << 60;
 /// Three bits: how the conversion was valued in the reporting currency ([`crate::money`]'s
 /// valuation code), so a status change is valued exactly like the first version.
 const VALUE_SHIFT: u32 = 61;
-/// Highest version an entry records; further changes keep this number (4095 changes of one
+/// Highest version an entry records; further changes keep this number (511 changes of one
 /// conversion's status do not happen in practice).
 pub const MAX_VERSION: u32 = VERSION_MASK as u32;
 
@@ -111,6 +114,20 @@ impl ConvEntry {
     /// `true` while the first postback waits in the pending buffer for its click.
     pub fn is_pending(&self) -> bool {
         self.packed & PENDING_BIT != 0
+    }
+    /// The conversion's fraud flags (`outside_window` from the attribution).
+    pub fn flags(&self) -> u8 {
+        let kept = ((self.packed >> FLAGS_SHIFT) & 0b111) as u8;
+        let outside = if self.attribution() == Attribution::OutsideWindow {
+            super::fraud::OUTSIDE_WINDOW
+        } else {
+            0
+        };
+        kept | outside
+    }
+    pub fn set_flags(&mut self, flags: u8) {
+        let kept = u64::from(flags & 0b111);
+        self.packed = (self.packed & !(0b111 << FLAGS_SHIFT)) | (kept << FLAGS_SHIFT);
     }
     /// The valuation code (`money::Valuation::code`; 0 = not valued).
     pub fn value_code(&self) -> u8 {

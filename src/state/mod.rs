@@ -26,6 +26,7 @@ mod clicks;
 mod conversions;
 pub mod counters;
 pub mod dedup;
+pub mod fraud;
 pub mod interner;
 pub mod pending;
 pub mod snapshot;
@@ -120,6 +121,8 @@ pub struct Engine {
     new_dims_by_hash: ChangeLog<(u64, u32)>,
     /// Rates and payout rules (`[money]`, `[payouts]`), and the rule of each dimension id.
     money: valuation::MoneyState,
+    /// Fraud signals' thresholds and what they remember (`[fraud]`).
+    fraud: fraud::FraudState,
 }
 
 impl Engine {
@@ -147,6 +150,7 @@ impl Engine {
             sent_dims: 0,
             new_dims_by_hash: ChangeLog::default(),
             money: valuation::MoneyState::default(),
+            fraud: fraud::FraudState::default(),
         }
     }
 
@@ -316,6 +320,7 @@ impl Engine {
             .saturating_sub(self.cfg.attribution_window_ms)
             .saturating_sub(self.cfg.allowed_lateness_ms);
         self.clicks.evict_before(horizon);
+        self.fraud_evict(horizon, low_wm);
         self.unique
             .evict_before(day_of(low_wm.saturating_sub(self.cfg.allowed_lateness_ms)) - 1);
         self.dedup

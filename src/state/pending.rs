@@ -151,6 +151,7 @@ mod tests {
                 click_ts_ms: None,
                 seconds_to_convert: None,
                 value: None,
+                fraud_flags: 0,
             },
             click_key: click,
             dedup_key: dedup,

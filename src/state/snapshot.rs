@@ -94,6 +94,7 @@ impl Engine {
             click_ts_ms: r.click_ts_ms,
             seconds_to_convert: r.seconds_to_convert,
             value: None,
+            fraud_flags: 0,
         }
     }
 
@@ -233,6 +234,7 @@ impl Engine {
                     .map(|(k, v)| (k.to_string(), *v))
                     .collect(),
             },
+            fraud: self.fraud_snapshot(),
             delta: None,
         }
     }
@@ -372,6 +374,7 @@ impl Engine {
         e.clicks_closed = snap.clicks_closed;
         e.convs_closed = snap.convs_closed;
         e.last_sweep_ms = snap.last_sweep_ms.to_native();
+        e.restore_fraud(&snap.fraud);
         let c = &mut e.counters;
         c.set_values(snap.counters.values.iter().map(|x| x.to_native()));
         for t in snap.counters.dead_letters.iter() {

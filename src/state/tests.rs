@@ -820,3 +820,146 @@ fn delta_checkpoints_replayed_with_their_sweeps_folded_restore_what_the_live_run
         assert_eq!(finish(live, got), finish(whole, want), "seed {seed}");
     }
 }
+
+/// `[fraud]` of the fraud tests: CTIT under 60 s, more than 2 clicks per IP per offer-minute,
+/// burst IPs remembered for an hour.
+fn fraud_cfg() -> fraud::FraudConfig {
+    fraud::FraudConfig {
+        min_seconds_to_convert: 60,
+        max_clicks_per_ip_per_minute: 2,
+        remember_flagged_ip: std::time::Duration::from_secs(3600),
+    }
+}
+
+/// Test times must stay within `limits.max_future` of the wall clock: a short window.
+fn one_day_window() -> EngineConfig {
+    EngineConfig {
+        attribution_window_ms: DAY,
+        ..EngineConfig::default()
+    }
+}
+
+fn flags_of(out: &Out, ext: &str, version: u32) -> Vec<&'static str> {
+    fraud::flag_names(out.row("t", ext, version).fraud_flags).collect()
+}
+
+#[test]
+fn fraud_flags_each_signal_and_carry_them_to_later_versions() {
+    let ip = Some("9.9.9.9");
+    let clicks = vec![
+        click("b6", T0, "o1", Some("8.8.8.8")),
+        click("b1", T0, "o1", ip),
+        click("b2", T0 + 1_000, "o1", ip),
+        // The third click of 9.9.9.9 on o1 in the 10:00 minute: a burst; the IP is flagged.
+        click("b3", T0 + 2_000, "o1", ip),
+        // Another offer, minutes later: from a flagged IP.
+        click("b4", T0 + 5 * MIN, "o2", ip),
+        // Two hours later the IP is no longer remembered.
+        click("b5", T0 + 2 * HOUR, "o1", ip),
+    ];
+    let convs = vec![
+        conv("b3", "e1", "t", "pending", T0 + 2_000 + 10 * MIN, "1"),
+        conv("b4", "e2", "t", "approved", T0 + 5 * MIN + 30_000, "1"),
+        conv("b5", "e3", "t", "approved", T0 + 2 * HOUR + 120_000, "1"),
+        conv("b1", "e5", "t", "approved", T0 + 10 * MIN, "1"),
+        conv("b3", "e1", "t", "approved", T0 + 2_000 + 10 * MIN, "1"),
+        // Two days after its click: outside the (one-day) window.
+        conv("b6", "e4", "t", "approved", T0 + 2 * DAY, "1"),
+    ];
+    let mut e = Engine::new(one_day_window());
+    e.set_fraud(fraud_cfg());
+    let mut out = Out::default();
+    let mut b = SinkBatch::default();
+    e.on_clicks(decoder().decode_clicks(&raw(&clicks)).0, &mut b);
+    e.on_conversions(decoder().decode_conversions(&raw(&convs)).0, &mut b);
+    e.finish(&mut b);
+    out.take(b);
+    assert_eq!(flags_of(&out, "e1", 1), ["ip_burst"]);
+    assert_eq!(flags_of(&out, "e1", 2), ["ip_burst"], "a later version");
+    assert_eq!(flags_of(&out, "e2", 1), ["too_fast", "flagged_ip"]);
+    assert!(flags_of(&out, "e3", 1).is_empty());
+    assert!(
+        flags_of(&out, "e5", 1).is_empty(),
+        "b1 was within the limit"
+    );
+    assert_eq!(flags_of(&out, "e4", 1), ["outside_window"]);
+    let c = e.counters();
+    assert_eq!(
+        (
+            c.flagged_conversions,
+            c.flag_too_fast,
+            c.flag_ip_burst,
+            c.flag_flagged_ip,
+            c.flag_outside_window,
+            c.ip_burst_clicks
+        ),
+        (3, 1, 1, 1, 1, 1)
+    );
+    assert_eq!(out.total().flagged_conversions, 3);
+    // By click date: e1 and e2 in the 10:00 hour of their clicks (e4 is not attributed).
+    let by_hour: i64 = by_click_hour(&out)
+        .values()
+        .map(|m| m.flagged_conversions)
+        .sum();
+    assert_eq!(by_hour, 2);
+}
+
+#[test]
+fn fraud_state_survives_a_checkpoint_mid_minute() {
+    let ip = Some("9.9.9.9");
+    let first = vec![click("b1", T0, "o1", ip), click("b2", T0 + 1_000, "o1", ip)];
+    let second = vec![
+        click("b3", T0 + 2_000, "o1", ip),
+        click("b4", T0 + 3 * MIN, "o2", ip),
+    ];
+    let convs = vec![
+        conv("b3", "e1", "t", "approved", T0 + 10 * MIN, "1"),
+        conv("b4", "e2", "t", "approved", T0 + 10 * MIN, "1"),
+    ];
+    let feed = |e: &mut Engine, out: &mut Out, c: &[String], v: &[String]| {
+        let mut b = SinkBatch::default();
+        e.on_clicks(decoder().decode_clicks(&raw(c)).0, &mut b);
+        if !v.is_empty() {
+            e.on_conversions(decoder().decode_conversions(&raw(v)).0, &mut b);
+        }
+        out.take(b);
+    };
+    let mut e = Engine::new(EngineConfig::default());
+    e.set_fraud(fraud_cfg());
+    let mut got = Out::default();
+    feed(&mut e, &mut got, &first, &[]);
+    let snap = crate::checkpoint::Snapshot {
+        epoch: 1,
+        engine: e.snapshot(),
+        ..Default::default()
+    };
+    let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&snap).unwrap();
+    let view = crate::checkpoint::view(&bytes).unwrap();
+    let mut restored = Engine::restore(EngineConfig::default(), &[&view.engine]);
+    restored.set_fraud(fraud_cfg());
+    feed(&mut restored, &mut got, &second, &convs);
+    assert_eq!(flags_of(&got, "e1", 1), ["ip_burst"], "the count went on");
+    assert_eq!(flags_of(&got, "e2", 1), ["flagged_ip"]);
+    assert_eq!(restored.counters().ip_burst_clicks, 1);
+}
+
+#[test]
+fn without_thresholds_only_outside_window_is_flagged() {
+    let (out, c) = run_feeds(
+        one_day_window(),
+        vec![
+            Feed::Clicks(vec![
+                click("c1", T0, "o1", Some("1.1.1.1")),
+                click("c2", T0, "o1", Some("1.1.1.1")),
+                click("c3", T0, "o1", Some("1.1.1.1")),
+            ]),
+            Feed::Convs(vec![
+                conv("c3", "e1", "t", "approved", T0 + 1_000, "1"),
+                conv("c1", "e2", "t", "approved", T0 + 2 * DAY, "1"),
+            ]),
+        ],
+    );
+    assert!(flags_of(&out, "e1", 1).is_empty());
+    assert_eq!(flags_of(&out, "e2", 1), ["outside_window"]);
+    assert_eq!((c.flagged_conversions, c.ip_burst_clicks), (1, 0));
+}

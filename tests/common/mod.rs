@@ -27,6 +27,18 @@ pub fn attribd_cmd() -> Command {
     c
 }
 
+/// The repository default's report sections (`[money]`, `[payouts]`, `[fraud]`, the end of
+/// `pipelines/default.toml`): a test pipeline whose run is compared with a run on the default
+/// (no `-p`) carries them too, so both do the same job.
+pub fn default_report_sections() -> String {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/default.toml"),
+    )
+    .expect("pipelines/default.toml");
+    let start = text.find("\n[money]").expect("default.toml has [money]");
+    text[start..].to_string()
+}
+
 /// Runs `attribd` with `args`; panics with its output when it fails.
 pub fn attribd(args: &[&str]) -> Output {
     let out = attribd_cmd()
@@ -202,6 +214,16 @@ pub fn rows(batches: &[RecordBatch]) -> Vec<Row> {
                     Some(a.value(i).to_string())
                 } else if let Some(a) = col.as_boolean_opt() {
                     Some(a.value(i).to_string())
+                } else if let Some(a) = col.as_list_opt::<i32>() {
+                    // A list of strings as `a,b` (`fraud_flags`).
+                    let items = a.value(i);
+                    let s = items.as_string::<i32>();
+                    Some(
+                        (0..s.len())
+                            .map(|j| s.value(j))
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    )
                 } else {
                     panic!("unexpected column type {:?}", f.data_type())
                 };

@@ -47,7 +47,7 @@ pub const STATS_COLUMNS: [(&str, &str); STATS_KEY_COLUMNS.len() + Measures::COUN
 };
 
 /// Columns of `conversions` attribd writes, with their ClickHouse types.
-pub const CONVERSION_COLUMNS: [(&str, &str); 33] = [
+pub const CONVERSION_COLUMNS: [(&str, &str); 34] = [
     ("batch_id", "String"),
     ("tenant_id", "String"),
     ("external_id", "String"),
@@ -81,6 +81,7 @@ pub const CONVERSION_COLUMNS: [(&str, &str); 33] = [
     ("fx_missing", "Nullable(UInt8)"),
     ("payout", "Nullable(Decimal(18, 6))"),
     ("profit", "Nullable(Decimal(18, 6))"),
+    ("fraud_flags", "Array(String)"),
 ];
 
 /// Defines a row of an aggregate table: the batch id, the time column `$time` (seconds), the
@@ -176,6 +177,7 @@ pub struct ConversionIngest<'a> {
     pub fx_missing: Option<u8>,
     pub payout: Option<i64>,
     pub profit: Option<i64>,
+    pub fraud_flags: Vec<&'static str>,
 }
 
 impl<'a> ConversionIngest<'a> {
@@ -214,6 +216,7 @@ impl<'a> ConversionIngest<'a> {
             fx_missing: r.value.map(|v| u8::from(v.fx_missing)),
             payout: r.value.and_then(|v| v.payout),
             profit: r.value.and_then(|v| v.profit()),
+            fraud_flags: crate::state::fraud::flag_names(r.fraud_flags).collect(),
         }
     }
 }

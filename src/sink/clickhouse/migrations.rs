@@ -14,7 +14,7 @@ use super::config::{ClickHouseConfig, Credentials, block_on, client};
 use super::error::explain;
 
 /// `schemas/clickhouse/NNN_name.sql`, in order.
-pub const MIGRATIONS: [(u32, &str, &str); 5] = [
+pub const MIGRATIONS: [(u32, &str, &str); 6] = [
     (
         1,
         "attribution_stats_minute",
@@ -39,6 +39,11 @@ pub const MIGRATIONS: [(u32, &str, &str); 5] = [
         5,
         "money",
         include_str!("../../../schemas/clickhouse/005_money.sql"),
+    ),
+    (
+        6,
+        "fraud",
+        include_str!("../../../schemas/clickhouse/006_fraud.sql"),
     ),
 ];
 

@@ -4,8 +4,8 @@
 use std::sync::{Arc, LazyLock};
 
 use arrow::array::{
-    ArrayRef, BooleanBuilder, Decimal128Builder, Int64Builder, RecordBatch, StringBuilder,
-    TimestampMillisecondBuilder, UInt32Builder,
+    ArrayRef, BooleanBuilder, Decimal128Builder, Int64Builder, ListBuilder, RecordBatch,
+    StringBuilder, TimestampMillisecondBuilder, UInt32Builder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
@@ -83,8 +83,15 @@ pub static CONVERSIONS: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("fx_missing", DataType::Boolean, true),
         Field::new("payout", MONEY, true),
         Field::new("profit", MONEY, true),
+        // Fraud signals (`state::fraud`): a list of flag names, empty when none.
+        Field::new("fraud_flags", flag_list(), false),
     ]))
 });
+
+/// `fraud_flags`: a list of strings (the item field as Arrow's list builder makes it).
+fn flag_list() -> DataType {
+    DataType::List(Arc::new(Field::new("item", DataType::Utf8, true)))
+}
 
 /// The measures, in column order (also used by the ClickHouse sink and the tests).
 pub const MEASURES: [&str; Measures::COUNT] = Measures::COLUMNS;
@@ -280,6 +287,7 @@ pub struct ConversionBuilders {
     fx_missing: BooleanBuilder,
     payout: Decimal128Builder,
     profit: Decimal128Builder,
+    fraud_flags: ListBuilder<StringBuilder>,
 }
 
 impl ConversionBuilders {
@@ -320,6 +328,10 @@ impl ConversionBuilders {
         self.fx_missing.append_option(v.map(|v| v.fx_missing));
         self.payout.append_option(money(v.and_then(|v| v.payout)));
         self.profit.append_option(money(v.and_then(|v| v.profit())));
+        for name in crate::state::fraud::flag_names(r.fraud_flags) {
+            self.fraud_flags.values().append_value(name);
+        }
+        self.fraud_flags.append(true);
     }
 }
 
@@ -375,6 +387,7 @@ impl RowBuilder for ConversionBuilders {
             fx_missing: BooleanBuilder::new(),
             payout: decimal(),
             profit: decimal(),
+            fraud_flags: ListBuilder::new(StringBuilder::new()),
         }
     }
     fn schema() -> SchemaRef {
@@ -417,6 +430,7 @@ impl RowBuilder for ConversionBuilders {
         cols.push(Arc::new(self.fx_missing.finish()));
         cols.push(Arc::new(self.payout.finish()));
         cols.push(Arc::new(self.profit.finish()));
+        cols.push(Arc::new(self.fraud_flags.finish()));
         RecordBatch::try_new(CONVERSIONS.clone(), cols)
     }
 }

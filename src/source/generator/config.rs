@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 use crate::config::MAX_DURATION;
 use crate::event::time::parse_rfc3339_ms;
 
+/// Clicks in one IP burst of the generator (`ip_burst_rate`).
+pub const BURST_CLICKS: u32 = 40;
+
 /// Knobs of the generator. Every field has a default; see `pipelines/default.toml`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -49,6 +52,14 @@ pub struct GeneratorConfig {
     pub repeat_ip_rate: f64,
     /// Mean delay from click to conversion, minutes (exponential).
     pub mean_conversion_delay_minutes: f64,
+    /// Share of postbacks in a currency other than USD: EUR, GBP, BRL or JPY (reports in one
+    /// currency, docs/reports.md). 0 leaves every other record as it was.
+    pub foreign_currency_rate: f64,
+    /// Share of conversions 1–5 s after their click (the `too_fast` fraud signal).
+    pub fast_conversion_rate: f64,
+    /// Share of clicks that start a burst: the next clicks come from one new IP on one offer,
+    /// [`BURST_CLICKS`] of them within about a minute (`ip_burst`, `flagged_ip`).
+    pub ip_burst_rate: f64,
     /// Live mode: records leave at this steady rate, events per wall-clock second (clicks and
     /// postbacks together, on average), at their arrival time — instead of as fast as
     /// possible. Event time then advances `time_scale` times faster than wall time and
@@ -82,6 +93,9 @@ impl GeneratorConfig {
             ("out_of_order_rate", self.out_of_order_rate),
             ("malformed_rate", self.malformed_rate),
             ("repeat_ip_rate", self.repeat_ip_rate),
+            ("foreign_currency_rate", self.foreign_currency_rate),
+            ("fast_conversion_rate", self.fast_conversion_rate),
+            ("ip_burst_rate", self.ip_burst_rate),
         ];
         for (k, v) in rates {
             if !(0.0..=1.0).contains(&v) {
@@ -201,6 +215,9 @@ impl Default for GeneratorConfig {
             zipf_exponent: 1.1,
             repeat_ip_rate: 0.2,
             mean_conversion_delay_minutes: 120.0,
+            foreign_currency_rate: 0.0,
+            fast_conversion_rate: 0.0,
+            ip_burst_rate: 0.0,
             rate: None,
             time_scale: 1.0,
             unbounded: false,

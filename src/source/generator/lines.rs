@@ -13,6 +13,9 @@ use crate::event::Stream;
 use crate::event::time::format_ms;
 
 const COUNTRIES: &[&str] = &["US", "DE", "GB", "FR", "BR", "IN", "ES", "IT", "CA", "PL"];
+/// Currencies of `foreign_currency_rate` postbacks (the default pipeline has rates for the
+/// first three; JPY has none, to show `fx_missing`).
+pub(super) const FOREIGN_CURRENCIES: &[&str] = &["EUR", "GBP", "BRL", "JPY"];
 const DEVICES: &[&str] = &["mobile", "desktop", "tablet"];
 const OSES: &[&str] = &["android", "ios", "windows", "macos", "linux"];
 const AGENTS: &[&str] = &[
@@ -95,11 +98,12 @@ pub(super) fn conversion_line(
     conv_ts: i64,
     sent_ms: i64,
     offer: u64,
+    currency: &str,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(300);
     let _ = write!(
         out,
-        r#"{{"click_id":"{click_id}","external_id":"{external_id}","tenant_id":"t{tenant}","amount":"{}.{:02}","status":"{status}","currency":"USD","ts":"#,
+        r#"{{"click_id":"{click_id}","external_id":"{external_id}","tenant_id":"t{tenant}","amount":"{}.{:02}","status":"{status}","currency":"{currency}","ts":"#,
         amount_cents / 100,
         amount_cents % 100
     );

@@ -27,7 +27,7 @@ use rand_distr::{Distribution, Exp, Zipf};
 use crate::event::Stream;
 pub use config::GeneratorConfig;
 pub use files::write_files;
-use lines::{click_line, conversion_line, malform, mix, pick_first_status};
+use lines::{FOREIGN_CURRENCIES, click_line, conversion_line, malform, mix, pick_first_status};
 use pace::{Pace, events_per_click};
 
 /// A record waiting for its arrival time.
@@ -173,13 +173,30 @@ pub fn generate_paced(
         true
     };
 
+    // An IP burst under way: (ip, tenant, offer, clicks left). The patterns of the fraud
+    // signals draw from the random stream only when their rate is above 0, so other records
+    // stay the same.
+    let mut burst: Option<(u32, usize, u64, u32)> = None;
     for i in 0..clicks {
         let ts = start_ms + (i as f64 * step) as i64;
         let click_id = format!("{:016x}{:08x}", mix(cfg.seed ^ i), i as u32);
-        let tenant = (mix(i.wrapping_mul(31)) % cfg.tenants.max(1)) as usize;
-        let offer = offers.sample(&mut rng) as u64;
+        let mut tenant = (mix(i.wrapping_mul(31)) % cfg.tenants.max(1)) as usize;
+        let mut offer = offers.sample(&mut rng) as u64;
         let affiliate = affiliates.sample(&mut rng) as u64;
-        let ip = if !ip_pool.is_empty() && rng.random_bool(cfg.repeat_ip_rate.clamp(0.0, 1.0)) {
+        if burst.is_none() && cfg.ip_burst_rate > 0.0 && rng.random_bool(cfg.ip_burst_rate.min(1.0))
+        {
+            burst = Some((rng.random::<u32>(), tenant, offer, config::BURST_CLICKS));
+        }
+        let ip = if let Some((ip, burst_tenant, burst_offer, left)) = burst.as_mut() {
+            tenant = *burst_tenant;
+            offer = *burst_offer;
+            *left -= 1;
+            let ip = *ip;
+            if *left == 0 {
+                burst = None;
+            }
+            ip
+        } else if !ip_pool.is_empty() && rng.random_bool(cfg.repeat_ip_rate.clamp(0.0, 1.0)) {
             ip_pool[rng.random_range(0..ip_pool.len())]
         } else {
             let ip = rng.random::<u32>();
@@ -207,9 +224,20 @@ pub fn generate_paced(
             };
             order_seq[tenant] += 1;
             let external_id = format!("ord-{}", order_seq[tenant]);
-            let conv_ts = ts + 1_000 + conv_delay.sample(&mut rng) as i64;
+            let mut conv_ts = ts + 1_000 + conv_delay.sample(&mut rng) as i64;
             let amount_cents = rng.random_range(100..50_000u64);
             let first = pick_first_status(&mut rng);
+            if cfg.fast_conversion_rate > 0.0 && rng.random_bool(cfg.fast_conversion_rate.min(1.0))
+            {
+                conv_ts = ts + rng.random_range(1_000..5_000);
+            }
+            let currency = if cfg.foreign_currency_rate > 0.0
+                && rng.random_bool(cfg.foreign_currency_rate.min(1.0))
+            {
+                FOREIGN_CURRENCIES[rng.random_range(0..FOREIGN_CURRENCIES.len())]
+            } else {
+                "USD"
+            };
             let postback = |status: &str, ts_ms: i64| {
                 conversion_line(
                     &conv_click,
@@ -220,6 +248,7 @@ pub fn generate_paced(
                     conv_ts,
                     ts_ms,
                     offer,
+                    currency,
                 )
             };
             let line = postback(first, conv_ts);
