@@ -106,10 +106,20 @@ pub struct EngineSnap {
 pub struct FraudSnap {
     /// (minute, visitor hash, clicks) of the open minutes.
     pub per_minute: Vec<(i64, u64, u32)>,
-    /// (IP hash, time it last burst).
+    /// (hash of tenant and IP, time it last burst).
     pub flagged_ips: Vec<(u64, i64)>,
     /// (click key, flags, click time) of flagged clicks still indexed.
     pub flagged_clicks: Vec<(u64, u8, i64)>,
+}
+
+impl FraudSnap {
+    /// Sorts the lists, so the checkpoint's bytes do not depend on hash-map order (done by the
+    /// checkpoint writer and the compaction, not in the state stage's pause).
+    pub fn sort(&mut self) {
+        self.per_minute.sort_unstable();
+        self.flagged_ips.sort_unstable();
+        self.flagged_clicks.sort_unstable();
+    }
 }
 
 /// What the click index, the visitor sets and the dedup map did since checkpoint `parent`, in

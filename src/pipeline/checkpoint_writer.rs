@@ -166,7 +166,7 @@ impl Drop for CheckpointWriter {
 
 fn write(
     state_dir: &std::path::Path,
-    job: Job,
+    mut job: Job,
     metrics: &Metrics,
     durable_latency: &[Histogram; 2],
     committer: &Option<Committer>,
@@ -178,6 +178,7 @@ fn write(
     // next epoch.
     crate::failpoint::crash_point("checkpoint-before-snapshot");
     let t = Instant::now();
+    job.snap.engine.fraud.sort();
     let bytes = checkpoint::write(state_dir, &job.snap)?;
     let wrote: Duration = t.elapsed();
     drop(job.snap);

@@ -69,6 +69,7 @@ fn materialize_unless(
     drop(chain);
     snap.epoch = as_epoch;
     snap.engine = engine.snapshot();
+    snap.engine.fraud.sort();
     drop(engine);
     if !go_on() {
         return Ok(None);

@@ -53,7 +53,13 @@ impl Engine {
                         }
                     }
                 }
-                Some(entry) if c.status == Status::Pending => {
+                // A change back to pending is refused; so is a change past the last version
+                // an entry can number (`MAX_VERSION`), where `argMax(…, version)` and
+                // ReplacingMergeTree could no longer tell the current row.
+                Some(entry)
+                    if c.status == Status::Pending
+                        || entry.version() >= super::dedup::MAX_VERSION =>
+                {
                     self.counters.refused_changes += 1;
                     *self
                         .counters
@@ -62,11 +68,20 @@ impl Engine {
                         .or_default() += 1;
                     out.dead_letters.push(DeadLetter {
                         reason: DeadReason::RefusedStatusChange,
-                        detail: format!(
-                            "status change {} → pending refused (version {})",
-                            entry.status().as_str(),
-                            entry.version()
-                        ),
+                        detail: if c.status == Status::Pending {
+                            format!(
+                                "status change {} → pending refused (version {})",
+                                entry.status().as_str(),
+                                entry.version()
+                            )
+                        } else {
+                            format!(
+                                "status change {} → {} refused: the conversion has had {} versions, the most one can have",
+                                entry.status().as_str(),
+                                c.status.as_str(),
+                                entry.version()
+                            )
+                        },
                         stream: Stream::Conversions,
                         source: Arc::from("state"),
                         position: c.position,

@@ -31,8 +31,8 @@ const PENDING_BIT: u64 = 1 << 60;
 /// Three bits: how the conversion was valued in the reporting currency ([`crate::money`]'s
 /// valuation code), so a status change is valued exactly like the first version.
 const VALUE_SHIFT: u32 = 61;
-/// Highest version an entry records; further changes keep this number (511 changes of one
-/// conversion's status do not happen in practice).
+/// Highest version an entry records; further status changes are refused as dead letters
+/// (`state/conversions.rs`), so the newest row of a conversion is always its current one.
 pub const MAX_VERSION: u32 = VERSION_MASK as u32;
 
 /// The state of one deduplicated conversion.

@@ -6,9 +6,10 @@
 //! * `too_fast` — click-to-conversion time below `[fraud] min_seconds_to_convert` (CTIT);
 //! * `ip_burst` — its click was one of more than `max_clicks_per_ip_per_minute` clicks of one
 //!   IP on one offer (of a tenant) in one UTC minute (the clicks past the limit are flagged);
-//! * `flagged_ip` — its click came from an IP that had burst before that click, within
-//!   `remember_flagged_ip`;
-//! * `outside_window` — the postback came for a click older than the attribution window.
+//! * `flagged_ip` — its click came from an IP that had burst (in the same tenant) before that
+//!   click, within `remember_flagged_ip`;
+//! * `outside_window` — the postback came for a click older than the attribution window (or
+//!   dated before its click).
 //!
 //! The click-side signals are worked out as clicks are accepted (`clicks.rs` calls
 //! [`Engine::fraud_on_click`]) and kept, for flagged clicks only, until the click itself
@@ -35,7 +36,8 @@ pub struct FraudConfig {
     pub min_seconds_to_convert: u32,
     /// More clicks than this from one IP on one offer in one UTC minute are `ip_burst`. 0 = off.
     pub max_clicks_per_ip_per_minute: u32,
-    /// How long an IP that burst marks its later clicks as `flagged_ip`.
+    /// How long an IP that burst marks its later clicks (of the same tenant) as `flagged_ip`.
+    /// 0 = off.
     #[serde(with = "humantime_serde")]
     pub remember_flagged_ip: Duration,
 }
@@ -80,7 +82,7 @@ pub(super) struct FraudState {
     cfg: FraudConfig,
     /// Clicks per (visitor hash = tenant, offer, ip) per open UTC minute.
     per_minute: BTreeMap<i64, FxHashMap<u64, u32>>,
-    /// IP hash → time of the click that last made it burst.
+    /// Hash of (tenant, IP) → time of the click that last made it burst.
     flagged_ips: FxHashMap<u64, i64>,
     /// Flagged clicks still in the click index: click key → (flags, click time).
     flagged_clicks: FxHashMap<u64, (u8, i64)>,
@@ -99,16 +101,23 @@ impl Engine {
         click_key: u64,
         ts_ms: i64,
         visitor_hash: Option<u64>,
+        tenant: &str,
         ip: Option<&str>,
     ) {
         let limit = self.fraud.cfg.max_clicks_per_ip_per_minute;
         let (Some(visitor), Some(ip), true) = (visitor_hash, ip, limit > 0) else {
             return;
         };
-        let ip_hash = xxhash_rust::xxh3::xxh3_64(ip.as_bytes());
+        // An IP is flagged within its tenant: one tenant's bots say nothing about (and must
+        // not reveal anything to) another's traffic.
+        let ip_hash = xxhash_rust::xxh3::xxh3_64_with_seed(
+            ip.as_bytes(),
+            xxhash_rust::xxh3::xxh3_64(tenant.as_bytes()),
+        );
         let mut flags = 0;
         let remember = self.fraud.cfg.remember_flagged_ip.as_millis() as i64;
-        if let Some(&at) = self.fraud.flagged_ips.get(&ip_hash)
+        if remember > 0
+            && let Some(&at) = self.fraud.flagged_ips.get(&ip_hash)
             && at <= ts_ms
             && ts_ms - at <= remember
         {
@@ -189,9 +198,11 @@ impl Engine {
         self.fraud.flagged_ips.retain(|_, at| *at >= ip_horizon);
     }
 
-    /// The signals' state for a checkpoint (whole, in full and delta checkpoints alike).
+    /// The signals' state for a checkpoint (whole, in full and delta checkpoints alike), in
+    /// hash-map order: the checkpoint writer sorts it ([`FraudSnap::sort`]) off the state
+    /// stage, whose pause this copy is part of.
     pub(super) fn fraud_snapshot(&self) -> FraudSnap {
-        let mut snap = FraudSnap {
+        FraudSnap {
             per_minute: self
                 .fraud
                 .per_minute
@@ -210,12 +221,7 @@ impl Engine {
                 .iter()
                 .map(|(k, (f, ts))| (*k, *f, *ts))
                 .collect(),
-        };
-        // Checkpoint bytes independent of hash-map order.
-        snap.per_minute.sort_unstable();
-        snap.flagged_ips.sort_unstable();
-        snap.flagged_clicks.sort_unstable();
-        snap
+        }
     }
 
     pub(super) fn restore_fraud(&mut self, snap: &ArchivedFraudSnap) {

@@ -963,3 +963,90 @@ fn without_thresholds_only_outside_window_is_flagged() {
     assert_eq!(flags_of(&out, "e2", 1), ["outside_window"]);
     assert_eq!((c.flagged_conversions, c.ip_burst_clicks), (1, 0));
 }
+
+#[test]
+fn an_ip_that_burst_in_one_tenant_does_not_flag_another_tenants_clicks() {
+    let ip = Some("9.9.9.9");
+    let other_tenant =
+        |c: String| c.replacen(r#"{"click_id""#, r#"{"tenant_id":"u","click_id""#, 1);
+    let clicks = vec![
+        click("b1", T0, "o1", ip),
+        click("b2", T0 + 1_000, "o1", ip),
+        click("b3", T0 + 2_000, "o1", ip),
+        // Minutes later, the same IP: in the tenant where it burst, and in another one.
+        click("b4", T0 + 5 * MIN, "o2", ip),
+        other_tenant(click("u1", T0 + 5 * MIN, "o2", ip)),
+    ];
+    let convs = vec![
+        conv("b4", "e1", "t", "approved", T0 + 10 * MIN, "1"),
+        conv("u1", "e2", "u", "approved", T0 + 10 * MIN, "1"),
+    ];
+    let mut e = Engine::new(one_day_window());
+    e.set_fraud(fraud_cfg());
+    let mut out = Out::default();
+    let mut b = SinkBatch::default();
+    e.on_clicks(decoder().decode_clicks(&raw(&clicks)).0, &mut b);
+    e.on_conversions(decoder().decode_conversions(&raw(&convs)).0, &mut b);
+    e.finish(&mut b);
+    out.take(b);
+    assert_eq!(flags_of(&out, "e1", 1), ["flagged_ip"]);
+    assert!(
+        fraud::flag_names(out.row("u", "e2", 1).fraud_flags)
+            .next()
+            .is_none()
+    );
+
+    // remember_flagged_ip = 0 turns flagged_ip off (the burst itself is still flagged).
+    let mut e = Engine::new(one_day_window());
+    e.set_fraud(fraud::FraudConfig {
+        remember_flagged_ip: std::time::Duration::ZERO,
+        ..fraud_cfg()
+    });
+    let mut out = Out::default();
+    let mut b = SinkBatch::default();
+    e.on_clicks(decoder().decode_clicks(&raw(&clicks)).0, &mut b);
+    e.on_conversions(decoder().decode_conversions(&raw(&convs)).0, &mut b);
+    e.finish(&mut b);
+    out.take(b);
+    assert!(flags_of(&out, "e1", 1).is_empty());
+    assert_eq!(e.counters().ip_burst_clicks, 1);
+}
+
+#[test]
+fn status_changes_past_the_last_version_are_refused_as_dead_letters() {
+    let max = dedup::MAX_VERSION as i64;
+    let mut convs = vec![conv("c1", "e1", "t", "approved", T0 + MIN, "1")];
+    // Rejected and approved in turn: versions 2, 3, … up to the last (511: approved), then
+    // four changes to rejected, each refused (the entry stays approved).
+    for i in 1..max + 4 {
+        let status = if i % 2 == 1 || i >= max {
+            "rejected"
+        } else {
+            "approved"
+        };
+        convs.push(conv("c1", "e1", "t", status, T0 + MIN + i, "1"));
+    }
+    let (out, c) = run_feeds(
+        one_day_window(),
+        vec![
+            Feed::Clicks(vec![click("c1", T0, "o1", None)]),
+            Feed::Convs(convs),
+        ],
+    );
+    let versions: Vec<u32> = out.conversions.iter().map(|r| r.version).collect();
+    assert_eq!(versions, (1..=dedup::MAX_VERSION).collect::<Vec<_>>());
+    assert_eq!(c.refused_changes, 4);
+    assert_eq!(out.dead.len(), 4);
+    assert!(
+        out.dead[0].detail.contains("the most one can have"),
+        "{}",
+        out.dead[0].detail
+    );
+    // The aggregates follow the last accepted version.
+    assert_eq!(
+        out.conversions.last().map(|r| r.status),
+        Some(Status::Approved)
+    );
+    let total = out.total();
+    assert_eq!((total.approved, total.rejected), (1, 0));
+}
