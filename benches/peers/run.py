@@ -191,6 +191,7 @@ def engine_cmd(engine, attribd, inp, out, threads, summary):
     if engine == "attribd":
         return [
             str(attribd), "run", "-q", "--metrics-addr", "off",
+            "-p", str(HERE / "attribd.toml"),
             "--clicks", clicks, "--conversions", convs,
             "--out", str(out), "--summary-json", str(summary),
         ]

@@ -17,6 +17,10 @@ pub struct Aggregator {
     /// minute (epoch ms) → dims id → measures.
     open: BTreeMap<i64, FxHashMap<u32, Measures>>,
     open_buckets: usize,
+    /// About how many buckets the recent minutes held: a new minute's map starts at that size,
+    /// so it does not rehash its way up from empty (hundreds of buckets a minute on busy
+    /// traffic).
+    typical_minute: usize,
     /// Turned off: updates are ignored (an aggregate the pipeline does not write).
     off: bool,
 }
@@ -35,7 +39,11 @@ impl Aggregator {
         if self.off {
             return;
         }
-        let minute = self.open.entry(minute_ms).or_default();
+        let typical = self.typical_minute;
+        let minute = self
+            .open
+            .entry(minute_ms)
+            .or_insert_with(|| FxHashMap::with_capacity_and_hasher(typical, Default::default()));
         let len = minute.len();
         f(minute.entry(dims).or_default());
         self.open_buckets += minute.len() - len;
@@ -72,6 +80,11 @@ impl Aggregator {
         let closed = std::mem::replace(&mut self.open, keep);
         for (minute, buckets) in closed {
             self.open_buckets -= buckets.len();
+            // A decaying maximum: a late change re-opening an old minute with one bucket does
+            // not shrink it at once, and a burst does not hold it up for long.
+            self.typical_minute = buckets
+                .len()
+                .max(self.typical_minute - self.typical_minute / 8);
             let rows: Vec<_> = buckets.into_iter().collect();
             // Deterministic row order within a minute. The order is sorted as (dims, index)
             // pairs: moving 8 bytes per swap instead of a whole row of measures.

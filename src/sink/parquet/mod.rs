@@ -94,6 +94,16 @@ impl Default for ParquetConfig {
 /// Rows are buffered in builders and written as record batches of this many rows.
 const WRITE_BATCH_ROWS: usize = 16 * 1024;
 
+/// A partition that took no row while its table took this many is done with for now: its
+/// buffered rows are written and its file is closed (event time has moved on; a late row
+/// opens a new file). An open writer holds, per column, a zstd compression and decompression
+/// context, its dictionary and its page buffers — about 0.3 MB a column — and a day of hour
+/// partitions left open until the checkpoint held 0.9 GB at 1 M clicks.
+const IDLE_ROWS: u64 = 4 * WRITE_BATCH_ROWS as u64;
+
+/// Partitions are checked for idleness once per this many rows appended to the table.
+const IDLE_CHECK_ROWS: u64 = WRITE_BATCH_ROWS as u64 / 4;
+
 struct OpenFile {
     writer: ArrowWriter<File>,
     tmp_path: PathBuf,
@@ -107,6 +117,8 @@ struct Partition<B> {
     file: Option<OpenFile>,
     /// When the partition's current file (or, with none open, its buffer) was started.
     since: Instant,
+    /// The table's row count ([`PartitionedTable::appended`]) at this partition's last row.
+    last_append: u64,
 }
 
 /// One table (`clicks`, `conversions` or `stats_minute`) split into `dt=/hour=` partitions.
@@ -119,6 +131,8 @@ pub struct PartitionedTable<B: RowBuilder> {
     props: WriterProperties,
     partitions: FxHashMap<i64, Partition<B>>,
     next_seq: u64,
+    /// Rows appended to the table so far: the clock of [`IDLE_ROWS`].
+    appended: u64,
     /// Complete files written so far.
     pub files_written: u64,
     pub rows_written: u64,
@@ -152,6 +166,7 @@ impl<B: RowBuilder> PartitionedTable<B> {
             props,
             partitions: FxHashMap::default(),
             next_seq: 0,
+            appended: 0,
             files_written: 0,
             rows_written: 0,
         })
@@ -161,15 +176,19 @@ impl<B: RowBuilder> PartitionedTable<B> {
     /// [`Self::after_append`].
     pub fn builders(&mut self, ts_ms: i64) -> (&mut B, i64) {
         let hour = ts_ms.div_euclid(3_600_000);
+        self.appended += 1;
         let p = self.partitions.entry(hour).or_insert_with(|| Partition {
             rows: B::new(),
             file: None,
             since: Instant::now(),
+            last_append: 0,
         });
+        p.last_append = self.appended;
         (&mut p.rows, hour)
     }
 
-    /// Writes the partition's buffered rows once a batch is full, and rolls by size.
+    /// Writes the partition's buffered rows once a batch is full, rolls by size, and now and
+    /// then closes the partitions the table has moved away from ([`IDLE_ROWS`]).
     pub fn after_append(&mut self, hour: i64) -> Result<()> {
         let full = self
             .partitions
@@ -177,6 +196,28 @@ impl<B: RowBuilder> PartitionedTable<B> {
             .is_some_and(|p| p.rows.len() >= WRITE_BATCH_ROWS);
         if full {
             self.write_buffered(hour)?;
+        }
+        if self.appended.is_multiple_of(IDLE_CHECK_ROWS) {
+            self.close_idle()?;
+        }
+        Ok(())
+    }
+
+    /// Writes and closes every partition that took no row in the last [`IDLE_ROWS`] rows of
+    /// the table. Counted in rows, not time, so a replay closes the same files.
+    fn close_idle(&mut self) -> Result<()> {
+        let now = self.appended;
+        let mut idle: Vec<i64> = self
+            .partitions
+            .iter()
+            .filter(|(_, p)| now - p.last_append >= IDLE_ROWS)
+            .map(|(h, _)| *h)
+            .collect();
+        idle.sort_unstable();
+        for hour in idle {
+            self.write_buffered(hour)?;
+            self.close_partition_file(hour)?;
+            self.drop_if_idle(hour);
         }
         Ok(())
     }
@@ -446,6 +487,39 @@ mod tests {
         assert_eq!(t.rows_written, 3 * WRITE_BATCH_ROWS as u64 + 10);
         t.close_all().unwrap();
         assert_eq!(t.files_written, 4);
+    }
+
+    #[test]
+    fn a_partition_the_table_moved_away_from_is_written_and_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ParquetConfig {
+            out: dir.path().to_path_buf(),
+            ..ParquetConfig::default()
+        };
+        let mut t =
+            PartitionedTable::<StatsBuilders>::new(dir.path(), "stats_minute", &epoch_tag(1), &cfg)
+                .unwrap();
+        let complete = |dir: &Path| {
+            parquet_files(dir)
+                .into_iter()
+                .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+                .count()
+        };
+        // A few rows of hour 490 000 stay buffered while the next hour takes rows…
+        write(&mut t, 10, 490_000);
+        write(&mut t, IDLE_ROWS as i64 - 100, 490_001);
+        assert_eq!(complete(dir.path()), 0);
+        assert_eq!(t.partitions.len(), 2);
+        // …until the table has taken IDLE_ROWS rows since its last one: written, closed, gone.
+        write(&mut t, 100 + IDLE_CHECK_ROWS as i64, 490_001);
+        assert_eq!(complete(dir.path()), 1);
+        assert_eq!(t.partitions.len(), 1);
+        assert_eq!(t.files_written, 1);
+        // A late row opens the hour again, in a new file.
+        write(&mut t, 1, 490_000);
+        t.close_all().unwrap();
+        assert_eq!(complete(dir.path()), 3);
+        assert_eq!(t.rows_written, 10 + IDLE_ROWS + IDLE_CHECK_ROWS + 1);
     }
 
     #[test]
