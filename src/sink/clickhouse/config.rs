@@ -30,7 +30,10 @@ pub struct ClickHouseConfig {
     /// File whose content (trailing newline removed) is the password.
     pub password_file: Option<PathBuf>,
     /// Flush a table's buffer once it holds this many rows (buffers are also flushed at every
-    /// checkpoint, `checkpoint.every`).
+    /// checkpoint, `checkpoint.every`). 250 000 by default: the server's cost per row falls with
+    /// the INSERT's size (18.16 took 4.3 s of CPU for 1.08 M rows in 50 000-row INSERTs, 1.9 s
+    /// in 250 000-row ones), while 500 000 made the run slower (a longer last INSERT after
+    /// the input ends, a larger sort).
     pub flush_rows: usize,
     /// First retry delay; doubles per failure (with ±50 % jitter) up to `retry_max`.
     #[serde(with = "humantime_serde")]
@@ -58,7 +61,7 @@ impl Default for ClickHouseConfig {
             database: "attribd".to_string(),
             user: "default".to_string(),
             password_file: None,
-            flush_rows: 50_000,
+            flush_rows: 250_000,
             retry_initial: Duration::from_millis(200),
             retry_max: Duration::from_secs(30),
             breaker_failures: 5,

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
@@ -150,6 +150,11 @@ impl<B: RowBuilder> PartitionedTable<B> {
         // only costs time on ids that are unique per row.
         for column in B::UNIQUE_COLUMNS {
             props = props.set_column_dictionary_enabled(ColumnPath::from(*column), false);
+        }
+        for column in B::DELTA_COLUMNS {
+            props = props
+                .set_column_dictionary_enabled(ColumnPath::from(*column), false)
+                .set_column_encoding(ColumnPath::from(*column), Encoding::DELTA_BINARY_PACKED);
         }
         // Min/max statistics let readers skip row groups, which pays for time and the
         // dimensions people filter on; for free-text columns it is per-value work for nothing.

@@ -133,6 +133,9 @@ pub trait RowBuilder: Send {
     const UNIQUE_COLUMNS: &'static [&'static str];
     /// Columns nobody prunes row groups by: written without min/max statistics.
     const UNFILTERED_COLUMNS: &'static [&'static str];
+    /// Integer columns that mostly rise row by row (event times): written as deltas
+    /// (`DELTA_BINARY_PACKED`) without a dictionary.
+    const DELTA_COLUMNS: &'static [&'static str] = &[];
     fn new() -> Self;
     fn schema() -> SchemaRef;
     fn len(&self) -> usize;
@@ -209,6 +212,7 @@ impl ClickBuilders {
 
 impl RowBuilder for ClickBuilders {
     const UNIQUE_COLUMNS: &'static [&'static str] = &["click_id", "ip"];
+    const DELTA_COLUMNS: &'static [&'static str] = &["ts"];
     const UNFILTERED_COLUMNS: &'static [&'static str] = &[
         "click_id",
         "device",
