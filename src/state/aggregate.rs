@@ -12,14 +12,31 @@ use rustc_hash::FxHashMap;
 use super::interner::{DimsTable, Interner};
 use crate::rows::{Measures, StatsRow};
 
+/// The buckets of one open minute: measures in arrival order, and where each dimension id's
+/// bucket is. The map holds 8-byte entries instead of 120-byte buckets, so it probes and grows
+/// cheaply; the buckets are written once, in place.
+#[derive(Debug, Default)]
+struct Minute {
+    index: FxHashMap<u32, u32>,
+    buckets: Vec<(u32, Measures)>,
+}
+
+impl Minute {
+    fn with_capacity(n: usize) -> Minute {
+        Minute {
+            index: FxHashMap::with_capacity_and_hasher(n, Default::default()),
+            buckets: Vec::with_capacity(n),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Aggregator {
-    /// minute (epoch ms) → dims id → measures.
-    open: BTreeMap<i64, FxHashMap<u32, Measures>>,
+    /// minute (epoch ms) → its buckets by dims id.
+    open: BTreeMap<i64, Minute>,
     open_buckets: usize,
-    /// About how many buckets the recent minutes held: a new minute's map starts at that size,
-    /// so it does not rehash its way up from empty (hundreds of buckets a minute on busy
-    /// traffic).
+    /// About how many buckets the recent minutes held: a new minute starts at that size, so it
+    /// does not grow its way up from empty (hundreds of buckets a minute on busy traffic).
     typical_minute: usize,
     /// Turned off: updates are ignored (an aggregate the pipeline does not write).
     off: bool,
@@ -43,10 +60,18 @@ impl Aggregator {
         let minute = self
             .open
             .entry(minute_ms)
-            .or_insert_with(|| FxHashMap::with_capacity_and_hasher(typical, Default::default()));
-        let len = minute.len();
-        f(minute.entry(dims).or_default());
-        self.open_buckets += minute.len() - len;
+            .or_insert_with(|| Minute::with_capacity(typical));
+        let i = match minute.index.entry(dims) {
+            std::collections::hash_map::Entry::Occupied(e) => *e.get() as usize,
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let i = minute.buckets.len();
+                e.insert(i as u32);
+                minute.buckets.push((dims, Measures::default()));
+                self.open_buckets += 1;
+                i
+            }
+        };
+        f(&mut minute.buckets[i].1);
     }
 
     pub fn open_buckets(&self) -> usize {
@@ -57,7 +82,7 @@ impl Aggregator {
     pub fn buckets(&self) -> impl Iterator<Item = (i64, u32, &Measures)> {
         self.open
             .iter()
-            .flat_map(|(m, b)| b.iter().map(move |(d, x)| (*m, *d, x)))
+            .flat_map(|(m, b)| b.buckets.iter().map(move |(d, x)| (*m, *d, x)))
     }
 
     /// Emits and forgets every bucket whose minute is before `minute_ms`.
@@ -78,24 +103,24 @@ impl Aggregator {
         }
         let keep = self.open.split_off(&minute_ms);
         let closed = std::mem::replace(&mut self.open, keep);
-        for (minute, buckets) in closed {
+        for (minute, Minute { buckets, .. }) in closed {
             self.open_buckets -= buckets.len();
             // A decaying maximum: a late change re-opening an old minute with one bucket does
             // not shrink it at once, and a burst does not hold it up for long.
             self.typical_minute = buckets
                 .len()
                 .max(self.typical_minute - self.typical_minute / 8);
-            let rows: Vec<_> = buckets.into_iter().collect();
             // Deterministic row order within a minute. The order is sorted as (dims, index)
-            // pairs: moving 8 bytes per swap instead of a whole row of measures.
-            let mut order: Vec<(u32, u32)> = rows
+            // pairs: moving 8 bytes per swap instead of a whole bucket of measures.
+            let mut order: Vec<(u32, u32)> = buckets
                 .iter()
                 .enumerate()
                 .map(|(i, (d, _))| (*d, i as u32))
                 .collect();
             order.sort_unstable();
+            out.reserve(order.len());
             for (d, i) in order {
-                let measures = rows[i as usize].1;
+                let measures = buckets[i as usize].1;
                 if measures == Measures::default() {
                     continue;
                 }
