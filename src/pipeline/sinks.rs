@@ -164,9 +164,10 @@ pub(super) enum SinkMsg {
 }
 
 /// Batches of rows the ClickHouse thread's queue holds. Deeper than the other queues: while one
-/// INSERT of `flush_rows` rows is with the server (most of a second for 250 000 rows), the
-/// pipeline goes on filling the next one instead of standing still; 64 input batches are
-/// about 200 K rows, 30 MB.
+/// INSERT of `flush_rows` rows is with the server (most of a second for 200 000 rows), the
+/// pipeline goes on filling the next one instead of standing still. A batch holds the rows of
+/// up to 4 096 input records (and the aggregate rows of the minutes they closed): tens of MB
+/// for the 64.
 const CLICKHOUSE_QUEUE_BATCHES: usize = 64;
 
 /// Messages to the ClickHouse thread.

@@ -19,13 +19,17 @@ use crate::rows::{Measures, StatsRow};
 struct Minute {
     index: FxHashMap<u32, u32>,
     buckets: Vec<(u32, Measures)>,
+    /// Opened as the newest minute (sized like the recent ones, and what their size is learnt
+    /// from); an older minute re-opened by a late change starts empty and teaches nothing.
+    newest: bool,
 }
 
 impl Minute {
-    fn with_capacity(n: usize) -> Minute {
+    fn with_capacity(n: usize, newest: bool) -> Minute {
         Minute {
             index: FxHashMap::with_capacity_and_hasher(n, Default::default()),
             buckets: Vec::with_capacity(n),
+            newest,
         }
     }
 }
@@ -57,10 +61,17 @@ impl Aggregator {
             return;
         }
         let typical = self.typical_minute;
-        let minute = self
+        let newest = self
             .open
-            .entry(minute_ms)
-            .or_insert_with(|| Minute::with_capacity(typical));
+            .last_key_value()
+            .is_none_or(|(&last, _)| minute_ms > last);
+        let minute = self.open.entry(minute_ms).or_insert_with(|| {
+            if newest {
+                Minute::with_capacity(typical, true)
+            } else {
+                Minute::default()
+            }
+        });
         let i = match minute.index.entry(dims) {
             std::collections::hash_map::Entry::Occupied(e) => *e.get() as usize,
             std::collections::hash_map::Entry::Vacant(e) => {
@@ -103,13 +114,20 @@ impl Aggregator {
         }
         let keep = self.open.split_off(&minute_ms);
         let closed = std::mem::replace(&mut self.open, keep);
-        for (minute, Minute { buckets, .. }) in closed {
+        for (
+            minute,
+            Minute {
+                buckets, newest, ..
+            },
+        ) in closed
+        {
             self.open_buckets -= buckets.len();
-            // A decaying maximum: a late change re-opening an old minute with one bucket does
-            // not shrink it at once, and a burst does not hold it up for long.
-            self.typical_minute = buckets
-                .len()
-                .max(self.typical_minute - self.typical_minute / 8);
+            if newest {
+                // A decaying maximum: a burst does not hold it up for long.
+                self.typical_minute = buckets
+                    .len()
+                    .max(self.typical_minute - self.typical_minute / 8);
+            }
             // Deterministic row order within a minute. The order is sorted as (dims, index)
             // pairs: moving 8 bytes per swap instead of a whole bucket of measures.
             let mut order: Vec<(u32, u32)> = buckets
@@ -147,6 +165,42 @@ impl Aggregator {
 mod tests {
     use super::*;
     use crate::state::interner::Dims;
+
+    #[test]
+    fn a_reopened_old_minute_neither_takes_nor_teaches_the_size_hint() {
+        let mut strings = Interner::default();
+        let x = strings.intern("x");
+        let mut table = DimsTable::default();
+        let ids: Vec<u32> = (0..100)
+            .map(|i| {
+                let affiliate = strings.intern(&format!("a{i}"));
+                table.intern(Dims {
+                    tenant: x,
+                    offer: x,
+                    affiliate,
+                    country: x,
+                    currency: x,
+                })
+            })
+            .collect();
+        let mut agg = Aggregator::default();
+        for &d in &ids {
+            agg.update(60_000, d, |m| m.clicks += 1);
+        }
+        let mut out = Vec::new();
+        agg.flush_before(120_000, &table, &strings, &mut out);
+        assert_eq!((out.len(), agg.typical_minute), (100, 100));
+        // The next minute starts at the learnt size; a late change to the flushed minute
+        // re-opens it empty.
+        agg.update(180_000, ids[0], |m| m.clicks += 1);
+        agg.update(60_000, ids[1], |m| m.approved += 1);
+        assert!(agg.open[&180_000].buckets.capacity() >= 100);
+        assert!(agg.open[&60_000].buckets.capacity() < 100);
+        // Flushing the re-opened minute (one bucket) does not shrink the hint.
+        agg.flush_before(120_000, &table, &strings, &mut out);
+        assert_eq!(agg.typical_minute, 100);
+        assert_eq!(out.len(), 101);
+    }
 
     #[test]
     fn buckets_flush_in_minute_order_and_deltas_add_up() {

@@ -94,11 +94,14 @@ impl Default for ParquetConfig {
 /// Rows are buffered in builders and written as record batches of this many rows.
 const WRITE_BATCH_ROWS: usize = 16 * 1024;
 
-/// A partition that took no row while its table took this many is done with for now: its
-/// buffered rows are written and its file is closed (event time has moved on; a late row
-/// opens a new file). An open writer holds, per column, a zstd compression and decompression
-/// context, its dictionary and its page buffers — about 0.3 MB a column — and a day of hour
-/// partitions left open until the checkpoint held 0.9 GB at 1 M clicks.
+/// A partition with an open file that took no row while its table took this many is done
+/// with for now: its buffered rows are written and its file is closed (event time has moved
+/// on; a late row opens a new file). An open writer holds, per column, a zstd compression and
+/// decompression context, its dictionary and its page buffers — about 0.3 MB a column — and a
+/// day of hour partitions left open until the checkpoint held 0.9 GB at 1 M clicks.
+/// Partitions that only buffer rows (fewer than a write batch: late rows of old hours, status
+/// changes in their first postback's hour) are left to `roll_age` and the checkpoint, so late
+/// data does not become a file every few seconds.
 const IDLE_ROWS: u64 = 4 * WRITE_BATCH_ROWS as u64;
 
 /// Partitions are checked for idleness once per this many rows appended to the table.
@@ -208,14 +211,16 @@ impl<B: RowBuilder> PartitionedTable<B> {
         Ok(())
     }
 
-    /// Writes and closes every partition that took no row in the last [`IDLE_ROWS`] rows of
-    /// the table. Counted in rows, not time, so a replay closes the same files.
+    /// Writes and closes every partition with an open file that took no row in the last
+    /// [`IDLE_ROWS`] rows of the table (its file is open, so writing its buffer opens none and
+    /// closes no other). Counted in rows since the last checkpoint, not time; a replay may
+    /// still cut files elsewhere (its checkpoints fall where its clock says), never its rows.
     fn close_idle(&mut self) -> Result<()> {
         let now = self.appended;
         let mut idle: Vec<i64> = self
             .partitions
             .iter()
-            .filter(|(_, p)| now - p.last_append >= IDLE_ROWS)
+            .filter(|(_, p)| p.file.is_some() && now - p.last_append >= IDLE_ROWS)
             .map(|(h, _)| *h)
             .collect();
         idle.sort_unstable();
@@ -339,6 +344,7 @@ impl<B: RowBuilder> PartitionedTable<B> {
             self.close_partition_file(hour)?;
         }
         self.partitions.clear();
+        self.appended = 0;
         Ok(())
     }
 }
@@ -510,21 +516,27 @@ mod tests {
                 .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
                 .count()
         };
-        // A few rows of hour 490 000 stay buffered while the next hour takes rows…
-        write(&mut t, 10, 490_000);
+        // Hour 490 000 gets a file (a full write batch) and a few rows more; hour 489 999 only
+        // a few buffered rows (late data). Then the next hour takes rows…
+        write(&mut t, 10, 489_999);
+        write(&mut t, WRITE_BATCH_ROWS as i64 + 10, 490_000);
         write(&mut t, IDLE_ROWS as i64 - 100, 490_001);
         assert_eq!(complete(dir.path()), 0);
-        assert_eq!(t.partitions.len(), 2);
-        // …until the table has taken IDLE_ROWS rows since its last one: written, closed, gone.
+        assert_eq!(t.partitions.len(), 3);
+        // …until the table has taken IDLE_ROWS rows since 490 000's last one: its buffer is
+        // written and its file closed. The late hour's few rows wait for the checkpoint.
         write(&mut t, 100 + IDLE_CHECK_ROWS as i64, 490_001);
         assert_eq!(complete(dir.path()), 1);
-        assert_eq!(t.partitions.len(), 1);
+        assert_eq!(t.partitions.len(), 2);
         assert_eq!(t.files_written, 1);
-        // A late row opens the hour again, in a new file.
+        // A late row opens hour 490 000 again, in a new file.
         write(&mut t, 1, 490_000);
         t.close_all().unwrap();
-        assert_eq!(complete(dir.path()), 3);
-        assert_eq!(t.rows_written, 10 + IDLE_ROWS + IDLE_CHECK_ROWS + 1);
+        assert_eq!(complete(dir.path()), 4);
+        assert_eq!(
+            t.rows_written,
+            10 + WRITE_BATCH_ROWS as u64 + 10 + IDLE_ROWS + IDLE_CHECK_ROWS + 1
+        );
     }
 
     #[test]
