@@ -839,6 +839,20 @@ fn one_day_window() -> EngineConfig {
     }
 }
 
+/// Clicks, then postbacks, then the end of the input, through an engine with `cfg` and a
+/// one-day window.
+fn fraud_run(cfg: fraud::FraudConfig, clicks: &[String], convs: &[String]) -> (Out, Engine) {
+    let mut e = Engine::new(one_day_window());
+    e.set_fraud(cfg);
+    let mut out = Out::default();
+    let mut b = SinkBatch::default();
+    e.on_clicks(decoder().decode_clicks(&raw(clicks)).0, &mut b);
+    e.on_conversions(decoder().decode_conversions(&raw(convs)).0, &mut b);
+    e.finish(&mut b);
+    out.take(b);
+    (out, e)
+}
+
 fn flags_of(out: &Out, ext: &str, version: u32) -> Vec<&'static str> {
     fraud::flag_names(out.row("t", ext, version).fraud_flags).collect()
 }
@@ -866,14 +880,7 @@ fn fraud_flags_each_signal_and_carry_them_to_later_versions() {
         // Two days after its click: outside the (one-day) window.
         conv("b6", "e4", "t", "approved", T0 + 2 * DAY, "1"),
     ];
-    let mut e = Engine::new(one_day_window());
-    e.set_fraud(fraud_cfg());
-    let mut out = Out::default();
-    let mut b = SinkBatch::default();
-    e.on_clicks(decoder().decode_clicks(&raw(&clicks)).0, &mut b);
-    e.on_conversions(decoder().decode_conversions(&raw(&convs)).0, &mut b);
-    e.finish(&mut b);
-    out.take(b);
+    let (out, e) = fraud_run(fraud_cfg(), &clicks, &convs);
     assert_eq!(flags_of(&out, "e1", 1), ["ip_burst"]);
     assert_eq!(flags_of(&out, "e1", 2), ["ip_burst"], "a later version");
     assert_eq!(flags_of(&out, "e2", 1), ["too_fast", "flagged_ip"]);
@@ -981,14 +988,7 @@ fn an_ip_that_burst_in_one_tenant_does_not_flag_another_tenants_clicks() {
         conv("b4", "e1", "t", "approved", T0 + 10 * MIN, "1"),
         conv("u1", "e2", "u", "approved", T0 + 10 * MIN, "1"),
     ];
-    let mut e = Engine::new(one_day_window());
-    e.set_fraud(fraud_cfg());
-    let mut out = Out::default();
-    let mut b = SinkBatch::default();
-    e.on_clicks(decoder().decode_clicks(&raw(&clicks)).0, &mut b);
-    e.on_conversions(decoder().decode_conversions(&raw(&convs)).0, &mut b);
-    e.finish(&mut b);
-    out.take(b);
+    let (out, _) = fraud_run(fraud_cfg(), &clicks, &convs);
     assert_eq!(flags_of(&out, "e1", 1), ["flagged_ip"]);
     assert!(
         fraud::flag_names(out.row("u", "e2", 1).fraud_flags)
@@ -997,17 +997,14 @@ fn an_ip_that_burst_in_one_tenant_does_not_flag_another_tenants_clicks() {
     );
 
     // remember_flagged_ip = 0 turns flagged_ip off (the burst itself is still flagged).
-    let mut e = Engine::new(one_day_window());
-    e.set_fraud(fraud::FraudConfig {
-        remember_flagged_ip: std::time::Duration::ZERO,
-        ..fraud_cfg()
-    });
-    let mut out = Out::default();
-    let mut b = SinkBatch::default();
-    e.on_clicks(decoder().decode_clicks(&raw(&clicks)).0, &mut b);
-    e.on_conversions(decoder().decode_conversions(&raw(&convs)).0, &mut b);
-    e.finish(&mut b);
-    out.take(b);
+    let (out, e) = fraud_run(
+        fraud::FraudConfig {
+            remember_flagged_ip: std::time::Duration::ZERO,
+            ..fraud_cfg()
+        },
+        &clicks,
+        &convs,
+    );
     assert!(flags_of(&out, "e1", 1).is_empty());
     assert_eq!(e.counters().ip_burst_clicks, 1);
 }
