@@ -170,7 +170,7 @@ counters! {
         own("conversion_status_changes", "Postbacks that changed the status of a known conversion");
     duplicate_conversions: u64, Count, "  duplicate postbacks",
         own("duplicate_conversions", "Postbacks dropped as duplicates of a known conversion (same external_id, same status)");
-    refused_changes: u64, Count, "  refused changes (→ pending)",
+    refused_changes: u64, Count, "  refused status changes",
         own("refused_status_changes", "Postbacks refused because the status change is not allowed");
     attributed: u64, Count, "  attributed",
         own("conversions_attributed", "Accepted conversions attributed to their click");
