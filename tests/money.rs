@@ -16,17 +16,7 @@ fn payouts_profit_reporting_revenue_and_fraud_flags_have_known_answers() {
     let out = dir.path().join("out");
     // Conversions within 60 s of their click are too fast (e7: 60 s).
     let pipeline = money_pipeline(dir.path(), "[fraud]\nmin_seconds_to_convert = 61\n");
-    let summary_json = dir.path().join("summary.json");
-    attribd(&[
-        "run",
-        "-q",
-        "-p",
-        pipeline.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--summary-json",
-        summary_json.to_str().unwrap(),
-    ]);
+    let c = run_pipeline_counters(&pipeline, &out);
 
     // Every version of every conversion: amount_reporting / fx_rate / stale / missing /
     // payout / profit (micro-units; rates with 10 decimals; "" = null) / fraud flags.
@@ -104,9 +94,6 @@ fn payouts_profit_reporting_revenue_and_fraud_flags_have_known_answers() {
     assert_eq!(by_hour, want);
 
     // The counters (summary and /metrics).
-    let s: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&summary_json).unwrap()).unwrap();
-    let c = &s["report"]["counters"];
     assert_eq!(c["revenue_reporting_micros"], 36_500_000, "{c}");
     assert_eq!(c["payout_micros"], 3_125_000);
     assert_eq!(c["profit_micros"], 33_375_000);
@@ -219,20 +206,7 @@ fn the_default_pipeline_shows_currencies_payouts_and_fraud_signals() {
     let pipeline = dir.path().join("default.toml");
     std::fs::write(&pipeline, text).unwrap();
     let out = dir.path().join("out");
-    let summary_json = dir.path().join("summary.json");
-    attribd(&[
-        "run",
-        "-q",
-        "-p",
-        pipeline.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--summary-json",
-        summary_json.to_str().unwrap(),
-    ]);
-    let s: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&summary_json).unwrap()).unwrap();
-    let c = &s["report"]["counters"];
+    let c = run_pipeline_counters(&pipeline, &out);
     let n = |k: &str| c[k].as_i64().unwrap_or_else(|| panic!("{k} in {c}"));
     for k in [
         "fx_stale",

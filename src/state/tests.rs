@@ -996,7 +996,14 @@ fn an_ip_that_burst_in_one_tenant_does_not_flag_another_tenants_clicks() {
             .is_none()
     );
 
-    // remember_flagged_ip = 0 turns flagged_ip off (the burst itself is still flagged).
+    // remember_flagged_ip = 0 turns flagged_ip off (the burst itself is still flagged), even
+    // for a click in the burst's very millisecond.
+    let mut clicks = clicks;
+    let mut convs = convs;
+    clicks.push(click("b5", T0 + 2_000, "o2", ip));
+    convs.push(conv("b5", "e3", "t", "approved", T0 + 10 * MIN, "1"));
+    let (out, _) = fraud_run(fraud_cfg(), &clicks, &convs);
+    assert_eq!(flags_of(&out, "e3", 1), ["flagged_ip"], "remembered");
     let (out, e) = fraud_run(
         fraud::FraudConfig {
             remember_flagged_ip: std::time::Duration::ZERO,
@@ -1006,6 +1013,7 @@ fn an_ip_that_burst_in_one_tenant_does_not_flag_another_tenants_clicks() {
         &convs,
     );
     assert!(flags_of(&out, "e1", 1).is_empty());
+    assert!(flags_of(&out, "e3", 1).is_empty());
     assert_eq!(e.counters().ip_burst_clicks, 1);
 }
 
