@@ -44,6 +44,9 @@ pub(super) struct Job {
     pub(super) wal_next: [Option<u64>; 2],
     /// When the checkpoint began (barrier included), for its duration.
     pub(super) began: Instant,
+    /// The run ends after this checkpoint (or after the end's, which follows at once): no
+    /// compaction starts for it (see [`Compactor::after_write`]).
+    pub(super) ending: bool,
 }
 
 /// A written snapshot.
@@ -84,6 +87,7 @@ impl CheckpointWriter {
                     let epoch = job.snap.epoch;
                     let erased_version = job.erased_version;
                     let wal_next = job.wal_next;
+                    let ending = job.ending;
                     let result = write(&state_dir, job, &metrics, &durable_latency, &committer);
                     if result.is_ok()
                         && let Some(covered) = &wal_covered
@@ -102,7 +106,7 @@ impl CheckpointWriter {
                         if let Some(s) = &settled {
                             let _ = s.try_send((epoch, erased_version));
                         }
-                        compactor.after_write(epoch);
+                        compactor.after_write(epoch, ending);
                     }
                     if done_tx.send(result).is_err() || failed {
                         break;

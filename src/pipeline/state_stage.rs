@@ -135,7 +135,7 @@ impl StateStage<'_> {
                 self.interrupted = true;
                 tracing::info!("stop requested: checkpointing and exiting");
                 if !self.resumed_finished {
-                    self.checkpoint(&mut inputs, false)?;
+                    self.checkpoint(&mut inputs, Moment::Last)?;
                 }
                 return self.writer.finish();
             }
@@ -145,7 +145,7 @@ impl StateStage<'_> {
                 // of the input: nothing is finished (pending conversions stay pending, open
                 // minutes open) — the checkpoint is an ordinary one and the next start goes on.
                 self.interrupted = true;
-                self.checkpoint(&mut inputs, false)?;
+                self.checkpoint(&mut inputs, Moment::Last)?;
                 return self.writer.finish();
             }
             for i in 0..2 {
@@ -169,7 +169,7 @@ impl StateStage<'_> {
                     && (self.events_since >= self.every_events
                         || self.last_checkpoint.elapsed() >= self.every)
                 {
-                    self.checkpoint(&mut inputs, false)?;
+                    self.checkpoint(&mut inputs, Moment::Ongoing)?;
                 }
             } else {
                 // Nothing to merge: wait for whichever stream is missing a batch.
@@ -189,7 +189,7 @@ impl StateStage<'_> {
                 if (self.events_since > 0 || self.erased.checkpoints_wanted())
                     && self.last_checkpoint.elapsed() >= self.every
                 {
-                    self.checkpoint(&mut inputs, false)?;
+                    self.checkpoint(&mut inputs, Moment::Ongoing)?;
                 }
             }
             if opts.progress && last_progress.elapsed() >= Duration::from_secs(1) {
@@ -204,12 +204,12 @@ impl StateStage<'_> {
             // before the end, and the end keeps the epoch a crashed end had (same batch ids).
             let at_last_checkpoint = self.events_since == 0 && self.out.is_empty();
             if !at_last_checkpoint {
-                self.checkpoint(&mut inputs, false)?;
+                self.checkpoint(&mut inputs, Moment::Last)?;
             }
             let mut out = std::mem::take(&mut self.out);
             self.engine.finish(&mut out);
             self.sinks.send(out)?;
-            self.checkpoint(&mut inputs, true)?;
+            self.checkpoint(&mut inputs, Moment::End)?;
         }
         self.writer.finish()?;
         self.publish();
@@ -342,7 +342,8 @@ impl StateStage<'_> {
     /// Barrier to the sinks → what the state changed since the last checkpoint and the
     /// positions, handed to the writer → the next epoch begins; the writer waits for the
     /// outputs to be durable, writes the snapshot, then (Fluvio) commits the offsets it covers.
-    fn checkpoint(&mut self, inputs: &mut [StreamInput; 2], finished: bool) -> Result<()> {
+    fn checkpoint(&mut self, inputs: &mut [StreamInput; 2], moment: Moment) -> Result<()> {
+        let finished = moment == Moment::End;
         let t = Instant::now();
         // One snapshot in flight at most (and its memory): the previous one is on disk first.
         self.writer.wait()?;
@@ -426,6 +427,7 @@ impl StateStage<'_> {
                     .and_then(|p| self.partition_offsets.get(&(s, p)).copied())
             }),
             began: t,
+            ending: moment != Moment::Ongoing,
         })?;
         self.metrics.checkpoint_paused(t.elapsed());
         self.checkpoints += 1;
@@ -435,6 +437,17 @@ impl StateStage<'_> {
         self.last_checkpoint = Instant::now();
         Ok(())
     }
+}
+
+/// Where in the run a checkpoint falls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Moment {
+    /// The run goes on after it.
+    Ongoing,
+    /// The last before the run ends: a stop's, or the state before the end of the input.
+    Last,
+    /// The end of the input (everything pending resolved, every aggregate flushed).
+    End,
 }
 
 /// The merge rule: which stream's run goes next (0 clicks, 1 conversions), or `None` to wait
