@@ -84,15 +84,49 @@ fn string_at(line: &str, i: usize) -> Option<(&str, usize)> {
     let b = line.as_bytes();
     let start = i + 1;
     let rest = b.get(start..)?;
-    let end = start + memchr::memchr2(b'"', b'\\', rest)?;
+    let end = start + string_stop(rest)?;
     if b[end] != b'"' {
         return None;
     }
-    let s = &line[start..end];
-    if s.bytes().any(|c| c < 0x20) {
-        return None;
+    Some((&line[start..end], end + 1))
+}
+
+/// Where a string's content stops: the first `"`, `\\` or control character (below 0x20) —
+/// the end quote, or what makes the fast path give up. One pass instead of a search for the
+/// quote and a second one for control characters (a fifth of a click's decoding).
+fn string_stop(b: &[u8]) -> Option<usize> {
+    let stops = |c: u8| c == b'"' || c == b'\\' || c < 0x20;
+    let mut i = 0;
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{
+            __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_max_epu8, _mm_movemask_epi8,
+            _mm_or_si128, _mm_set1_epi8,
+        };
+        // SAFETY: SSE2 is part of the x86_64 baseline, so these intrinsics are always
+        // available; every load reads the 16 bytes at `b[i..i + 16]`, inside the slice by the
+        // loop condition, and `loadu` has no alignment requirement.
+        unsafe {
+            let quote = _mm_set1_epi8(b'"' as i8);
+            let backslash = _mm_set1_epi8(b'\\' as i8);
+            let control_max = _mm_set1_epi8(0x1f);
+            while i + 16 <= b.len() {
+                let v = _mm_loadu_si128(b.as_ptr().add(i).cast::<__m128i>());
+                // c <= 0x1f (unsigned) exactly when max(c, 0x1f) == 0x1f.
+                let control = _mm_cmpeq_epi8(_mm_max_epu8(v, control_max), control_max);
+                let hit = _mm_or_si128(
+                    _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash)),
+                    control,
+                );
+                let mask = _mm_movemask_epi8(hit);
+                if mask != 0 {
+                    return Some(i + mask.trailing_zeros() as usize);
+                }
+                i += 16;
+            }
+        }
     }
-    Some((s, end + 1))
+    b[i..].iter().position(|&c| stops(c)).map(|p| p + i)
 }
 
 /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`, the JSON number grammar.
@@ -177,6 +211,23 @@ mod tests {
             ]
         );
         assert_eq!(fields("{}").unwrap(), []);
+    }
+
+    #[test]
+    fn a_string_stops_at_its_quote_a_backslash_or_a_control_character_wherever_it_is() {
+        // Every position, inside and past the 16-byte blocks, against the scalar rule.
+        for len in 0..40 {
+            for (at, c) in (0..len).flat_map(|at| [b'"', b'\\', 0x00, 0x1f].map(|c| (at, c))) {
+                let mut b = vec![b'x'; len];
+                b[at] = c;
+                assert_eq!(string_stop(&b), Some(at), "len {len}, {c:#x} at {at}");
+            }
+            let plain: Vec<u8> = (0..len).map(|i| 0x20 + (i as u8 % 0x5f)).collect();
+            let want = plain.iter().position(|&c| c == b'"' || c == b'\\');
+            assert_eq!(string_stop(&plain), want, "len {len}");
+            // Bytes above 0x7f (UTF-8) are content, not control characters.
+            assert_eq!(string_stop(&vec![0xc3; len]), None);
+        }
     }
 
     #[test]
