@@ -60,10 +60,9 @@ fn materialize_unless(
     if !go_on() {
         return Ok(None);
     }
-    let engine = Engine::restore(cfg, &chain.engines()?);
-    if !go_on() {
+    let Some(engine) = Engine::restore_unless(cfg, &chain.engines()?, cancelled) else {
         return Ok(None);
-    }
+    };
     let mut snap: Snapshot = rkyv::deserialize::<Snapshot, rkyv::rancor::Error>(chain.head()?)
         .map_err(|e| anyhow::anyhow!("reading checkpoint {from}: {e}"))?;
     // Memory: the chain's files go before the engine is copied into the snapshot.

@@ -310,15 +310,17 @@ impl ClickIndex {
     /// Applies the click logs of a chain of deltas (oldest first) on restore; `new_extras`
     /// holds every extras the chain created, by hash. Sweeps are folded into the chain's last
     /// one (`changes::replay`). Returns how many extras were needed and not found (none, unless the
-    /// files disagree with each other).
+    /// files disagree with each other), or `None` when `stop` stopped it part way.
     pub fn replay(
         &mut self,
         logs: &[(&[ArchivedClickOp], &[ArchivedSweep])],
         new_extras: &HashMap<u64, Extras, BuildIdentity>,
-    ) -> u64 {
+        stop: &std::sync::atomic::AtomicBool,
+    ) -> Option<u64> {
         let mut missing = 0;
-        replay(
+        let done = replay(
             logs,
+            stop,
             |op, horizon| op.ts_ms.to_native() < horizon,
             |step| match step {
                 Step::Sweep(horizon) => self.evict_before(horizon),
@@ -343,7 +345,7 @@ impl ClickIndex {
                 }
             },
         );
-        missing
+        done.then_some(missing)
     }
 
     /// Fills an empty index from a full snapshot's clicks: the map on two threads, each

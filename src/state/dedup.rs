@@ -171,9 +171,15 @@ impl DedupMap {
     /// Applies the dedup logs of a chain of deltas (oldest first) on restore, sweeps folded
     /// into the last one (`changes::replay`): the last write of a key before that sweep is what the
     /// sweep judged, and writes after it stand.
-    pub fn replay(&mut self, logs: &[(&[ArchivedDedupSnap], &[ArchivedSweep])]) {
+    /// `false`: stopped part way by `stop`.
+    pub fn replay(
+        &mut self,
+        logs: &[(&[ArchivedDedupSnap], &[ArchivedSweep])],
+        stop: &std::sync::atomic::AtomicBool,
+    ) -> bool {
         replay(
             logs,
+            stop,
             |_, _| false,
             |step| match step {
                 Step::Sweep(horizon) => self.evict_before(horizon),
@@ -182,7 +188,7 @@ impl DedupMap {
                         .insert(op.key.to_native(), ConvEntry::from_archived(op));
                 }
             },
-        );
+        )
     }
 
     pub fn get(&self, key: u64) -> Option<ConvEntry> {

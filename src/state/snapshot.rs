@@ -245,9 +245,24 @@ impl Engine {
     /// small parts from the newest. The caller checks that each delta's parent is the one
     /// before it (`checkpoint::Chain`).
     pub fn restore(cfg: super::EngineConfig, chain: &[&ArchivedEngineSnap]) -> Engine {
+        let never = std::sync::atomic::AtomicBool::new(false);
+        match Engine::restore_unless(cfg, chain, &never) {
+            Some(e) => e,
+            None => unreachable!("a restore nobody can stop stopped"),
+        }
+    }
+
+    /// [`Engine::restore`], given up (`None`) once `stop` is set: a compaction that the end of
+    /// the run gives up. The replay of the deltas — most of the work of a chain of deltas —
+    /// looks at the flag every few thousand operations.
+    pub fn restore_unless(
+        cfg: super::EngineConfig,
+        chain: &[&ArchivedEngineSnap],
+        stop: &std::sync::atomic::AtomicBool,
+    ) -> Option<Engine> {
         let mut e = Engine::new(cfg);
         let Some(head) = chain.last() else {
-            return e;
+            return Some(e);
         };
         let base = chain.first().filter(|b| b.delta.is_none());
         let deltas = if base.is_some() { &chain[1..] } else { chain };
@@ -278,16 +293,20 @@ impl Engine {
             }
         });
         e.restore_small(head);
-        e.apply(deltas);
-        e
+        e.apply(deltas, stop).then_some(e)
     }
 
-    /// Applies the changes of a chain of deltas (oldest first) to the big structures.
-    fn apply(&mut self, deltas: &[&ArchivedEngineSnap]) {
+    /// Applies the changes of a chain of deltas (oldest first) to the big structures;
+    /// `false` when `stop` stopped it part way.
+    fn apply(
+        &mut self,
+        deltas: &[&ArchivedEngineSnap],
+        stop: &std::sync::atomic::AtomicBool,
+    ) -> bool {
         let deltas: Vec<&crate::checkpoint::snapshot::ArchivedDeltaSnap> =
             deltas.iter().filter_map(|d| d.delta.as_ref()).collect();
         if deltas.is_empty() {
-            return;
+            return true;
         }
         let mut new_extras: std::collections::HashMap<
             u64,
@@ -324,20 +343,27 @@ impl Engine {
             self.dedup = super::dedup::DedupMap::with_capacity(n);
         }
         let (index, unique, dedup_map) = (&mut self.clicks, &mut self.unique, &mut self.dedup);
-        let missing = std::thread::scope(|s| {
-            let v = s.spawn(|| unique.replay(&visitors));
-            let d = s.spawn(|| dedup_map.replay(&dedup));
-            let missing = index.replay(&clicks, &new_extras);
-            let _ = v.join();
-            let _ = d.join();
-            missing
+        let (missing, visitors_done, dedup_done) = std::thread::scope(|s| {
+            let v = s.spawn(|| unique.replay(&visitors, stop));
+            let d = s.spawn(|| dedup_map.replay(&dedup, stop));
+            let missing = index.replay(&clicks, &new_extras, stop);
+            // A panic in either is a bug: propagate it rather than restore half a state.
+            let join = |h: std::thread::ScopedJoinHandle<'_, bool>| {
+                h.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            };
+            (missing, join(v), join(d))
         });
+        let Some(missing) = missing.filter(|_| visitors_done && dedup_done) else {
+            return false;
+        };
         if missing > 0 {
             tracing::error!(
                 missing,
                 "checkpoint deltas refer to click extras they do not hold; those clicks restore without device and subs"
             );
         }
+        true
     }
 
     /// The small parts of the newest file: pending conversions, open aggregates, watermarks,

@@ -27,9 +27,15 @@ impl UniqueClicks {
 
     /// Applies the visitor logs of a chain of deltas (oldest first) on restore, sweeps folded
     /// into the last one (`changes::replay`).
-    pub fn replay(&mut self, logs: &[(&[ArchivedVisitorOp], &[ArchivedSweep])]) {
+    /// `false`: stopped part way by `stop`.
+    pub fn replay(
+        &mut self,
+        logs: &[(&[ArchivedVisitorOp], &[ArchivedSweep])],
+        stop: &std::sync::atomic::AtomicBool,
+    ) -> bool {
         replay(
             logs,
+            stop,
             |op, horizon| op.day.to_native() < horizon,
             |step| match step {
                 Step::Sweep(day) => self.evict_before(day),
@@ -40,7 +46,7 @@ impl UniqueClicks {
                         .insert(op.key.to_native());
                 }
             },
-        );
+        )
     }
 
     /// Replaces a day's visitor set (restore).
