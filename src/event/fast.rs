@@ -96,6 +96,7 @@ fn string_at(line: &str, i: usize) -> Option<(&str, usize)> {
 /// quote and a second one for control characters (a fifth of a click's decoding).
 fn string_stop(b: &[u8]) -> Option<usize> {
     let stops = |c: u8| c == b'"' || c == b'\\' || c < 0x20;
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut i = 0;
     #[cfg(target_arch = "x86_64")]
     {
@@ -225,8 +226,16 @@ mod tests {
             let plain: Vec<u8> = (0..len).map(|i| 0x20 + (i as u8 % 0x5f)).collect();
             let want = plain.iter().position(|&c| c == b'"' || c == b'\\');
             assert_eq!(string_stop(&plain), want, "len {len}");
-            // Bytes above 0x7f (UTF-8) are content, not control characters.
-            assert_eq!(string_stop(&vec![0xc3; len]), None);
+            // 0x20, 0x7f and bytes above it (UTF-8) are content, not control characters,
+            // also beside a stop in the same 16-byte block.
+            for c in [0x20, 0x7f, 0x80, 0xc3, 0xff] {
+                let mut b = vec![c; len];
+                assert_eq!(string_stop(&b), None, "{c:#x} x {len}");
+                if len > 0 {
+                    b[len - 1] = b'"';
+                    assert_eq!(string_stop(&b), Some(len - 1), "{c:#x} x {len}, quote last");
+                }
+            }
         }
     }
 

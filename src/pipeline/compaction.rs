@@ -4,7 +4,7 @@
 //! The state stage hands over only what changed (`state::changes`), so each checkpoint is a
 //! delta on the one before it. Left alone, a restore would read every delta since the run
 //! began; so after each delta the writer asks [`Compactor::after_write`] whether the chain has
-//! grown past its bounds — [`MAX_DELTAS`] files, or deltas adding up to a sixteenth of the full
+//! grown past its bounds — [`MAX_DELTAS`] deltas, or deltas adding up to a sixteenth of the full
 //! snapshot they stand on (or of the run's first checkpoint, a delta on the empty state, which
 //! is a whole state too and never compacted alone) — and if so this thread loads the chain, rebuilds the engine from it
 //! (the restore code itself), and writes it back as a full snapshot of that epoch. Deltas after
@@ -156,7 +156,7 @@ impl Compactor {
 
     /// Called after checkpoint `epoch` is on disk: starts its compaction when its chain is
     /// due and no compaction runs. Not when the run is `ending` (a stop's checkpoint, the
-    /// state before the end, the end), unless the chain has reached [`MAX_DELTAS`] files:
+    /// state before the end, the end), unless the chain has reached [`MAX_DELTAS`] deltas:
     /// [`Compactor::finish`] would give it up anyway, and until it reached its next step the
     /// run's end would wait for it (1.4 s of a 13 s run over 5 M clicks) and it would take a
     /// core from the end's own work.
@@ -211,7 +211,7 @@ impl Compactor {
     }
 
     /// End of the run. A compaction in progress is given up (at its next step; nothing is
-    /// written) unless the newest chain has reached [`MAX_DELTAS`] files: a state that is
+    /// written) unless the newest chain has reached [`MAX_DELTAS`] deltas: a state that is
     /// only ever restarted must not grow an unbounded chain, but the common end — a batch
     /// run whose last deltas crossed the byte share — need not wait seconds to rewrite a
     /// state that the next start can still compact. Then waits for the thread, so no file is
@@ -332,7 +332,7 @@ mod tests {
         file(checkpoint::delta_path(d, 3, 2), 2 * MIB);
         assert!(due(d, 3).unwrap());
 
-        // Small state: 16 MiB of deltas or 32 files, on a full snapshot as on a first delta.
+        // Small state: 16 MiB of deltas or 32 deltas, on a full snapshot as on a first delta.
         for base in [
             checkpoint::snapshot_path(d, 10),
             checkpoint::delta_path(d, 10, 0),

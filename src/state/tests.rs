@@ -721,6 +721,40 @@ fn month_of_traffic(seed: u64) -> Vec<(Vec<String>, Vec<String>)> {
 }
 
 #[test]
+fn a_restore_given_up_returns_no_engine_and_one_that_goes_on_the_live_state() {
+    let cfg = EngineConfig::default();
+    let mut live = Engine::new(cfg);
+    live.track_changes();
+    let mut chain = Vec::new();
+    for (i, (clicks, convs)) in month_of_traffic(1).iter().take(3).enumerate() {
+        let mut b = SinkBatch::default();
+        live.on_clicks(decoder().decode_clicks(&raw(clicks)).0, &mut b);
+        live.on_conversions(decoder().decode_conversions(&raw(convs)).0, &mut b);
+        let engine = live.delta_snapshot(i as u64);
+        chain.push(
+            rkyv::to_bytes::<rkyv::rancor::Error>(&crate::checkpoint::Snapshot {
+                engine,
+                ..Default::default()
+            })
+            .unwrap(),
+        );
+    }
+    let engines: Vec<_> = chain
+        .iter()
+        .map(|f| &crate::checkpoint::view(f).unwrap().engine)
+        .collect();
+    let stopped = std::sync::atomic::AtomicBool::new(true);
+    assert!(Engine::restore_unless(cfg, &engines, &stopped).is_none());
+    let go_on = std::sync::atomic::AtomicBool::new(false);
+    let restored = Engine::restore_unless(cfg, &engines, &go_on).unwrap();
+    assert!(live.sizes().indexed_clicks > 0);
+    assert_eq!(
+        format!("{:?}", restored.sizes()),
+        format!("{:?}", live.sizes())
+    );
+}
+
+#[test]
 fn delta_checkpoints_replayed_with_their_sweeps_folded_restore_what_the_live_run_had() {
     let cfg = EngineConfig {
         attribution_window_ms: DAY,
