@@ -918,18 +918,11 @@ fn reporting_currency_payouts_profit_and_fraud_flags_reach_clickhouse_as_in_parq
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let pipeline = money_pipeline(dir.path(), "[fraud]\nmin_seconds_to_convert = 61\n");
-    attribd(&[
-        "run",
-        "-q",
-        "-p",
-        pipeline.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--clickhouse-url",
-        &url,
-        "--clickhouse-database",
-        &db,
-    ]);
+    run_pipeline(
+        &pipeline,
+        &out,
+        &["--clickhouse-url", &url, "--clickhouse-database", &db],
+    );
     // Reporting measures per bucket: ClickHouse = Parquet = the answers of tests/money.rs.
     let ch = query(
         &url,
@@ -1058,14 +1051,7 @@ fn the_ready_queries_of_the_docs_run_on_the_server() {
     let p = dir.path().join("default.toml");
     std::fs::write(&p, text).unwrap();
     let out = dir.path().join("out");
-    attribd(&[
-        "run",
-        "-q",
-        "-p",
-        p.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    run_pipeline(&p, &out, &[]);
     let doc = std::fs::read_to_string(root.join("docs/clickhouse.md")).unwrap();
     let mut ran = 0;
     for block in doc.split("```sql\n").skip(1) {

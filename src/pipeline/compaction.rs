@@ -121,12 +121,6 @@ impl Chain {
     }
 }
 
-/// Does the chain of `epoch` need compacting?
-#[cfg(test)]
-fn due(dir: &Path, epoch: u64) -> Result<bool> {
-    Ok(Chain::of(dir, epoch)?.due())
-}
-
 /// The compaction thread's handle, owned by the checkpoint writer.
 pub(super) struct Compactor {
     dir: PathBuf,
@@ -255,6 +249,11 @@ mod tests {
     }
 
     const MIB: u64 = 1 << 20;
+
+    /// Does the chain of `epoch` need compacting?
+    fn due(dir: &Path, epoch: u64) -> Result<bool> {
+        Ok(Chain::of(dir, epoch)?.due())
+    }
 
     /// A delta on the empty state (epoch 1) and one on it (epoch 2), written for real.
     fn real_chain(d: &Path) {

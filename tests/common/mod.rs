@@ -39,20 +39,28 @@ pub fn default_report_sections() -> String {
     text[start..].to_string()
 }
 
-/// `attribd run -q -p pipeline --out out`, and the run's counters from its `--summary-json`
-/// (written beside `out`).
-pub fn run_pipeline_counters(pipeline: &Path, out: &Path) -> serde_json::Value {
-    let summary_json = out.with_extension("summary.json");
-    attribd(&[
+/// `attribd run -q -p pipeline --out out`, then `extra` arguments.
+pub fn run_pipeline(pipeline: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
         "run",
         "-q",
         "-p",
         pipeline.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
-        "--summary-json",
-        summary_json.to_str().unwrap(),
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    attribd(&args)
+}
+
+/// [`run_pipeline`], and the run's counters from its `--summary-json` (written beside `out`).
+pub fn run_pipeline_counters(pipeline: &Path, out: &Path) -> serde_json::Value {
+    let summary_json = out.with_extension("summary.json");
+    run_pipeline(
+        pipeline,
+        out,
+        &["--summary-json", summary_json.to_str().unwrap()],
+    );
     let text = std::fs::read_to_string(&summary_json).expect("the run's summary");
     let s: serde_json::Value = serde_json::from_str(&text).expect("summary JSON");
     s["report"]["counters"].clone()
