@@ -96,6 +96,20 @@ fn flag_list() -> DataType {
 /// The measures, in column order (also used by the ClickHouse sink and the tests).
 pub const MEASURES: [&str; Measures::COUNT] = Measures::COLUMNS;
 
+/// The columns of an aggregate written as deltas ([`RowBuilder::DELTA_COLUMNS`]): its time
+/// column (`minute` or `click_hour`, rising in steps within a file) and the measures.
+const fn delta_columns(time: &'static str) -> [&'static str; Measures::COUNT + 1] {
+    let mut columns = [time; Measures::COUNT + 1];
+    let mut i = 0;
+    while i < Measures::COUNT {
+        columns[i + 1] = MEASURES[i];
+        i += 1;
+    }
+    columns
+}
+const STATS_DELTA_COLUMNS: [&str; Measures::COUNT + 1] = delta_columns("minute");
+const CLICK_HOUR_DELTA_COLUMNS: [&str; Measures::COUNT + 1] = delta_columns("click_hour");
+
 /// The Parquet type of a measure column.
 fn measure_type(unit: Unit) -> DataType {
     match unit {
@@ -509,7 +523,7 @@ macro_rules! stats_builders {
         impl RowBuilder for StatsBuilders {
             const UNIQUE_COLUMNS: &'static [&'static str] = &[];
             const UNFILTERED_COLUMNS: &'static [&'static str] = &MEASURES;
-            const DELTA_COLUMNS: &'static [&'static str] = &MEASURES;
+            const DELTA_COLUMNS: &'static [&'static str] = &STATS_DELTA_COLUMNS;
             fn new() -> Self {
                 StatsBuilders {
                     rows: 0,
@@ -550,7 +564,7 @@ impl ClickHourBuilders {
 impl RowBuilder for ClickHourBuilders {
     const UNIQUE_COLUMNS: &'static [&'static str] = &[];
     const UNFILTERED_COLUMNS: &'static [&'static str] = &MEASURES;
-    const DELTA_COLUMNS: &'static [&'static str] = &MEASURES;
+    const DELTA_COLUMNS: &'static [&'static str] = &CLICK_HOUR_DELTA_COLUMNS;
     fn new() -> Self {
         ClickHourBuilders(StatsBuilders::new())
     }
