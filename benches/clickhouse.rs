@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use attribd::event::Status;
 use attribd::rows::Attribution;
-use attribd::rows::{ConversionRow, Measures, StatsRow};
+use attribd::rows::{ConversionRow, Dims, Measures, NewNames, StatsRow};
 use attribd::sink::clickhouse::{ClickHouseConfig, ClickHouseSink, migrate};
 
 fn main() -> anyhow::Result<()> {
@@ -29,17 +29,25 @@ fn main() -> anyhow::Result<()> {
     migrate(&cfg)?;
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
     let dims: Vec<Arc<str>> = (0..1000).map(|i| Arc::from(format!("v{i}"))).collect();
-    let empty: Arc<str> = Arc::from("");
     let usd: Arc<str> = Arc::from("USD");
 
+    // Aggregate rows name their dimensions by interned id: `v{i}` is id i, "" is id 1000.
+    let mut names = NewNames {
+        first: 0,
+        names: dims.clone(),
+    };
+    names.names.push(Arc::from(""));
+    let id = |i: usize| i as u32;
     let stats: Vec<StatsRow> = (0..n)
         .map(|i| StatsRow {
             minute_ms: 1_793_527_200_000 + (i / 500) as i64 * 60_000,
-            tenant_id: dims[i % 3].clone(),
-            offer_id: dims[i % 200].clone(),
-            affiliate_id: dims[(i / 3) % 1000].clone(),
-            country: dims[i % 10].clone(),
-            currency: empty.clone(),
+            dims: Dims {
+                tenant: id(i % 3),
+                offer: id(i % 200),
+                affiliate: id((i / 3) % 1000),
+                country: id(i % 10),
+                currency: id(1000),
+            },
             measures: Measures {
                 clicks: 3,
                 unique_clicks: 2,
@@ -48,6 +56,7 @@ fn main() -> anyhow::Result<()> {
         })
         .collect();
     let mut sink = ClickHouseSink::connect(&cfg, "0000000000bec4e5")?;
+    sink.learn_names(&names)?;
     let t = Instant::now();
     for chunk in stats.chunks(4096) {
         sink.write(Vec::new(), chunk.to_vec(), Vec::new())?;

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use crate::event::{ClickBatch, DeadLetter, Status};
+pub use crate::state::interner::{Dims, Sym};
 
 /// Why a conversion is or is not attributed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -187,16 +188,72 @@ impl Measures {
     }
 }
 
-/// One row of `stats_minute`: a bucket's delta.
-#[derive(Debug, Clone, PartialEq)]
+/// One row of `stats_minute` (or `stats_click_hour`): a bucket's delta.
+///
+/// The dimensions travel as the state stage's interned ids, not strings: a row is made for
+/// nearly every click, and five shared strings per row meant ten atomic reference-count
+/// updates on cache lines both threads keep taking from each other (every row names the same
+/// tenant). A sink turns the ids into strings with its [`Names`].
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StatsRow {
     pub minute_ms: i64,
-    pub tenant_id: Arc<str>,
-    pub offer_id: Arc<str>,
-    pub affiliate_id: Arc<str>,
-    pub country: Arc<str>,
-    pub currency: Arc<str>,
+    pub dims: Dims,
     pub measures: Measures,
+}
+
+/// Strings the state stage interned since its previous batch: ids `first..first + len`.
+/// Sent with the batch whose aggregate rows are the first to name them.
+#[derive(Debug, Default, Clone)]
+pub struct NewNames {
+    pub first: u32,
+    pub names: Vec<Arc<str>>,
+}
+
+impl NewNames {
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+/// A sink's copy of the state stage's interned strings, learnt from the batches' [`NewNames`]
+/// in the order they were sent; resolves the ids of a [`StatsRow`].
+#[derive(Debug, Default, Clone)]
+pub struct Names(Vec<Arc<str>>);
+
+impl Names {
+    /// Takes in a batch's new strings. They continue where the last batch's ended (or repeat
+    /// ids already known, as after a restart, whose ids are the same); a gap would be a lost
+    /// batch and is refused rather than written under wrong names.
+    pub fn learn(&mut self, new: &NewNames) -> anyhow::Result<()> {
+        if new.is_empty() {
+            return Ok(());
+        }
+        let first = new.first as usize;
+        anyhow::ensure!(
+            first <= self.0.len(),
+            "internal: the sink knows {} interned strings and was sent strings from id {first}",
+            self.0.len()
+        );
+        self.0.truncate(first);
+        self.0.extend(new.names.iter().cloned());
+        Ok(())
+    }
+
+    /// Names of a fixed list: id `i` is `strings[i]` (tests and benches that make rows by hand).
+    pub fn of(strings: &[&str]) -> Names {
+        Names(strings.iter().map(|&s| Arc::from(s)).collect())
+    }
+
+    /// The string of `id` (`""` for an id never sent, which [`Names::learn`] rules out).
+    pub fn get(&self, id: Sym) -> &str {
+        debug_assert!((id as usize) < self.0.len(), "unknown interned id {id}");
+        self.0.get(id as usize).map_or("", |s| s)
+    }
+
+    /// A row's dimensions: tenant, offer, affiliate, country, currency.
+    pub fn dims(&self, d: &Dims) -> [&str; 5] {
+        [d.tenant, d.offer, d.affiliate, d.country, d.currency].map(|id| self.get(id))
+    }
 }
 
 /// Everything the state stage produced for one input batch.
@@ -208,6 +265,8 @@ pub struct SinkBatch {
     /// Deltas of the by-click-hour aggregate (`minute_ms` holds the click's hour).
     pub click_hour: Vec<StatsRow>,
     pub dead_letters: Vec<DeadLetter>,
+    /// The interned strings the aggregate rows of this batch are the first to name.
+    pub names: NewNames,
 }
 
 impl SinkBatch {
@@ -217,6 +276,7 @@ impl SinkBatch {
             && self.stats.is_empty()
             && self.click_hour.is_empty()
             && self.dead_letters.is_empty()
+            && self.names.is_empty()
     }
 
     /// Rows of every table in the batch (queue depth accounting).

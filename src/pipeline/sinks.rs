@@ -23,7 +23,7 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 
 use super::channel::{CHANNEL_BATCHES, Metered};
 use crate::config::PipelineConfig;
-use crate::rows::{ConversionRow, SinkBatch, StatsRow};
+use crate::rows::{ConversionRow, NewNames, SinkBatch, StatsRow};
 use crate::sink::clickhouse::{ClickHouseSink, ClickHouseTotals};
 use crate::sink::{FileSinks, SinkTotals};
 use crate::telemetry::{Metrics, Queue, SharedMetrics, SinkKind};
@@ -62,11 +62,14 @@ pub(super) fn start(
                 .spawn(move || -> Result<ClickHouseTotals> {
                     for msg in rx {
                         match msg {
-                            ClickHouseMsg::Rows(conversions, stats, click_hour) => {
+                            ClickHouseMsg::Rows(conversions, stats, click_hour, names) => {
                                 depth.dec_by(
                                     (conversions.len() + stats.len() + click_hour.len()) as i64,
                                 );
-                                if let Err(e) = sink.write(conversions, stats, click_hour) {
+                                let written = sink
+                                    .learn_names(&names)
+                                    .and_then(|()| sink.write(conversions, stats, click_hour));
+                                if let Err(e) = written {
                                     m.health.sink_failed.store(true, Ordering::Relaxed);
                                     return Err(e);
                                 }
@@ -172,7 +175,7 @@ const CLICKHOUSE_QUEUE_BATCHES: usize = 64;
 
 /// Messages to the ClickHouse thread.
 enum ClickHouseMsg {
-    Rows(Vec<ConversionRow>, Vec<StatsRow>, Vec<StatsRow>),
+    Rows(Vec<ConversionRow>, Vec<StatsRow>, Vec<StatsRow>, NewNames),
     Barrier(u64, Sender<Result<()>>),
 }
 
@@ -223,11 +226,16 @@ fn sink_loop(
                 if let Some(tx) = &forward
                     && !(batch.conversions.is_empty()
                         && batch.stats.is_empty()
-                        && batch.click_hour.is_empty())
+                        && batch.click_hour.is_empty()
+                        && batch.names.is_empty())
                 {
                     let n = batch.conversions.len() + batch.stats.len() + batch.click_hour.len();
-                    let rows =
-                        ClickHouseMsg::Rows(batch.conversions, batch.stats, batch.click_hour);
+                    let rows = ClickHouseMsg::Rows(
+                        batch.conversions,
+                        batch.stats,
+                        batch.click_hour,
+                        batch.names,
+                    );
                     if !tx.send(rows, n) {
                         return Err(stopped());
                     }
@@ -326,6 +334,7 @@ impl SinkSenders {
             stats,
             click_hour,
             dead_letters,
+            names,
         } = batch;
         let stopped = || anyhow!("a sink stopped; see its error");
         if !clicks.is_empty() {
@@ -343,10 +352,11 @@ impl SinkSenders {
             stats,
             click_hour,
             dead_letters,
+            names,
             ..SinkBatch::default()
         };
         let n = others.rows();
-        if n > 0 && !self.others.send(SinkMsg::Batch(others), n) {
+        if !others.is_empty() && !self.others.send(SinkMsg::Batch(others), n) {
             return Err(stopped());
         }
         Ok(())

@@ -49,7 +49,7 @@ pub fn discard_after(out: &std::path::Path, epoch: u64) -> Result<usize> {
 
 use anyhow::Result;
 
-use crate::rows::SinkBatch;
+use crate::rows::{Names, SinkBatch};
 use deadletter::DeadLetterWriter;
 use parquet::{
     ClickBuilders, ClickHourBuilders, ConversionBuilders, ParquetConfig, PartitionedTable,
@@ -90,6 +90,8 @@ pub struct FileSinks {
     stats: PartitionedTable<StatsBuilders>,
     click_hour: PartitionedTable<ClickHourBuilders>,
     dead: DeadLetterWriter,
+    /// The strings behind the aggregate rows' dimension ids.
+    names: Names,
 }
 
 impl FileSinks {
@@ -103,6 +105,7 @@ impl FileSinks {
             stats: PartitionedTable::new(out, "stats_minute", &tag, cfg)?,
             click_hour: PartitionedTable::new(out, "stats_click_hour", &tag, cfg)?,
             dead: DeadLetterWriter::new(out, &tag),
+            names: Names::default(),
         })
     }
 
@@ -122,14 +125,15 @@ impl FileSinks {
             b.append(row);
             self.conversions.after_append(hour)?;
         }
+        self.names.learn(&batch.names)?;
         for row in &batch.stats {
             let (b, hour) = self.stats.builders(row.minute_ms);
-            b.append(row);
+            b.append(row, &self.names);
             self.stats.after_append(hour)?;
         }
         for row in &batch.click_hour {
             let (b, hour) = self.click_hour.builders(row.minute_ms);
-            b.append(row);
+            b.append(row, &self.names);
             self.click_hour.after_append(hour)?;
         }
         for d in &batch.dead_letters {

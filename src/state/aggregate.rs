@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use rustc_hash::FxHashMap;
 
-use super::interner::{DimsTable, Interner};
+use super::interner::DimsTable;
 use crate::rows::{Measures, StatsRow};
 
 /// The buckets of one open minute: measures in arrival order, and where each dimension id's
@@ -97,13 +97,7 @@ impl Aggregator {
     }
 
     /// Emits and forgets every bucket whose minute is before `minute_ms`.
-    pub fn flush_before(
-        &mut self,
-        minute_ms: i64,
-        dims: &DimsTable,
-        strings: &Interner,
-        out: &mut Vec<StatsRow>,
-    ) {
+    pub fn flush_before(&mut self, minute_ms: i64, dims: &DimsTable, out: &mut Vec<StatsRow>) {
         // Called after every run of records: most calls close nothing.
         if self
             .open
@@ -142,29 +136,24 @@ impl Aggregator {
                 if measures == Measures::default() {
                     continue;
                 }
-                let d = dims.get(d);
                 out.push(StatsRow {
                     minute_ms: minute,
-                    tenant_id: strings.get(d.tenant).clone(),
-                    offer_id: strings.get(d.offer).clone(),
-                    affiliate_id: strings.get(d.affiliate).clone(),
-                    country: strings.get(d.country).clone(),
-                    currency: strings.get(d.currency).clone(),
+                    dims: dims.get(d),
                     measures,
                 });
             }
         }
     }
 
-    pub fn flush_all(&mut self, dims: &DimsTable, strings: &Interner, out: &mut Vec<StatsRow>) {
-        self.flush_before(i64::MAX, dims, strings, out);
+    pub fn flush_all(&mut self, dims: &DimsTable, out: &mut Vec<StatsRow>) {
+        self.flush_before(i64::MAX, dims, out);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::interner::Dims;
+    use crate::state::interner::{Dims, Interner};
 
     #[test]
     fn a_reopened_old_minute_neither_takes_nor_teaches_the_size_hint() {
@@ -188,7 +177,7 @@ mod tests {
             agg.update(60_000, d, |m| m.clicks += 1);
         }
         let mut out = Vec::new();
-        agg.flush_before(120_000, &table, &strings, &mut out);
+        agg.flush_before(120_000, &table, &mut out);
         assert_eq!((out.len(), agg.typical_minute), (100, 100));
         // The next minute starts at the learnt size; a late change to the flushed minute
         // re-opens it empty.
@@ -197,7 +186,7 @@ mod tests {
         assert!(agg.open[&180_000].buckets.capacity() >= 100);
         assert!(agg.open[&60_000].buckets.capacity() < 100);
         // Flushing the re-opened minute (one bucket) does not shrink the hint.
-        agg.flush_before(120_000, &table, &strings, &mut out);
+        agg.flush_before(120_000, &table, &mut out);
         assert_eq!(agg.typical_minute, 100);
         assert_eq!(out.len(), 101);
     }
@@ -220,16 +209,16 @@ mod tests {
         agg.update(120_000, d, |m| m.approved += 1);
         assert_eq!(agg.open_buckets(), 2);
         let mut out = Vec::new();
-        agg.flush_before(120_000, &table, &strings, &mut out);
+        agg.flush_before(120_000, &table, &mut out);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].measures.clicks, 2);
-        assert_eq!(&*out[0].offer_id, "o1");
+        assert_eq!(&**strings.get(out[0].dims.offer), "o1");
         // A late delta re-opens the flushed minute.
         agg.update(60_000, d, |m| m.clicks -= 2);
         // A bucket whose delta nets to zero before a flush is not written.
         agg.update(180_000, d, |m| m.pending += 1);
         agg.update(180_000, d, |m| m.pending -= 1);
-        agg.flush_all(&table, &strings, &mut out);
+        agg.flush_all(&table, &mut out);
         assert_eq!(agg.open_buckets(), 0);
         let total: i64 = out.iter().map(|r| r.measures.clicks).sum();
         assert_eq!(total, 0);

@@ -119,6 +119,8 @@ pub struct Engine {
     sent_strings: usize,
     sent_dims: usize,
     new_dims_by_hash: ChangeLog<(u64, u32)>,
+    /// How many interned strings the sinks have been sent ([`Engine::attach_names`]).
+    names_sent: usize,
     /// Rates and payout rules (`[money]`, `[payouts]`), and the rule of each dimension id.
     money: valuation::MoneyState,
     /// Fraud signals' thresholds and what they remember (`[fraud]`).
@@ -149,6 +151,7 @@ impl Engine {
             sent_strings: 0,
             sent_dims: 0,
             new_dims_by_hash: ChangeLog::default(),
+            names_sent: 0,
             money: valuation::MoneyState::default(),
             fraud: fraud::FraudState::default(),
         }
@@ -297,7 +300,8 @@ impl Engine {
         };
         let close_before = minute_floor(low.saturating_sub(self.cfg.allowed_lateness_ms));
         self.agg
-            .flush_before(close_before, &self.dims, &self.strings, &mut out.stats);
+            .flush_before(close_before, &self.dims, &mut out.stats);
+        self.attach_names(out);
         // The by-click-hour buckets go whole at a checkpoint, inside its pause: flushing them
         // here once there are this many keeps that pause short (the soak's 20 ms).
         if self.by_click_hour.open_buckets() >= CLICK_HOUR_FLUSH_BUCKETS {
@@ -332,8 +336,7 @@ impl Engine {
         for p in self.pending.take_released(i64::MAX) {
             self.resolve(p, None, out);
         }
-        self.agg
-            .flush_all(&self.dims, &self.strings, &mut out.stats);
+        self.agg.flush_all(&self.dims, &mut out.stats);
         self.flush_click_hour(out);
     }
 
@@ -348,7 +351,23 @@ impl Engine {
     /// Every open by-click-hour bucket as delta rows (at a checkpoint, before its barrier).
     pub fn flush_click_hour(&mut self, out: &mut SinkBatch) {
         self.by_click_hour
-            .flush_all(&self.dims, &self.strings, &mut out.click_hour);
+            .flush_all(&self.dims, &mut out.click_hour);
+        self.attach_names(out);
+    }
+
+    /// Puts the strings interned since the last batch that carried any into `out`, which
+    /// holds aggregate rows naming them by id: the sinks learn every name before its first use
+    /// ([`crate::rows::Names`]). Batches reach the sinks in the order they were made.
+    fn attach_names(&mut self, out: &mut SinkBatch) {
+        let all = self.strings.all();
+        if all.len() <= self.names_sent {
+            return;
+        }
+        if out.names.is_empty() {
+            out.names.first = self.names_sent as u32;
+        }
+        out.names.names.extend_from_slice(&all[self.names_sent..]);
+        self.names_sent = all.len();
     }
 
     /// The hour of the click an attributed conversion `entry` (of `click_id`) belongs to: the

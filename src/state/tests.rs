@@ -8,7 +8,7 @@ use super::*;
 use crate::event::decode::{DecodeLimits, Decoder};
 use crate::event::{DeadReason, Position, Status};
 use crate::raw::RawBatch;
-use crate::rows::{ConversionRow, Measures, StatsRow};
+use crate::rows::{ConversionRow, Measures, Names, StatsRow};
 
 const T0: i64 = 1_793_527_200_000; // 2026-11-01T10:00:00Z
 const MIN: i64 = 60_000;
@@ -54,6 +54,8 @@ struct Out {
     stats: Vec<StatsRow>,
     click_hour: Vec<StatsRow>,
     dead: Vec<DeadLetter>,
+    /// The aggregate rows' dimension names, learnt from the batches as a sink does.
+    names: Names,
 }
 
 impl Out {
@@ -65,6 +67,7 @@ impl Out {
                     .push((rows.batch.arena.get(c.click_id).to_string(), unique));
             }
         }
+        self.names.learn(&b.names).unwrap();
         self.conversions.extend(b.conversions);
         self.stats.extend(b.stats);
         self.click_hour.extend(b.click_hour);
@@ -84,13 +87,10 @@ impl Out {
     fn by_offer(&self) -> BTreeMap<(String, String, String), Measures> {
         let mut out: BTreeMap<_, Measures> = BTreeMap::new();
         for r in &self.stats {
-            out.entry((
-                r.tenant_id.to_string(),
-                r.offer_id.to_string(),
-                r.currency.to_string(),
-            ))
-            .or_default()
-            .add(&r.measures);
+            let [tenant, offer, _, _, currency] = self.names.dims(&r.dims);
+            out.entry((tenant.to_string(), offer.to_string(), currency.to_string()))
+                .or_default()
+                .add(&r.measures);
         }
         out
     }
@@ -346,9 +346,12 @@ fn attribution_window_and_reasons() {
 fn by_click_hour(out: &Out) -> BTreeMap<(i64, String), Measures> {
     let mut m: BTreeMap<_, Measures> = BTreeMap::new();
     for r in &out.click_hour {
-        m.entry(((r.minute_ms - T0) / HOUR, r.offer_id.to_string()))
-            .or_default()
-            .add(&r.measures);
+        m.entry((
+            (r.minute_ms - T0) / HOUR,
+            out.names.get(r.dims.offer).to_string(),
+        ))
+        .or_default()
+        .add(&r.measures);
     }
     m.retain(|_, v| *v != Measures::default());
     m

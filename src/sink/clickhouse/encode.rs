@@ -8,7 +8,7 @@
 use clickhouse::Row;
 use serde::Serialize;
 
-use crate::rows::{ConversionRow, Measures, StatsRow, Unit, for_each_measure};
+use crate::rows::{ConversionRow, Measures, Names, StatsRow, Unit, for_each_measure};
 
 /// Columns of `attribution_stats_minute` before the measures.
 const STATS_KEY_COLUMNS: [(&str, &str); 7] = [
@@ -103,16 +103,18 @@ macro_rules! aggregate_ingest {
         }
 
         impl<'a> $name<'a> {
-            pub fn new(batch_id: &'a str, r: &'a StatsRow) -> $name<'a> {
+            /// The row `r`, its dimensions named by `names`.
+            pub fn new(batch_id: &'a str, r: &StatsRow, names: &'a Names) -> $name<'a> {
                 let m = &r.measures;
+                let [tenant_id, offer_id, affiliate_id, country, currency] = names.dims(&r.dims);
                 $name {
                     batch_id,
                     $time: (r.minute_ms.div_euclid(1000)).clamp(0, u32::MAX as i64) as u32,
-                    tenant_id: &r.tenant_id,
-                    offer_id: &r.offer_id,
-                    affiliate_id: &r.affiliate_id,
-                    country: &r.country,
-                    currency: &r.currency,
+                    tenant_id,
+                    offer_id,
+                    affiliate_id,
+                    country,
+                    currency,
                     $($column: m.$field,)*
                 }
             }
@@ -223,23 +225,24 @@ impl<'a> ConversionIngest<'a> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
 
     #[test]
     fn stats_rows_carry_the_stats_columns_in_order() {
+        let names = Names::of(&["t", "o", "a", "US", "EUR"]);
         let r = StatsRow {
             minute_ms: 60_000,
-            tenant_id: Arc::from("t"),
-            offer_id: Arc::from("o"),
-            affiliate_id: Arc::from("a"),
-            country: Arc::from("US"),
-            currency: Arc::from("EUR"),
+            dims: crate::rows::Dims {
+                tenant: 0,
+                offer: 1,
+                affiliate: 2,
+                country: 3,
+                currency: 4,
+            },
             measures: Measures::from_array(std::array::from_fn(|i| i as i64 + 1)),
         };
-        let json = serde_json::to_value(StatsIngest::new("b", &r)).expect("serializes");
-        let text = serde_json::to_string(&StatsIngest::new("b", &r)).expect("serializes");
+        let json = serde_json::to_value(StatsIngest::new("b", &r, &names)).expect("serializes");
+        let text = serde_json::to_string(&StatsIngest::new("b", &r, &names)).expect("serializes");
         let mut at = 0;
         for (i, (name, _)) in STATS_COLUMNS.iter().enumerate() {
             let pos = text[at..]

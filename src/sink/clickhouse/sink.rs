@@ -15,7 +15,6 @@
 //! ClickHouse side of what `sink::discard_after` does for Parquet files — and the replay
 //! writes them again.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -26,7 +25,7 @@ use super::config::{ClickHouseConfig, Credentials, client, loggable_url};
 use super::encode::{ClickHourIngest, ConversionIngest, StatsIngest};
 use super::error::explain;
 use super::migrations;
-use crate::rows::{ConversionRow, Measures, StatsRow};
+use crate::rows::{ConversionRow, Dims, Measures, Names, NewNames, StatsRow};
 
 /// What the sink did, for the run summary.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -41,23 +40,12 @@ pub struct ClickHouseTotals {
     pub failures: u64,
 }
 
-/// Rows of the stats buffer are keyed by minute and the *identity* of the interned dimension
-/// strings: all of them come from the state stage's interner, so pointer equality is string
-/// equality and the key never hashes string bytes.
-type StatsKey = (i64, [usize; 5]);
+/// Rows of the stats buffer are keyed by minute and the interned ids of their dimensions
+/// (equal ids, equal strings): the key never hashes string bytes.
+type StatsKey = (i64, Dims);
 
 fn stats_key(r: &StatsRow) -> StatsKey {
-    let p = |s: &Arc<str>| Arc::as_ptr(s) as *const u8 as usize;
-    (
-        r.minute_ms,
-        [
-            p(&r.tenant_id),
-            p(&r.offer_id),
-            p(&r.affiliate_id),
-            p(&r.country),
-            p(&r.currency),
-        ],
-    )
+    (r.minute_ms, r.dims)
 }
 
 /// `(column >= ? AND column < ?) OR …`, one pair per range.
@@ -83,6 +71,8 @@ pub struct ClickHouseSink {
     /// The by-click-hour aggregate's buffer, merged the same way.
     click_hour: rustc_hash::FxHashMap<StatsKey, StatsRow>,
     conversions: Vec<ConversionRow>,
+    /// The strings behind the aggregate rows' dimension ids ([`ClickHouseSink::learn_names`]).
+    names: Names,
     /// Instance and process: parts of the batch id.
     writer: Writer,
     /// Checkpoint epoch and flush numbers per table within it; parts of the batch id.
@@ -115,6 +105,7 @@ impl ClickHouseSink {
             stats: rustc_hash::FxHashMap::default(),
             click_hour: rustc_hash::FxHashMap::default(),
             conversions: Vec::new(),
+            names: Names::default(),
             writer: Writer {
                 instance: instance.to_string(),
                 process: rand::random(),
@@ -130,6 +121,13 @@ impl ClickHouseSink {
     /// Report inserts, failures and the breaker state here.
     pub fn set_metrics(&mut self, metrics: crate::telemetry::SharedMetrics) {
         self.committer.set_metrics(metrics);
+    }
+
+    /// Takes in the strings a batch's aggregate rows are the first to name (the state stage
+    /// sends them once, in order; see [`Names`]). Call before [`ClickHouseSink::write`] with
+    /// that batch's rows.
+    pub fn learn_names(&mut self, names: &NewNames) -> Result<()> {
+        self.names.learn(names)
     }
 
     /// Buffers rows; flushes a table whose buffer is full (blocking while ClickHouse is down).
@@ -285,7 +283,7 @@ impl ClickHouseSink {
     }
 
     fn flush_stats(&mut self) -> Result<()> {
-        let rows = sorted_rows(&mut self.stats);
+        let rows = sorted_rows(&mut self.stats, &self.names);
         for chunk in rows.chunks(self.cfg.flush_rows) {
             self.insert_stats(chunk, Aggregate::Minute)?;
         }
@@ -293,7 +291,7 @@ impl ClickHouseSink {
     }
 
     fn flush_click_hour(&mut self) -> Result<()> {
-        let rows = sorted_rows(&mut self.click_hour);
+        let rows = sorted_rows(&mut self.click_hour, &self.names);
         for chunk in rows.chunks(self.cfg.flush_rows) {
             self.insert_stats(chunk, Aggregate::ClickHour)?;
         }
@@ -332,50 +330,28 @@ fn merge(buffer: &mut rustc_hash::FxHashMap<StatsKey, StatsRow>, rows: Vec<Stats
 }
 
 /// A buffer's rows without the ones that net to nothing, in a deterministic order (the batch id
-/// is a function of the rows).
-fn sorted_rows(buffer: &mut rustc_hash::FxHashMap<StatsKey, StatsRow>) -> Vec<StatsRow> {
-    {
-        let mut rows: Vec<StatsRow> = buffer
-            .drain()
-            .map(|(_, r)| r)
-            .filter(|r| r.measures != Measures::default())
-            .collect();
-        // A deterministic order makes the batch id a function of the rows.
-        rows.sort_by(|a, b| {
-            (
-                a.minute_ms,
-                &a.tenant_id,
-                &a.offer_id,
-                &a.affiliate_id,
-                &a.country,
-                &a.currency,
-            )
-                .cmp(&(
-                    b.minute_ms,
-                    &b.tenant_id,
-                    &b.offer_id,
-                    &b.affiliate_id,
-                    &b.country,
-                    &b.currency,
-                ))
-        });
-        rows
-    }
+/// is a function of the rows): by minute, then the dimensions' strings.
+fn sorted_rows(
+    buffer: &mut rustc_hash::FxHashMap<StatsKey, StatsRow>,
+    names: &Names,
+) -> Vec<StatsRow> {
+    let mut rows: Vec<StatsRow> = buffer
+        .drain()
+        .map(|(_, r)| r)
+        .filter(|r| r.measures != Measures::default())
+        .collect();
+    rows.sort_by_cached_key(|r| (r.minute_ms, names.dims(&r.dims)));
+    rows
 }
 
 impl ClickHouseSink {
     /// One INSERT (one batch id) of at most `flush_rows` aggregate rows into `table`.
     fn insert_stats(&mut self, rows: &[StatsRow], table: Aggregate) -> Result<()> {
+        let names = &self.names;
         let mut h = Xxh3::new();
         for r in rows {
             h.update(&r.minute_ms.to_le_bytes());
-            for s in [
-                &r.tenant_id,
-                &r.offer_id,
-                &r.affiliate_id,
-                &r.country,
-                &r.currency,
-            ] {
+            for s in names.dims(&r.dims) {
                 h.update(s.as_bytes());
                 h.update(&[0x1f]);
             }
@@ -404,14 +380,14 @@ impl ClickHouseSink {
                 Aggregate::Minute => {
                     let mut ins = client.insert::<StatsIngest<'_>>(table.table()).await?;
                     for r in rows {
-                        ins.write(&StatsIngest::new(id, r)).await?;
+                        ins.write(&StatsIngest::new(id, r, names)).await?;
                     }
                     ins.end().await
                 }
                 Aggregate::ClickHour => {
                     let mut ins = client.insert::<ClickHourIngest<'_>>(table.table()).await?;
                     for r in rows {
-                        ins.write(&ClickHourIngest::new(id, r)).await?;
+                        ins.write(&ClickHourIngest::new(id, r, names)).await?;
                     }
                     ins.end().await
                 }

@@ -421,16 +421,23 @@ fn close_file(f: OpenFile) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rows::{Measures, StatsRow};
+    use crate::rows::{Dims, Measures, Names, StatsRow};
+
+    /// The names of [`stats_row`]'s dimension ids.
+    fn names() -> Names {
+        Names::of(&["", "t", "o", "a", "US"])
+    }
 
     fn stats_row(minute_ms: i64) -> StatsRow {
         StatsRow {
             minute_ms,
-            tenant_id: "t".into(),
-            offer_id: "o".into(),
-            affiliate_id: "a".into(),
-            country: "US".into(),
-            currency: "".into(),
+            dims: Dims {
+                tenant: 1,
+                offer: 2,
+                affiliate: 3,
+                country: 4,
+                currency: 0,
+            },
             measures: Measures {
                 clicks: 1,
                 ..Measures::default()
@@ -458,7 +465,7 @@ mod tests {
     fn write(t: &mut PartitionedTable<StatsBuilders>, rows: i64, hour: i64) {
         for i in 0..rows {
             let (b, h) = t.builders(hour * 3_600_000 + i);
-            b.append(&stats_row(hour * 3_600_000 + i));
+            b.append(&stats_row(hour * 3_600_000 + i), &names());
             t.after_append(h).unwrap();
         }
     }
@@ -551,11 +558,17 @@ mod tests {
             PartitionedTable::<StatsBuilders>::new(dir.path(), "stats_minute", &epoch_tag(3), &cfg)
                 .unwrap();
         // Distinct strings defeat the dictionary, so the file grows past 1 MiB quickly.
-        for i in 0..200_000i64 {
+        let offers: Vec<String> = (0..200_000i64)
+            .map(|i| format!("offer-{i:012}-{}", i * 7919))
+            .collect();
+        let mut strings = vec!["", "t", "o", "a", "US"];
+        strings.extend(offers.iter().map(String::as_str));
+        let names = Names::of(&strings);
+        for i in 0..200_000u32 {
             let mut r = stats_row(490_000 * 3_600_000);
-            r.offer_id = format!("offer-{i:012}-{}", i * 7919).into();
+            r.dims.offer = 5 + i;
             let (b, h) = t.builders(r.minute_ms);
-            b.append(&r);
+            b.append(&r, &names);
             t.after_append(h).unwrap();
         }
         t.close_all().unwrap();

@@ -11,7 +11,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
 
 use crate::event::ClickBatch;
-use crate::rows::{ConversionRow, Measures, StatsRow, Unit, for_each_measure};
+use crate::rows::{ConversionRow, Measures, Names, StatsRow, Unit, for_each_measure};
 
 /// Money columns: `Decimal(18, 6)`, exact sums.
 pub const MONEY: DataType = DataType::Decimal128(18, 6);
@@ -503,18 +503,12 @@ macro_rules! stats_builders {
         }
 
         impl StatsBuilders {
-            pub fn append(&mut self, r: &StatsRow) {
+            /// Appends `r`, its dimensions named by `names`.
+            pub fn append(&mut self, r: &StatsRow, names: &Names) {
                 self.rows += 1;
                 self.minute.append_value(r.minute_ms);
-                let dims = [
-                    &r.tenant_id,
-                    &r.offer_id,
-                    &r.affiliate_id,
-                    &r.country,
-                    &r.currency,
-                ];
-                for (b, d) in self.dims.iter_mut().zip(dims) {
-                    b.append_value(&**d);
+                for (b, d) in self.dims.iter_mut().zip(names.dims(&r.dims)) {
+                    b.append_value(d);
                 }
                 $(self.$column.push(r.measures.$field);)*
             }
@@ -556,8 +550,8 @@ for_each_measure!(stats_builders);
 pub struct ClickHourBuilders(StatsBuilders);
 
 impl ClickHourBuilders {
-    pub fn append(&mut self, r: &StatsRow) {
-        self.0.append(r);
+    pub fn append(&mut self, r: &StatsRow, names: &Names) {
+        self.0.append(r, names);
     }
 }
 
