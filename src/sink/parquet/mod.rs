@@ -471,6 +471,50 @@ mod tests {
     }
 
     #[test]
+    fn aggregates_keep_statistics_for_time_and_tenant_and_encode_measures_as_deltas() {
+        use ::parquet::basic::Encoding;
+        use ::parquet::file::reader::{FileReader, SerializedFileReader};
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ParquetConfig {
+            out: dir.path().to_path_buf(),
+            ..ParquetConfig::default()
+        };
+        let mut t =
+            PartitionedTable::<StatsBuilders>::new(dir.path(), "stats_minute", &epoch_tag(1), &cfg)
+                .unwrap();
+        write(&mut t, 100, 490_000);
+        t.close_all().unwrap();
+        let files = parquet_files(dir.path());
+        assert_eq!(files.len(), 1, "{files:?}");
+        let reader = SerializedFileReader::new(fs::File::open(&files[0]).unwrap()).unwrap();
+        let group = reader.metadata().row_group(0);
+        let column = |name: &str| {
+            group
+                .columns()
+                .iter()
+                .find(|c| c.column_path().string() == name)
+                .unwrap_or_else(|| panic!("no column {name}"))
+        };
+        for name in ["minute", "tenant_id"] {
+            assert!(column(name).statistics().is_some(), "{name}");
+        }
+        for name in ["offer_id", "affiliate_id", "country", "currency", "clicks", "revenue"] {
+            assert!(column(name).statistics().is_none(), "{name}");
+        }
+        for name in ["minute", "clicks", "revenue"] {
+            assert!(
+                column(name).encodings().any(|e| e == Encoding::DELTA_BINARY_PACKED),
+                "{name}"
+            );
+        }
+        assert!(
+            column("offer_id")
+                .encodings()
+                .any(|e| e == Encoding::RLE_DICTIONARY)
+        );
+    }
+
+    #[test]
     fn files_roll_by_rows_and_age_and_land_complete() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = ParquetConfig {
