@@ -498,12 +498,21 @@ mod tests {
         for name in ["minute", "tenant_id"] {
             assert!(column(name).statistics().is_some(), "{name}");
         }
-        for name in ["offer_id", "affiliate_id", "country", "currency", "clicks", "revenue"] {
+        for name in [
+            "offer_id",
+            "affiliate_id",
+            "country",
+            "currency",
+            "clicks",
+            "revenue",
+        ] {
             assert!(column(name).statistics().is_none(), "{name}");
         }
         for name in ["minute", "clicks", "revenue"] {
             assert!(
-                column(name).encodings().any(|e| e == Encoding::DELTA_BINARY_PACKED),
+                column(name)
+                    .encodings()
+                    .any(|e| e == Encoding::DELTA_BINARY_PACKED),
                 "{name}"
             );
         }
