@@ -2,7 +2,9 @@
 //!
 //! The state stage decides *what* is written (accepted clicks, conversion versions, aggregate
 //! deltas, dead letters) and sends one [`SinkBatch`] per input batch; sinks decide *how* (Parquet
-//! files, ClickHouse inserts, NDJSON dead letters).
+//! files, ClickHouse inserts, NDJSON dead letters). Aggregate rows name their dimensions by
+//! interned id; a batch carries the strings its rows are the first to use ([`NewNames`]),
+//! which the sinks keep ([`Names`]) — a batch may carry only those.
 
 use std::sync::Arc;
 
@@ -234,8 +236,34 @@ impl Names {
             "internal: the sink knows {} interned strings and was sent strings from id {first}",
             self.0.len()
         );
+        // Ids sent again (a restarted state stage) must name what they named before.
+        let known = &self.0[first..];
+        if let Some(i) = known.iter().zip(&new.names).position(|(a, b)| a != b) {
+            anyhow::bail!(
+                "internal: interned string {} was {:?} and is now sent as {:?}",
+                first + i,
+                known[i],
+                new.names[i]
+            );
+        }
         self.0.truncate(first);
         self.0.extend(new.names.iter().cloned());
+        Ok(())
+    }
+
+    /// Refuses a row naming an id no batch has sent (a bug upstream), rather than writing it
+    /// under an empty name.
+    pub fn check(&self, r: &StatsRow) -> anyhow::Result<()> {
+        let d = &r.dims;
+        let most = [d.tenant, d.offer, d.affiliate, d.country, d.currency]
+            .into_iter()
+            .max()
+            .unwrap_or(0);
+        anyhow::ensure!(
+            (most as usize) < self.0.len(),
+            "internal: an aggregate row names interned string {most}, of which the sink knows {}",
+            self.0.len()
+        );
         Ok(())
     }
 
@@ -244,7 +272,7 @@ impl Names {
         Names(strings.iter().map(|&s| Arc::from(s)).collect())
     }
 
-    /// The string of `id` (`""` for an id never sent, which [`Names::learn`] rules out).
+    /// The string of `id` (`""` for an id never sent, which [`Names::check`] rules out).
     pub fn get(&self, id: Sym) -> &str {
         debug_assert!((id as usize) < self.0.len(), "unknown interned id {id}");
         self.0.get(id as usize).map_or("", |s| s)
@@ -327,5 +355,17 @@ mod tests {
         let gap = names.learn(&new_names(7, &["x"])).unwrap_err();
         assert!(gap.to_string().contains("from id 7"), "{gap}");
         assert_eq!(names.dims(&d), ["t1", "o1", "a1", "", ""]);
+        // An id sent again under another string: refused, nothing learnt.
+        let changed = names.learn(&new_names(1, &["t1", "o2"])).unwrap_err();
+        assert!(changed.to_string().contains("string 2"), "{changed}");
+        assert_eq!(names.get(2), "o1");
+        // A row naming an id never sent is refused before it is written.
+        let row = |offer| StatsRow {
+            minute_ms: 0,
+            dims: Dims { offer, ..d },
+            measures: Measures::default(),
+        };
+        names.check(&row(4)).unwrap();
+        assert!(names.check(&row(5)).is_err());
     }
 }

@@ -126,6 +126,9 @@ impl FileSinks {
             self.conversions.after_append(hour)?;
         }
         self.names.learn(&batch.names)?;
+        for row in batch.stats.iter().chain(&batch.click_hour) {
+            self.names.check(row)?;
+        }
         for row in &batch.stats {
             let (b, hour) = self.stats.builders(row.minute_ms);
             b.append(row, &self.names);

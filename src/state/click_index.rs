@@ -457,15 +457,17 @@ impl ClickIndex {
     pub fn evict_before(&mut self, horizon_ms: i64) {
         let map = &mut self.map;
         self.by_hour.sweep(horizon_ms, |key, boundary| {
+            // `get` before `remove`, not `entry`: a stale filing of a key that is gone must
+            // not make a full shard grow.
             let shard = map.shard_mut(key);
-            if let std::collections::hash_map::Entry::Occupied(e) = shard.entry(key) {
-                if e.get().ts_ms < horizon_ms {
-                    e.remove();
-                    return false;
+            match shard.get(&key) {
+                Some(c) if c.ts_ms < horizon_ms => {
+                    shard.remove(&key);
+                    false
                 }
-                return boundary && hour_of(e.get().ts_ms) == hour_of(horizon_ms);
+                Some(c) => boundary && hour_of(c.ts_ms) == hour_of(horizon_ms),
+                None => false,
             }
-            false
         });
         self.extras.evict_before(horizon_ms);
         self.log.sweep(horizon_ms);

@@ -137,6 +137,9 @@ impl ClickHouseSink {
         stats: Vec<StatsRow>,
         click_hour: Vec<StatsRow>,
     ) -> Result<()> {
+        for row in stats.iter().chain(&click_hour) {
+            self.names.check(row)?;
+        }
         merge(&mut self.stats, stats);
         merge(&mut self.click_hour, click_hour);
         self.conversions.extend(conversions);
