@@ -83,7 +83,6 @@ pub fn write(dir: &Path, snap: &Snapshot) -> Result<u64> {
 /// process's peak RSS). The bytes are those of `rkyv::to_bytes`; the header's length and
 /// checksum are computed as they stream and written last, over a placeholder.
 fn write_streamed(dir: &Path, path: &Path, snap: &Snapshot) -> Result<u64> {
-    let mut written = (0, 0);
     write_atomic_with(dir, path, |f| {
         f.write_all(&[0; HEADER])?;
         let payload = Hashing {
@@ -95,12 +94,11 @@ fn write_streamed(dir: &Path, path: &Path, snap: &Snapshot) -> Result<u64> {
         let out = rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(snap, IoWriter::new(out))
             .map_err(std::io::Error::other)?
             .into_inner();
-        let payload = out.into_inner().map_err(|e| e.into_error())?;
-        written = (payload.len, payload.hash.digest());
+        let Hashing { hash, len, .. } = out.into_inner().map_err(|e| e.into_error())?;
         f.seek(SeekFrom::Start(0))?;
-        f.write_all(&header(written.0, written.1))
-    })?;
-    Ok(written.0)
+        f.write_all(&header(len, hash.digest()))?;
+        Ok(len)
+    })
 }
 
 /// An `io::Write` that checksums and counts what passes through it.
@@ -149,26 +147,27 @@ pub fn write_atomic(dir: &Path, path: &Path, parts: &[&[u8]]) -> Result<()> {
     write_atomic_with(dir, path, |f| parts.iter().try_for_each(|p| f.write_all(p)))
 }
 
-/// [`write_atomic`] with the file's content written by `write`.
-fn write_atomic_with(
+/// [`write_atomic`] with the file's content written by `write`; returns what `write` does.
+fn write_atomic_with<T>(
     dir: &Path,
     path: &Path,
-    write: impl FnOnce(&mut File) -> std::io::Result<()>,
-) -> Result<()> {
+    write: impl FnOnce(&mut File) -> std::io::Result<T>,
+) -> Result<T> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp"));
-    let result = (|| -> Result<()> {
+    let result = (|| -> Result<T> {
         let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        write(&mut f).with_context(|| format!("writing {}", tmp.display()))?;
+        let written = write(&mut f).with_context(|| format!("writing {}", tmp.display()))?;
         f.sync_all()
             .with_context(|| format!("fsync {}", tmp.display()))?;
         fs::rename(&tmp, path).with_context(|| format!("renaming {}", tmp.display()))?;
         File::open(dir)
             .and_then(|d| d.sync_all())
-            .with_context(|| format!("fsync directory {}", dir.display()))
+            .with_context(|| format!("fsync directory {}", dir.display()))?;
+        Ok(written)
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);

@@ -463,11 +463,17 @@ mod tests {
     }
 
     fn write(t: &mut PartitionedTable<StatsBuilders>, rows: i64, hour: i64) {
+        let names = names();
         for i in 0..rows {
             let (b, h) = t.builders(hour * 3_600_000 + i);
-            b.append(&stats_row(hour * 3_600_000 + i), &names());
+            b.append(&stats_row(hour * 3_600_000 + i), &names);
             t.after_append(h).unwrap();
         }
+    }
+
+    /// A `stats_minute` table writing files of `epoch` under `cfg.out`.
+    fn stats_table(cfg: &ParquetConfig, epoch: u64) -> PartitionedTable<StatsBuilders> {
+        PartitionedTable::new(&cfg.out, "stats_minute", &epoch_tag(epoch), cfg).unwrap()
     }
 
     #[test]
@@ -479,9 +485,7 @@ mod tests {
             out: dir.path().to_path_buf(),
             ..ParquetConfig::default()
         };
-        let mut t =
-            PartitionedTable::<StatsBuilders>::new(dir.path(), "stats_minute", &epoch_tag(1), &cfg)
-                .unwrap();
+        let mut t = stats_table(&cfg, 1);
         write(&mut t, 100, 490_000);
         t.close_all().unwrap();
         let files = parquet_files(dir.path());
@@ -532,9 +536,7 @@ mod tests {
             roll_age: Duration::from_secs(3600),
             ..ParquetConfig::default()
         };
-        let mut t =
-            PartitionedTable::<StatsBuilders>::new(dir.path(), "stats_minute", &epoch_tag(3), &cfg)
-                .unwrap();
+        let mut t = stats_table(&cfg, 3);
         // Three full write batches in one hour → three files rolled by rows.
         write(&mut t, 3 * WRITE_BATCH_ROWS as i64, 490_000);
         let done: Vec<_> = parquet_files(dir.path())
@@ -567,9 +569,7 @@ mod tests {
             out: dir.path().to_path_buf(),
             ..ParquetConfig::default()
         };
-        let mut t =
-            PartitionedTable::<StatsBuilders>::new(dir.path(), "stats_minute", &epoch_tag(1), &cfg)
-                .unwrap();
+        let mut t = stats_table(&cfg, 1);
         let complete = |dir: &Path| {
             parquet_files(dir)
                 .into_iter()
@@ -607,9 +607,7 @@ mod tests {
             roll_megabytes: 1,
             ..ParquetConfig::default()
         };
-        let mut t =
-            PartitionedTable::<StatsBuilders>::new(dir.path(), "stats_minute", &epoch_tag(3), &cfg)
-                .unwrap();
+        let mut t = stats_table(&cfg, 3);
         // Distinct strings defeat the dictionary, so the file grows past 1 MiB quickly.
         let offers: Vec<String> = (0..200_000i64)
             .map(|i| format!("offer-{i:012}-{}", i * 7919))

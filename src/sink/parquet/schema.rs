@@ -96,19 +96,27 @@ fn flag_list() -> DataType {
 /// The measures, in column order (also used by the ClickHouse sink and the tests).
 pub const MEASURES: [&str; Measures::COUNT] = Measures::COLUMNS;
 
-/// The columns of an aggregate written as deltas ([`RowBuilder::DELTA_COLUMNS`]): its time
-/// column (`minute` or `click_hour`, rising in steps within a file) and the measures.
-const fn delta_columns(time: &'static str) -> [&'static str; Measures::COUNT + 1] {
-    let mut columns = [time; Measures::COUNT + 1];
+/// `columns`, then every measure: `N` is `columns.len() + Measures::COUNT` (the column lists
+/// of the aggregates below).
+const fn then_measures<const N: usize>(columns: &[&'static str]) -> [&'static str; N] {
+    assert!(N == columns.len() + Measures::COUNT);
+    let mut all = [""; N];
     let mut i = 0;
-    while i < Measures::COUNT {
-        columns[i + 1] = MEASURES[i];
+    while i < N {
+        all[i] = if i < columns.len() {
+            columns[i]
+        } else {
+            MEASURES[i - columns.len()]
+        };
         i += 1;
     }
-    columns
+    all
 }
-const STATS_DELTA_COLUMNS: [&str; Measures::COUNT + 1] = delta_columns("minute");
-const CLICK_HOUR_DELTA_COLUMNS: [&str; Measures::COUNT + 1] = delta_columns("click_hour");
+
+/// The columns of an aggregate written as deltas ([`RowBuilder::DELTA_COLUMNS`]): its time
+/// column (`minute` or `click_hour`, rising in steps within a file) and the measures.
+const STATS_DELTA_COLUMNS: [&str; Measures::COUNT + 1] = then_measures(&["minute"]);
+const CLICK_HOUR_DELTA_COLUMNS: [&str; Measures::COUNT + 1] = then_measures(&["click_hour"]);
 
 /// The Parquet type of a measure column.
 fn measure_type(unit: Unit) -> DataType {
@@ -501,22 +509,8 @@ impl MeasureBuilder for Decimal128Builder {
 /// tenant (an hour's file holds most offers, affiliates, countries and currencies, so their
 /// ranges skip nothing) and the measures (nobody filters by a count). The time column and
 /// the tenant keep theirs.
-const fn unfiltered_aggregate_columns() -> [&'static str; Measures::COUNT + 4] {
-    let mut columns = [""; Measures::COUNT + 4];
-    let dims = ["offer_id", "affiliate_id", "country", "currency"];
-    let mut i = 0;
-    while i < dims.len() {
-        columns[i] = dims[i];
-        i += 1;
-    }
-    i = 0;
-    while i < Measures::COUNT {
-        columns[i + 4] = MEASURES[i];
-        i += 1;
-    }
-    columns
-}
-const AGGREGATE_UNFILTERED_COLUMNS: [&str; Measures::COUNT + 4] = unfiltered_aggregate_columns();
+const AGGREGATE_UNFILTERED_COLUMNS: [&str; Measures::COUNT + 4] =
+    then_measures(&["offer_id", "affiliate_id", "country", "currency"]);
 
 /// Defines [`StatsBuilders`]: the key columns, then a builder per measure
 /// (`rows::for_each_measure`), each typed by its unit so appending is as direct as if written out.
