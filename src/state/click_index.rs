@@ -18,6 +18,7 @@ use std::sync::Arc;
 use rustc_hash::FxBuildHasher;
 
 use super::changes::{ArchivedClickOp, ArchivedSweep, ChangeLog, ClickOp, Log, Step, replay};
+use super::key_table::KeyTable;
 use crate::checkpoint::snapshot::ArchivedClickSnap;
 use crate::event::keys::BuildIdentity;
 use crate::event::time::MS_PER_HOUR;
@@ -97,7 +98,7 @@ impl<K: Copy> HourBuckets<K> {
 }
 
 /// What the index keeps per click.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct IndexedClick {
     pub ts_ms: i64,
     /// Interned [`super::interner::Dims`] of the click (its currency is empty).
@@ -229,24 +230,21 @@ impl ExtrasTable {
 /// Shards of the click map; a power of two.
 const SHARDS: usize = 16;
 
-/// `click key → click`, in [`SHARDS`] plain hash maps chosen by bits of the key that the maps
-/// themselves do not use (hashbrown takes a bucket from the low bits and a tag from the top
-/// seven). Only the state thread touches it, so it takes no locks: a `DashMap` here spent a
-/// locked instruction per click that also made the processor wait for the entry's cache miss
-/// (releasing the shard lock was 3 % of a 5 M-click run's samples). The shards keep what
-/// `DashMap`'s gave: a restore fills them on two threads without sharing one, and a map
-/// that outgrows its table rehashes a sixteenth of the clicks at a time.
+/// `click key → click`, in [`SHARDS`] [`KeyTable`]s chosen by bits 48–51 of the key. Only the
+/// state thread touches it, so it takes no locks: a `DashMap` here spent a locked instruction
+/// per click that also made the processor wait for the entry's cache miss (releasing the
+/// shard lock was 3 % of a 5 M-click run's samples). The shards keep what `DashMap`'s gave: a
+/// restore fills them on two threads without sharing one, and a table that outgrows its
+/// slots rehashes a sixteenth of the clicks at a time.
 #[derive(Debug)]
 struct ClickMap {
-    shards: [HashMap<u64, IndexedClick, BuildIdentity>; SHARDS],
+    shards: [KeyTable<IndexedClick>; SHARDS],
 }
 
 impl ClickMap {
     fn with_capacity(n: usize) -> ClickMap {
         ClickMap {
-            shards: std::array::from_fn(|_| {
-                HashMap::with_capacity_and_hasher(n.div_ceil(SHARDS), BuildIdentity::default())
-            }),
+            shards: std::array::from_fn(|_| KeyTable::with_capacity(n.div_ceil(SHARDS))),
         }
     }
 
@@ -254,16 +252,16 @@ impl ClickMap {
         (key >> 48) as usize % SHARDS
     }
 
-    fn shard(&self, key: u64) -> &HashMap<u64, IndexedClick, BuildIdentity> {
+    fn shard(&self, key: u64) -> &KeyTable<IndexedClick> {
         &self.shards[Self::shard_of(key)]
     }
 
-    fn shard_mut(&mut self, key: u64) -> &mut HashMap<u64, IndexedClick, BuildIdentity> {
+    fn shard_mut(&mut self, key: u64) -> &mut KeyTable<IndexedClick> {
         &mut self.shards[Self::shard_of(key)]
     }
 
     fn len(&self) -> usize {
-        self.shards.iter().map(HashMap::len).sum()
+        self.shards.iter().map(KeyTable::len).sum()
     }
 }
 
@@ -392,7 +390,7 @@ impl ClickIndex {
     /// that size are cache misses, most of a restore.
     pub fn restore_from(&mut self, clicks: &[ArchivedClickSnap]) {
         let (low, high) = self.map.shards.split_at_mut(SHARDS / 2);
-        let fill = |shards: &mut [HashMap<u64, IndexedClick, BuildIdentity>], first: usize| {
+        let fill = |shards: &mut [KeyTable<IndexedClick>], first: usize| {
             for c in clicks {
                 let key = c.key.to_native();
                 if let Some(shard) = ClickMap::shard_of(key)
@@ -432,24 +430,29 @@ impl ClickIndex {
 
     /// Inserts a click unless its id is already indexed; returns `false` for a duplicate.
     pub fn insert_if_new(&mut self, key: u64, click: IndexedClick) -> bool {
-        match self.map.shard_mut(key).entry(key) {
-            std::collections::hash_map::Entry::Occupied(_) => false,
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(click);
-                self.by_hour.file(click.ts_ms, key);
-                true
-            }
+        let new = self.map.shard_mut(key).insert_if_new(key, click);
+        if new {
+            self.by_hour.file(click.ts_ms, key);
         }
+        new
+    }
+
+    /// Starts loading the memory a lookup of `key` reads first ([`KeyTable::prefetch`]).
+    #[inline]
+    pub fn prefetch(&self, key: u64) {
+        self.map.shard(key).prefetch(key);
     }
 
     pub fn get(&self, key: u64) -> Option<IndexedClick> {
-        self.map.shard(key).get(&key).copied()
+        self.map.shard(key).get(key).copied()
     }
 
     /// Every indexed click (for snapshots).
     pub fn for_each(&self, mut f: impl FnMut(u64, IndexedClick)) {
-        for (&key, &click) in self.map.shards.iter().flatten() {
-            f(key, click);
+        for shard in &self.map.shards {
+            for (key, &click) in shard.iter() {
+                f(key, click);
+            }
         }
     }
 
@@ -457,12 +460,10 @@ impl ClickIndex {
     pub fn evict_before(&mut self, horizon_ms: i64) {
         let map = &mut self.map;
         self.by_hour.sweep(horizon_ms, |key, boundary| {
-            // `get` before `remove`, not `entry`: a stale filing of a key that is gone must
-            // not make a full shard grow.
             let shard = map.shard_mut(key);
-            match shard.get(&key) {
+            match shard.get(key) {
                 Some(c) if c.ts_ms < horizon_ms => {
-                    shard.remove(&key);
+                    shard.remove(key);
                     false
                 }
                 Some(c) => boundary && hour_of(c.ts_ms) == hour_of(horizon_ms),

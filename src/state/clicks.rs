@@ -13,10 +13,15 @@ use crate::event::time::hour_floor;
 use crate::event::time::{day_of, minute_floor};
 use crate::rows::{ClickRows, SinkBatch};
 
+/// How many clicks ahead the click loop prefetches: far enough that the loads are back
+/// before they are needed (a click's rules take roughly a memory latency), near enough that
+/// the lines are still cached when they are.
+const PREFETCH_AHEAD: usize = 8;
+
 impl Engine {
     /// Interned dimensions of a click, looked up by the hash the decoder computed.
     fn click_dims(&mut self, arena: &crate::event::Arena, c: &crate::event::Click) -> u32 {
-        if let Some(&id) = self.dims_by_hash.get(&c.dims_hash) {
+        if let Some(&id) = self.dims_by_hash.get(c.dims_hash) {
             return id;
         }
         let tenant = self.strings.intern(arena.get(c.tenant_id));
@@ -27,6 +32,20 @@ impl Engine {
         self.dims_by_hash.insert(c.dims_hash, id);
         self.new_dims_by_hash.push(|| (c.dims_hash, id));
         id
+    }
+
+    /// Starts loading the entries the click rules will look up for `c`: its dimension id, its
+    /// slot in the click index and in its day's visitor set. Each is a cache miss once the
+    /// state outgrows the caches; asked for [`PREFETCH_AHEAD`] clicks early, they arrive
+    /// while the clicks in between are worked on (`key_table`).
+    #[inline]
+    fn prefetch_click(&self, c: &crate::event::Click) {
+        self.dims_by_hash.prefetch(c.dims_hash);
+        self.clicks.prefetch(c.click_key);
+        if let Some(v) = c.visitor_hash {
+            let day = day_of(c.ts_ms);
+            self.unique.prefetch(day, keys::visitor_key(day, v));
+        }
     }
 
     /// Processes a batch of decoded clicks.
@@ -52,7 +71,11 @@ impl Engine {
         out: &mut SinkBatch,
     ) {
         let arena = &batch.arena;
+        let end = range.end;
         for i in range {
+            if i + PREFETCH_AHEAD < end {
+                self.prefetch_click(&batch.clicks[i + PREFETCH_AHEAD]);
+            }
             let c = &batch.clicks[i];
             self.counters.click_records += 1;
             let minute = minute_floor(c.ts_ms);

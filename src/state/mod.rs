@@ -28,14 +28,12 @@ pub mod counters;
 pub mod dedup;
 pub mod fraud;
 pub mod interner;
+pub mod key_table;
 pub mod pending;
 pub mod snapshot;
 pub mod unique;
 mod valuation;
 
-use std::collections::HashMap;
-
-use crate::event::keys;
 use crate::event::time::{MS_PER_HOUR, MS_PER_MINUTE, day_of, minute_floor};
 use crate::event::{DeadLetter, Stream};
 use crate::rows::SinkBatch;
@@ -92,7 +90,7 @@ pub struct Engine {
     strings: Interner,
     dims: DimsTable,
     /// Click dimension ids by the decoder's `dims_hash`, so a known click interns nothing.
-    dims_by_hash: HashMap<u64, u32, keys::BuildIdentity>,
+    dims_by_hash: key_table::KeyTable<u32>,
     clicks: ClickIndex,
     unique: UniqueClicks,
     dedup: DedupMap,
@@ -135,7 +133,7 @@ impl Engine {
             empty: 0,
             strings,
             dims: DimsTable::default(),
-            dims_by_hash: HashMap::default(),
+            dims_by_hash: key_table::KeyTable::default(),
             clicks: ClickIndex::default(),
             unique: UniqueClicks::default(),
             dedup: DedupMap::default(),

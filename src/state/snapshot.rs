@@ -103,7 +103,7 @@ impl Engine {
     pub fn snapshot(&self) -> EngineSnap {
         let mut snap = self.small_snapshot();
         (snap.strings, snap.dims) = self.catalog_from(0, 0);
-        snap.dims_by_hash = self.dims_by_hash.iter().map(|(h, d)| (*h, *d)).collect();
+        snap.dims_by_hash = self.dims_by_hash.iter().map(|(h, d)| (h, *d)).collect();
         let mut clicks = Vec::with_capacity(self.clicks.len());
         self.clicks.for_each(|key, c| {
             clicks.push(ClickSnap {
@@ -134,7 +134,7 @@ impl Engine {
         snap.unique = self
             .unique
             .days()
-            .map(|(d, set)| (d, set.iter().copied().collect()))
+            .map(|(d, set)| (d, set.keys().collect()))
             .collect();
         snap
     }
@@ -423,7 +423,7 @@ impl Engine {
 struct Catalog<'a> {
     strings: &'a mut super::interner::Interner,
     dims: &'a mut super::interner::DimsTable,
-    dims_by_hash: &'a mut std::collections::HashMap<u64, u32, crate::event::keys::BuildIdentity>,
+    dims_by_hash: &'a mut super::key_table::KeyTable<u32>,
 }
 
 impl Catalog<'_> {
@@ -477,19 +477,12 @@ impl Big<'_> {
             super::click_index::ClickIndex::with_capacity(snap.clicks.len() + more_clicks);
         *self.dedup = super::dedup::DedupMap::with_capacity(snap.dedup.len() + more_keys);
         let (clicks, dedup) = (&mut *self.clicks, &*self.dedup);
-        let unique_days: Vec<(
-            i64,
-            std::collections::HashSet<u64, crate::event::keys::BuildIdentity>,
-        )> = std::thread::scope(|s| {
+        let unique_days: Vec<(i64, super::key_table::KeySet)> = std::thread::scope(|s| {
             let days = s.spawn(|| {
                 snap.unique
                     .iter()
                     .map(|day| {
-                        let mut set = std::collections::HashSet::with_capacity_and_hasher(
-                            day.1.len(),
-                            crate::event::keys::BuildIdentity::default(),
-                        );
-                        set.extend(day.1.iter().map(|v| v.to_native()));
+                        let set = day.1.iter().map(|v| v.to_native()).collect();
                         (day.0.to_native(), set)
                     })
                     .collect()

@@ -4,21 +4,21 @@
 //! dropped, so memory is bounded by two days of distinct visitors. With the change log on,
 //! first visits and sweeps are logged for the next delta checkpoint ([`super::changes`]).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use super::changes::{ArchivedSweep, ArchivedVisitorOp, ChangeLog, Step, VisitorOp, replay};
-use crate::event::keys::BuildIdentity;
+use super::key_table::KeySet;
 
 #[derive(Debug, Default)]
 pub struct UniqueClicks {
-    days: BTreeMap<i64, HashSet<u64, BuildIdentity>>,
+    days: BTreeMap<i64, KeySet>,
     pub log: ChangeLog<VisitorOp>,
 }
 
 impl UniqueClicks {
     /// `true` if this visitor key has not been seen on this day before.
     pub fn first_visit(&mut self, day: i64, visitor: u64) -> bool {
-        let first = self.days.entry(day).or_default().insert(visitor);
+        let first = self.days.entry(day).or_default().insert_key(visitor);
         if first {
             self.log.push(|| VisitorOp { day, key: visitor });
         }
@@ -43,14 +43,23 @@ impl UniqueClicks {
                     self.days
                         .entry(op.day.to_native())
                         .or_default()
-                        .insert(op.key.to_native());
+                        .insert_key(op.key.to_native());
                 }
             },
         )
     }
 
+    /// Starts loading the memory [`Self::first_visit`] reads first for this visitor
+    /// ([`KeySet`]'s prefetch); nothing when the day has no set yet.
+    #[inline]
+    pub fn prefetch(&self, day: i64, visitor: u64) {
+        if let Some(set) = self.days.get(&day) {
+            set.prefetch(visitor);
+        }
+    }
+
     /// Replaces a day's visitor set (restore).
-    pub fn restore_day(&mut self, day: i64, visitors: HashSet<u64, BuildIdentity>) {
+    pub fn restore_day(&mut self, day: i64, visitors: KeySet) {
         self.days.insert(day, visitors);
     }
 
@@ -61,7 +70,7 @@ impl UniqueClicks {
     }
 
     /// Visitor sets per day (for snapshots).
-    pub fn days(&self) -> impl Iterator<Item = (i64, &HashSet<u64, BuildIdentity>)> {
+    pub fn days(&self) -> impl Iterator<Item = (i64, &KeySet)> {
         self.days.iter().map(|(d, s)| (*d, s))
     }
 
