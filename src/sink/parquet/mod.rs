@@ -203,7 +203,7 @@ impl<B: RowBuilder> PartitionedTable<B> {
             .get(&hour)
             .is_some_and(|p| p.rows.len() >= WRITE_BATCH_ROWS);
         if full {
-            self.write_buffered(hour, true)?;
+            self.write_buffered(hour)?;
         }
         if self.appended.is_multiple_of(IDLE_CHECK_ROWS) {
             self.close_idle()?;
@@ -225,17 +225,14 @@ impl<B: RowBuilder> PartitionedTable<B> {
             .collect();
         idle.sort_unstable();
         for hour in idle {
-            self.write_buffered(hour, false)?;
+            self.write_buffered(hour)?;
             self.close_partition_file(hour)?;
             self.drop_if_idle(hour);
         }
         Ok(())
     }
 
-    /// Writes the partition's buffered rows to its file (opened if need be); `reserve`: the
-    /// partition goes on taking rows, so its builders keep room for another batch
-    /// ([`RowBuilder::finish`]).
-    fn write_buffered(&mut self, hour: i64, reserve: bool) -> Result<()> {
+    fn write_buffered(&mut self, hour: i64) -> Result<()> {
         let open_files = self
             .partitions
             .values()
@@ -252,7 +249,7 @@ impl<B: RowBuilder> PartitionedTable<B> {
         if p.rows.is_empty() {
             return Ok(());
         }
-        let batch = p.rows.finish(reserve).context("building a record batch")?;
+        let batch = p.rows.finish().context("building a record batch")?;
         if p.file.is_none() {
             p.file = Some(open_file(
                 &self.dir,
@@ -315,7 +312,7 @@ impl<B: RowBuilder> PartitionedTable<B> {
             .map(|(h, _)| *h)
             .collect();
         for hour in aged {
-            self.write_buffered(hour, false)?;
+            self.write_buffered(hour)?;
             self.close_partition_file(hour)?;
             self.drop_if_idle(hour);
         }
@@ -343,7 +340,7 @@ impl<B: RowBuilder> PartitionedTable<B> {
         let mut hours: Vec<i64> = self.partitions.keys().copied().collect();
         hours.sort_unstable();
         for hour in hours {
-            self.write_buffered(hour, false)?;
+            self.write_buffered(hour)?;
             self.close_partition_file(hour)?;
         }
         self.partitions.clear();

@@ -4,9 +4,8 @@
 use std::sync::{Arc, LazyLock};
 
 use arrow::array::{
-    Array, ArrayBuilder, ArrayRef, ArrowPrimitiveType, BooleanBuilder, Decimal128Builder,
-    Int64Builder, ListBuilder, PrimitiveBuilder, RecordBatch, StringBuilder,
-    TimestampMillisecondBuilder, UInt32Builder,
+    ArrayRef, BooleanBuilder, Decimal128Builder, Int64Builder, ListBuilder, RecordBatch,
+    StringBuilder, TimestampMillisecondBuilder, UInt32Builder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
@@ -167,55 +166,7 @@ pub trait RowBuilder: Send {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// The rows appended so far as a record batch; the builders start over, with room for
-    /// as many rows (and string bytes) as this batch had when `reserve` ([`TakeArray`]).
-    fn finish(&mut self, reserve: bool) -> Result<RecordBatch, ArrowError>;
-}
-
-/// A column builder finished into an array. Arrow's `finish` leaves a builder with no
-/// capacity, so the next batch grew every buffer again from nothing by doubling — each value
-/// copied about once more and fresh pages faulted in, per column and batch (a sixth of the
-/// sinks' `memmove` and page faults). With `reserve` the builder starts the next batch with
-/// room for one like this: the sink asks for it when a partition filled a whole write batch
-/// (it is likely to fill another) and not when it closes one, so a partition that only takes
-/// late rows holds no full-size buffers.
-trait TakeArray {
-    fn take_array(&mut self, reserve: bool) -> ArrayRef;
-}
-
-impl TakeArray for StringBuilder {
-    fn take_array(&mut self, reserve: bool) -> ArrayRef {
-        let (rows, bytes) = (self.len(), self.values_slice().len());
-        let array = self.finish();
-        if reserve {
-            *self = StringBuilder::with_capacity(rows, bytes);
-        }
-        Arc::new(array)
-    }
-}
-
-impl<T: ArrowPrimitiveType> TakeArray for PrimitiveBuilder<T> {
-    fn take_array(&mut self, reserve: bool) -> ArrayRef {
-        let rows = self.len();
-        let array = self.finish();
-        if reserve {
-            // The same data type the array was built with (a time zone, a decimal's scale).
-            *self = PrimitiveBuilder::<T>::with_capacity(rows)
-                .with_data_type(array.data_type().clone());
-        }
-        Arc::new(array)
-    }
-}
-
-impl TakeArray for BooleanBuilder {
-    fn take_array(&mut self, reserve: bool) -> ArrayRef {
-        let rows = self.len();
-        let array = self.finish();
-        if reserve {
-            *self = BooleanBuilder::with_capacity(rows);
-        }
-        Arc::new(array)
-    }
+    fn finish(&mut self) -> Result<RecordBatch, ArrowError>;
 }
 
 fn decimal() -> Decimal128Builder {
@@ -323,19 +274,19 @@ impl RowBuilder for ClickBuilders {
     fn len(&self) -> usize {
         self.rows
     }
-    fn finish(&mut self, reserve: bool) -> Result<RecordBatch, ArrowError> {
+    fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
         self.rows = 0;
         let mut cols: Vec<ArrayRef> = vec![
-            self.click_id.take_array(reserve),
-            self.ts.take_array(reserve),
-            self.tenant_id.take_array(reserve),
-            self.offer_id.take_array(reserve),
-            self.affiliate_id.take_array(reserve),
+            Arc::new(self.click_id.finish()),
+            Arc::new(self.ts.finish()),
+            Arc::new(self.tenant_id.finish()),
+            Arc::new(self.offer_id.finish()),
+            Arc::new(self.affiliate_id.finish()),
         ];
         for b in &mut self.optional {
-            cols.push(b.take_array(reserve));
+            cols.push(Arc::new(b.finish()));
         }
-        cols.push(self.is_unique.take_array(reserve));
+        cols.push(Arc::new(self.is_unique.finish()));
         RecordBatch::try_new(CLICKS.clone(), cols)
     }
 }
@@ -479,40 +430,40 @@ impl RowBuilder for ConversionBuilders {
     fn len(&self) -> usize {
         self.rows
     }
-    fn finish(&mut self, reserve: bool) -> Result<RecordBatch, ArrowError> {
+    fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
         self.rows = 0;
         let mut cols: Vec<ArrayRef> = vec![
-            self.tenant_id.take_array(reserve),
-            self.external_id.take_array(reserve),
-            self.version.take_array(reserve),
-            self.status.take_array(reserve),
-            self.previous_status.take_array(reserve),
-            self.click_id.take_array(reserve),
-            self.ts.take_array(reserve),
-            self.amount.take_array(reserve),
-            self.currency.take_array(reserve),
-            self.product_id.take_array(reserve),
-            self.order_id.take_array(reserve),
-            self.customer_id.take_array(reserve),
-            self.metadata.take_array(reserve),
-            self.attributed.take_array(reserve),
-            self.reason.take_array(reserve),
-            self.offer_id.take_array(reserve),
-            self.affiliate_id.take_array(reserve),
-            self.country.take_array(reserve),
-            self.device.take_array(reserve),
+            Arc::new(self.tenant_id.finish()),
+            Arc::new(self.external_id.finish()),
+            Arc::new(self.version.finish()),
+            Arc::new(self.status.finish()),
+            Arc::new(self.previous_status.finish()),
+            Arc::new(self.click_id.finish()),
+            Arc::new(self.ts.finish()),
+            Arc::new(self.amount.finish()),
+            Arc::new(self.currency.finish()),
+            Arc::new(self.product_id.finish()),
+            Arc::new(self.order_id.finish()),
+            Arc::new(self.customer_id.finish()),
+            Arc::new(self.metadata.finish()),
+            Arc::new(self.attributed.finish()),
+            Arc::new(self.reason.finish()),
+            Arc::new(self.offer_id.finish()),
+            Arc::new(self.affiliate_id.finish()),
+            Arc::new(self.country.finish()),
+            Arc::new(self.device.finish()),
         ];
         for b in &mut self.subs {
-            cols.push(b.take_array(reserve));
+            cols.push(Arc::new(b.finish()));
         }
-        cols.push(self.click_ts.take_array(reserve));
-        cols.push(self.seconds_to_convert.take_array(reserve));
-        cols.push(self.amount_reporting.take_array(reserve));
-        cols.push(self.fx_rate.take_array(reserve));
-        cols.push(self.fx_stale.take_array(reserve));
-        cols.push(self.fx_missing.take_array(reserve));
-        cols.push(self.payout.take_array(reserve));
-        cols.push(self.profit.take_array(reserve));
+        cols.push(Arc::new(self.click_ts.finish()));
+        cols.push(Arc::new(self.seconds_to_convert.finish()));
+        cols.push(Arc::new(self.amount_reporting.finish()));
+        cols.push(Arc::new(self.fx_rate.finish()));
+        cols.push(Arc::new(self.fx_stale.finish()));
+        cols.push(Arc::new(self.fx_missing.finish()));
+        cols.push(Arc::new(self.payout.finish()));
+        cols.push(Arc::new(self.profit.finish()));
         cols.push(Arc::new(self.fraud_flags.finish()));
         RecordBatch::try_new(CONVERSIONS.clone(), cols)
     }
@@ -602,13 +553,13 @@ macro_rules! stats_builders {
             fn len(&self) -> usize {
                 self.rows
             }
-            fn finish(&mut self, reserve: bool) -> Result<RecordBatch, ArrowError> {
+            fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
                 self.rows = 0;
-                let mut cols: Vec<ArrayRef> = vec![self.minute.take_array(reserve)];
+                let mut cols: Vec<ArrayRef> = vec![Arc::new(self.minute.finish())];
                 for b in &mut self.dims {
-                    cols.push(b.take_array(reserve));
+                    cols.push(Arc::new(b.finish()));
                 }
-                $(cols.push(self.$column.take_array(reserve));)*
+                $(cols.push(Arc::new(self.$column.finish()));)*
                 RecordBatch::try_new(STATS.clone(), cols)
             }
         }
@@ -638,8 +589,8 @@ impl RowBuilder for ClickHourBuilders {
     fn len(&self) -> usize {
         self.0.len()
     }
-    fn finish(&mut self, reserve: bool) -> Result<RecordBatch, ArrowError> {
-        let b = self.0.finish(reserve)?;
+    fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
+        let b = self.0.finish()?;
         RecordBatch::try_new(CLICK_HOUR.clone(), b.columns().to_vec())
     }
 }
