@@ -116,13 +116,9 @@ impl Engine {
             self.agg.update(minute, dims, count);
             self.by_click_hour.update(hour_floor(c.ts_ms), dims, count);
             accepted.push((i as u32, unique));
-            self.fraud_on_click(
-                key,
-                c.ts_ms,
-                c.visitor_hash,
-                arena.get(c.tenant_id),
-                arena.get_opt(c.ip),
-            );
+            self.fraud_on_click(key, c.ts_ms, c.visitor_hash, || {
+                (arena.get(c.tenant_id), arena.get_opt(c.ip))
+            });
 
             for p in self.pending.take_for_click(key) {
                 self.resolve(p, Some(click), out);
