@@ -1,8 +1,8 @@
-# attribd image: a release build on Debian (same base as the CI machines).
+# attribd image: a deployment build (the release-lto profile, see Cargo.toml) on Debian (same base as the CI machines).
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked && cp target/release/attribd /usr/local/bin/attribd
+RUN cargo build --profile release-lto --locked && cp target/release-lto/attribd /usr/local/bin/attribd
 
 FROM debian:bookworm-slim
 COPY --from=build /usr/local/bin/attribd /usr/local/bin/attribd

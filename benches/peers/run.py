@@ -701,11 +701,11 @@ def main() -> None:
                    help="generate the input again even if target/peers/input-N-sS exists")
     b.add_argument("--work", type=Path, default=ROOT / "target" / "peers",
                    help="inputs, outputs and reports (default target/peers)")
-    b.add_argument("--attribd", type=Path, default=ROOT / "target" / "release" / "attribd")
+    b.add_argument("--attribd", type=Path, default=ROOT / "target" / "release-lto" / "attribd")
     e = sub.add_parser("edge", help="the semantic differences on a small crafted input")
     e.add_argument("--cores", type=int, default=2)
     e.add_argument("--work", type=Path, default=ROOT / "target" / "peers")
-    e.add_argument("--attribd", type=Path, default=ROOT / "target" / "release" / "attribd")
+    e.add_argument("--attribd", type=Path, default=ROOT / "target" / "release-lto" / "attribd")
     j = sub.add_parser("job", help="one peer run (the timed child process)")
     j.add_argument("engine", choices=PEERS)
     j.add_argument("--clicks", required=True)

@@ -7,7 +7,8 @@
 #   benches/peers/run.sh --help               # every flag
 #
 # Makes its own venv (target/peers-venv, reused; PEERS_VENV overrides) with DuckDB and chdb-core
-# from PyPI (benches/peers/requirements.txt), builds attribd (cargo build --release), then runs
+# from PyPI (benches/peers/requirements.txt), builds attribd as it is deployed (cargo build
+# --profile release-lto: the release profile with fat LTO, see Cargo.toml), then runs
 # benches/peers/run.py. Results: stdout and target/peers/report-<clicks>.md / .json.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -26,6 +27,6 @@ if ! cmp -s "$req" "$venv/.requirements.txt"; then
     cp "$req" "$venv/.requirements.txt"
 fi
 if [ "${PEERS_SKIP_BUILD:-}" != 1 ]; then
-    cargo build --release >&2
+    cargo build --profile release-lto >&2
 fi
 exec "$venv/bin/python" "$root/benches/peers/run.py" "$@"
