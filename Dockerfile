@@ -1,4 +1,5 @@
-# attribd image: a deployment build (the release-lto profile, see Cargo.toml) on Debian (same base as the CI machines).
+# attribd image: a deployment build (the release-lto profile, see Cargo.toml) on Debian
+# (same base as the CI machines). Its final link wants a few GB of memory.
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .

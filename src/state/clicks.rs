@@ -71,10 +71,11 @@ impl Engine {
         out: &mut SinkBatch,
     ) {
         let arena = &batch.arena;
-        let end = range.end;
         for i in range {
-            if i + PREFETCH_AHEAD < end {
-                self.prefetch_click(&batch.clicks[i + PREFETCH_AHEAD]);
+            // Bounded by the batch, not the run: with several partitions a run can be a click
+            // or two long, and the batch's next clicks come in the partition's next runs.
+            if let Some(ahead) = batch.clicks.get(i + PREFETCH_AHEAD) {
+                self.prefetch_click(ahead);
             }
             let c = &batch.clicks[i];
             self.counters.click_records += 1;

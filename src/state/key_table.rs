@@ -82,7 +82,9 @@ impl<V: Copy + Default> KeyTable<V> {
     pub fn prefetch(&self, key: u64) {
         let i = self.home(key);
         prefetch(&self.keys[i]);
-        prefetch(&self.values[i]);
+        if std::mem::size_of::<V>() != 0 {
+            prefetch(&self.values[i]);
+        }
     }
 
     pub fn get(&self, key: u64) -> Option<&V> {
@@ -206,17 +208,44 @@ impl<V: Copy + Default> KeyTable<V> {
         self.len() == 0
     }
 
-    /// Every entry, in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = (u64, &V)> {
-        self.zero.iter().map(|v| (0, v)).chain(
-            self.keys
-                .iter()
-                .zip(&self.values)
-                .filter(|(k, _)| **k != 0)
-                .map(|(k, v)| (*k, v)),
-        )
+    /// Every entry, in no particular order (with an exact length, so a snapshot collects it
+    /// into a vector allocated once).
+    pub fn iter(&self) -> Iter<'_, V> {
+        Iter {
+            zero: self.zero.as_ref(),
+            slots: self.keys.iter().zip(&self.values),
+            left: self.len(),
+        }
     }
 }
+
+/// [`KeyTable::iter`].
+pub struct Iter<'a, V> {
+    zero: Option<&'a V>,
+    slots: std::iter::Zip<std::slice::Iter<'a, u64>, std::slice::Iter<'a, V>>,
+    left: usize,
+}
+
+impl<'a, V> Iterator for Iter<'a, V> {
+    type Item = (u64, &'a V);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let next = match self.zero.take() {
+            Some(v) => Some((0, v)),
+            None => self.slots.find(|(k, _)| **k != 0).map(|(k, v)| (*k, v)),
+        };
+        if next.is_some() {
+            self.left -= 1;
+        }
+        next
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+
+impl<V> ExactSizeIterator for Iter<'_, V> {}
 
 /// A set of hashes: a [`KeyTable`] without values (the values array is zero-sized).
 pub type KeySet = KeyTable<()>;
@@ -273,10 +302,8 @@ mod tests {
         assert!(t.is_empty());
     }
 
-    /// Every operation against `HashMap` on keys that crowd few home slots (small multiples
-    /// of a power of two collide after the multiply-shift only rarely, so also plain
-    /// sequential keys), with removals in between so the backward shift runs across the
-    /// end of the table.
+    /// Every operation against `HashMap`, on few distinct keys so that inserts, hits and
+    /// removals all happen often.
     #[test]
     fn agrees_with_a_hash_map() {
         let mut t = KeyTable::<u64>::with_capacity(4);
@@ -304,6 +331,31 @@ mod tests {
         let mut want: Vec<(u64, u64)> = m.into_iter().collect();
         want.sort_unstable();
         assert_eq!(all, want);
+    }
+
+    /// Keys whose home is one of the last two slots of a 16-slot table fill them and wrap
+    /// around to the first slots; removing any one of them must leave every other findable
+    /// (the backward shift across the end of the table).
+    #[test]
+    fn removal_shifts_back_across_the_end_of_the_table() {
+        let probe = KeyTable::<u32>::with_capacity(0);
+        assert_eq!(probe.keys.len(), 16);
+        let wrapping: Vec<u64> = (1..).filter(|&k| probe.home(k) >= 14).take(5).collect();
+        for removed in &wrapping {
+            let mut t = KeyTable::<u32>::with_capacity(0);
+            for (i, &k) in wrapping.iter().enumerate() {
+                assert!(t.insert_if_new(k, i as u32));
+            }
+            // Five keys in slots 14, 15, 0, 1, 2: the cluster wraps.
+            assert!(t.keys[0] != 0 && t.keys[1] != 0 && t.keys[2] != 0);
+            assert!(t.remove(*removed).is_some());
+            for (i, &k) in wrapping.iter().enumerate() {
+                let want = (k != *removed).then_some(i as u32);
+                assert_eq!(t.get(k).copied(), want, "key {k} after removing {removed}");
+            }
+            assert_eq!(t.len(), 4);
+            assert_eq!(t.iter().len(), 4);
+        }
     }
 
     #[test]
