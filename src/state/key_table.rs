@@ -94,17 +94,6 @@ impl<V: Copy + Default> KeyTable<V> {
         self.find(key).ok().map(|i| &self.values[i])
     }
 
-    pub fn get_mut(&mut self, key: u64) -> Option<&mut V> {
-        if key == 0 {
-            return self.zero.as_mut();
-        }
-        self.find(key).ok().map(|i| &mut self.values[i])
-    }
-
-    pub fn contains_key(&self, key: u64) -> bool {
-        self.get(key).is_some()
-    }
-
     /// Inserts `value` unless `key` is there; `true` if it was inserted.
     pub fn insert_if_new(&mut self, key: u64, value: V) -> bool {
         if key == 0 {
